@@ -1,0 +1,358 @@
+//! The session API (contract §1) and the local answers of the gate (§2): which endpoint a
+//! request is for, and the exact status, headers and JSON body of each answer.
+//!
+//! Byte-compatible with the neops-remote-lab server (FastAPI): same paths, status codes,
+//! field names and order, `detail` messages, compact JSON. Must never touch sockets: it
+//! produces a [`Reply`] that the pingora adapter writes.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::Method;
+use serde::Serialize;
+
+use crate::gate::{Decision, SessionHeader};
+use crate::limits::CreateRefusal;
+use crate::queue::{EndReason, SessionId, Status};
+use crate::state::Shared;
+
+/// An answer labgate gives itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON, or `None` for an empty body.
+    pub body: Option<Bytes>,
+}
+
+impl Reply {
+    pub fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    pub fn json(status: u16, value: &impl Serialize) -> Reply {
+        // Serialising these plain structs cannot fail; an empty object is a safe fallback.
+        let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Some(Bytes::from(body)),
+        }
+    }
+
+    /// `{"detail": "<message>"}`.
+    pub fn detail(status: u16, message: &str) -> Reply {
+        Reply::json(status, &Detail { detail: message })
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl ToString) -> Reply {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
+struct Created {
+    session_id: String,
+    position: usize,
+}
+
+#[derive(Serialize)]
+struct SessionStatus {
+    status: &'static str,
+    position: usize,
+}
+
+#[derive(Serialize)]
+struct ActiveSession {
+    status: &'static str,
+    position: usize,
+    session_id: String,
+}
+
+/// FastAPI's answer to a missing required header, verbatim.
+#[derive(Serialize)]
+struct Missing {
+    detail: [MissingItem; 1],
+}
+
+#[derive(Serialize)]
+struct MissingItem {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    loc: [&'static str; 2],
+    msg: &'static str,
+    input: Option<()>,
+}
+
+pub const SESSION_NOT_FOUND: &str = "Session not found";
+
+/// What a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    CreateSession,
+    GetSession(&'a str),
+    DeleteSession(&'a str),
+    Heartbeat,
+    ActiveSession,
+    Healthz,
+    /// `/lab` or below: the gate decides.
+    Lab,
+    NotFound,
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+}
+
+/// Routes a checked path. `/session/heartbeat` is a session id for `GET` and `DELETE`,
+/// as in FastAPI, where `/session/{session_id}` matches it.
+pub fn route<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
+    if crate::path::under(path, "/lab") {
+        return Endpoint::Lab;
+    }
+    let not_allowed = |allow| Endpoint::MethodNotAllowed { allow };
+    match path {
+        "/session" => match *method {
+            Method::POST => Endpoint::CreateSession,
+            _ => not_allowed("POST"),
+        },
+        "/active-session" => match *method {
+            Method::GET => Endpoint::ActiveSession,
+            _ => not_allowed("GET"),
+        },
+        "/healthz" => match *method {
+            Method::GET => Endpoint::Healthz,
+            _ => not_allowed("GET"),
+        },
+        _ => match path.strip_prefix("/session/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => match *method {
+                Method::GET => Endpoint::GetSession(id),
+                Method::DELETE => Endpoint::DeleteSession(id),
+                Method::POST if id == "heartbeat" => Endpoint::Heartbeat,
+                _ if id == "heartbeat" => not_allowed("GET, POST, DELETE"),
+                _ => not_allowed("GET, DELETE"),
+            },
+            _ => Endpoint::NotFound,
+        },
+    }
+}
+
+/// Answers a local endpoint (everything but [`Endpoint::Lab`]).
+pub fn handle(
+    shared: &Shared,
+    endpoint: Endpoint<'_>,
+    session_header: SessionHeader,
+    client: IpAddr,
+    now: Instant,
+) -> Reply {
+    match endpoint {
+        Endpoint::CreateSession => match shared.create_session(client, now) {
+            Ok((id, position)) => Reply::json(
+                201,
+                &Created {
+                    session_id: id.to_string(),
+                    position,
+                },
+            ),
+            Err(refusal) => create_refused(refusal),
+        },
+        Endpoint::GetSession(id) => {
+            match SessionId::parse_exact(id).and_then(|id| shared.session_status(&id, now)) {
+                Some((status, position)) => Reply::json(
+                    200,
+                    &SessionStatus {
+                        status: status.as_str(),
+                        position,
+                    },
+                ),
+                None => Reply::detail(404, SESSION_NOT_FOUND),
+            }
+        }
+        Endpoint::DeleteSession(id) => match SessionId::parse_exact(id) {
+            Some(id) if shared.end_session(&id, EndReason::Deleted, now) => Reply::empty(204),
+            _ => Reply::detail(404, SESSION_NOT_FOUND),
+        },
+        Endpoint::Heartbeat => match session_header {
+            SessionHeader::Missing => missing_header(),
+            SessionHeader::Duplicate => duplicate_header(),
+            SessionHeader::One(Some(id)) if shared.heartbeat(&id, now) => Reply::empty(204),
+            SessionHeader::One(_) => Reply::detail(404, SESSION_NOT_FOUND),
+        },
+        Endpoint::ActiveSession => match shared.active_session() {
+            Some(id) => Reply::json(
+                200,
+                &ActiveSession {
+                    status: Status::Active.as_str(),
+                    position: 0,
+                    session_id: id.to_string(),
+                },
+            ),
+            None => Reply::detail(404, "No active session"),
+        },
+        Endpoint::Healthz => Reply::empty(204),
+        Endpoint::NotFound | Endpoint::Lab => not_found(),
+        Endpoint::MethodNotAllowed { allow } => {
+            Reply::detail(405, "Method Not Allowed").with_header("Allow", allow)
+        }
+    }
+}
+
+/// The answer to a request the gate refused; `None` for `Allow`.
+pub fn refused(decision: Decision) -> Option<Reply> {
+    Some(match decision {
+        Decision::Allow { .. } => return None,
+        Decision::Missing => missing_header(),
+        Decision::Duplicate => duplicate_header(),
+        Decision::Unknown => Reply::detail(404, SESSION_NOT_FOUND),
+        Decision::Waiting { .. } => Reply::detail(423, "Session is not active"),
+    })
+}
+
+pub fn not_found() -> Reply {
+    Reply::detail(404, "Not Found")
+}
+
+pub fn invalid_path() -> Reply {
+    Reply::detail(400, "Invalid path")
+}
+
+pub fn upstream_unavailable() -> Reply {
+    Reply::detail(502, "Upstream unavailable")
+}
+
+pub fn upstream_timed_out() -> Reply {
+    Reply::detail(504, "Upstream timed out")
+}
+
+fn missing_header() -> Reply {
+    Reply::json(
+        422,
+        &Missing {
+            detail: [MissingItem {
+                kind: "missing",
+                loc: ["header", "X-Session-ID"],
+                msg: "Field required",
+                input: None,
+            }],
+        },
+    )
+}
+
+fn duplicate_header() -> Reply {
+    Reply::detail(400, "More than one X-Session-ID header")
+}
+
+fn create_refused(refusal: CreateRefusal) -> Reply {
+    match refusal {
+        CreateRefusal::RateLimited { retry_after_secs } => {
+            Reply::detail(429, "Too many session requests")
+                .with_header("Retry-After", retry_after_secs)
+        }
+        CreateRefusal::QueueFull { retry_after_secs } => {
+            Reply::detail(503, "Session queue is full").with_header("Retry-After", retry_after_secs)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(r: &Reply) -> &str {
+        std::str::from_utf8(r.body.as_deref().unwrap_or_default()).unwrap()
+    }
+
+    #[test]
+    fn routes() {
+        let id = "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11";
+        let get = Method::GET;
+        let post = Method::POST;
+        let delete = Method::DELETE;
+        assert_eq!(route(&post, "/session"), Endpoint::CreateSession);
+        assert_eq!(
+            route(&get, "/session"),
+            Endpoint::MethodNotAllowed { allow: "POST" }
+        );
+        assert_eq!(
+            route(&get, &format!("/session/{id}")),
+            Endpoint::GetSession(id)
+        );
+        assert_eq!(
+            route(&delete, &format!("/session/{id}")),
+            Endpoint::DeleteSession(id)
+        );
+        assert_eq!(
+            route(&post, &format!("/session/{id}")),
+            Endpoint::MethodNotAllowed {
+                allow: "GET, DELETE"
+            }
+        );
+        assert_eq!(route(&post, "/session/heartbeat"), Endpoint::Heartbeat);
+        assert_eq!(
+            route(&get, "/session/heartbeat"),
+            Endpoint::GetSession("heartbeat")
+        );
+        assert_eq!(route(&get, "/active-session"), Endpoint::ActiveSession);
+        assert_eq!(route(&get, "/healthz"), Endpoint::Healthz);
+        assert_eq!(route(&get, "/lab"), Endpoint::Lab);
+        assert_eq!(route(&Method::PUT, "/lab/x/y"), Endpoint::Lab);
+        for p in [
+            "/labx",
+            "/LAB/x",
+            "/",
+            "/session/",
+            "/session/a/b",
+            "/healthz/x",
+            "/sessions",
+        ] {
+            assert_eq!(route(&get, p), Endpoint::NotFound, "{p}");
+        }
+    }
+
+    #[test]
+    fn bodies_match_the_reference_server() {
+        assert_eq!(body(&not_found()), r#"{"detail":"Not Found"}"#);
+        assert_eq!(
+            body(&missing_header()),
+            r#"{"detail":[{"type":"missing","loc":["header","X-Session-ID"],"msg":"Field required","input":null}]}"#
+        );
+        assert_eq!(
+            body(&refused(Decision::Waiting { position: 2 }).unwrap()),
+            r#"{"detail":"Session is not active"}"#
+        );
+        let r = create_refused(CreateRefusal::RateLimited {
+            retry_after_secs: 3,
+        });
+        assert_eq!(r.status, 429);
+        assert_eq!(r.headers, vec![("Retry-After", "3".to_string())]);
+        assert_eq!(body(&r), r#"{"detail":"Too many session requests"}"#);
+        let r = create_refused(CreateRefusal::QueueFull {
+            retry_after_secs: 30,
+        });
+        assert_eq!(
+            (r.status, body(&r)),
+            (503, r#"{"detail":"Session queue is full"}"#)
+        );
+        assert_eq!(
+            body(&Reply::json(
+                200,
+                &ActiveSession {
+                    status: "active",
+                    position: 0,
+                    session_id: "x".into()
+                }
+            )),
+            r#"{"status":"active","position":0,"session_id":"x"}"#
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! Cutting a session's live connections when its turn ends (contract §7, "cut on end").
+//!
+//! pingora has no API to abort another task's request (its issue #571), so labgate keeps,
+//! per session, a [`Ticket`] for every forwarded request in flight and a duplicate of the
+//! upstream socket each one is connected to (learned in `connected_to_upstream`). Ending
+//! a session calls [`Registry::cut`]: every socket gets `shutdown(2)`, which wakes the
+//! proxy task whatever it is waiting on (an idle WebSocket included); the task then
+//! fails, pingora does not pool the connection, and the client's connection is closed.
+//!
+//! Why a duplicate (`dup(2)`) and not the fd number: once the request ends, pingora may
+//! close its fd and the number can be reused by an unrelated socket; our duplicate keeps
+//! referring to the same socket until we drop it, so a late cut can never hit a stranger.
+//! Connections are also pooled per session (`HttpPeer::group_key`), so a socket of a cut
+//! session is never reused by another session.
+//!
+//! Owns only bookkeeping and the shutdown call; must be used under the same lock as the
+//! queue, so that "session ended" and "request registered" cannot interleave.
+
+use std::collections::HashMap;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::queue::SessionId;
+
+/// A forwarded request's registration. `is_cut` turns true when its session ends.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub token: u64,
+    cut: Arc<AtomicBool>,
+}
+
+impl Ticket {
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+}
+
+struct Entry {
+    token: u64,
+    cut: Arc<AtomicBool>,
+    /// Our own duplicate of the upstream socket, once connected.
+    socket: Option<TcpStream>,
+}
+
+/// The request was cut before its upstream connection was registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyCut;
+
+#[derive(Default)]
+pub struct Registry {
+    sessions: HashMap<SessionId, Vec<Entry>>,
+    next_token: u64,
+}
+
+impl Registry {
+    /// Registers a request of `id` that the gate just allowed.
+    pub fn begin(&mut self, id: SessionId) -> Ticket {
+        self.next_token += 1;
+        let cut = Arc::new(AtomicBool::new(false));
+        self.sessions.entry(id).or_default().push(Entry {
+            token: self.next_token,
+            cut: cut.clone(),
+            socket: None,
+        });
+        Ticket {
+            token: self.next_token,
+            cut,
+        }
+    }
+
+    /// Records the upstream socket `fd` of a registered request (again on a retry).
+    ///
+    /// `fd` must be an open socket for the duration of the call; pingora guarantees that
+    /// inside `connected_to_upstream`.
+    pub fn attach(&mut self, id: &SessionId, token: u64, fd: RawFd) -> Result<(), AlreadyCut> {
+        let entry = self
+            .sessions
+            .get_mut(id)
+            .and_then(|v| v.iter_mut().find(|e| e.token == token))
+            .ok_or(AlreadyCut)?;
+        // SAFETY: the caller passes an fd that is open for the duration of this call; we
+        // only borrow it to duplicate it and never use the borrowed number afterwards.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        match borrowed.try_clone_to_owned() {
+            Ok(owned) => entry.socket = Some(TcpStream::from(owned)),
+            Err(e) => {
+                // Out of fds: the request goes on, but could not be cut at the socket;
+                // its body filters still see the flag.
+                tracing::warn!(error = %e, "cannot duplicate an upstream socket");
+            }
+        }
+        Ok(())
+    }
+
+    /// A request is over: forget it and close our duplicate.
+    pub fn end(&mut self, id: &SessionId, token: u64) {
+        if let Some(entries) = self.sessions.get_mut(id) {
+            entries.retain(|e| e.token != token);
+            if entries.is_empty() {
+                self.sessions.remove(id);
+            }
+        }
+    }
+
+    /// Cuts every request of `id`; returns how many.
+    pub fn cut(&mut self, id: &SessionId) -> usize {
+        let Some(entries) = self.sessions.remove(id) else {
+            return 0;
+        };
+        for e in &entries {
+            e.cut.store(true, Ordering::Release);
+            if let Some(socket) = &e.socket {
+                // ENOTCONN (peer already gone) is fine: the connection is dead either way.
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+        }
+        entries.len()
+    }
+
+    /// Requests in flight for `id`.
+    pub fn count(&self, id: &SessionId) -> usize {
+        self.sessions.get(id).map_or(0, Vec::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        (client, server)
+    }
+
+    #[test]
+    fn cut_shuts_the_socket_down_for_both_ends() {
+        let mut r = Registry::default();
+        let id = SessionId::random();
+        let t = r.begin(id);
+        let (mut ours, mut theirs) = pair();
+        r.attach(&id, t.token, ours.as_raw_fd()).unwrap();
+        assert!(!t.is_cut());
+        assert_eq!(r.cut(&id), 1);
+        assert!(t.is_cut());
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        // The far end sees EOF; a reader blocked on our end wakes with EOF too.
+        assert_eq!(theirs.read(&mut buf).unwrap(), 0);
+        assert_eq!(ours.read(&mut buf).unwrap(), 0);
+        assert_eq!(r.count(&id), 0);
+    }
+
+    #[test]
+    fn attach_after_cut_is_refused_and_end_forgets() {
+        let mut r = Registry::default();
+        let id = SessionId::random();
+        let t1 = r.begin(id);
+        let t2 = r.begin(id);
+        assert_eq!(r.count(&id), 2);
+        r.end(&id, t1.token);
+        assert_eq!(r.count(&id), 1);
+        assert_eq!(r.cut(&id), 1);
+        let (ours, _theirs) = pair();
+        assert_eq!(r.attach(&id, t2.token, ours.as_raw_fd()), Err(AlreadyCut));
+        assert_eq!(r.cut(&id), 0);
+    }
+
+    #[test]
+    fn ended_request_socket_is_untouched_by_a_later_cut() {
+        let mut r = Registry::default();
+        let id = SessionId::random();
+        let t = r.begin(id);
+        let (ours, mut theirs) = pair();
+        r.attach(&id, t.token, ours.as_raw_fd()).unwrap();
+        r.end(&id, t.token);
+        assert_eq!(r.cut(&id), 0);
+        // Still connected: a write from our side arrives.
+        use std::io::Write;
+        (&ours).write_all(b"hi").unwrap();
+        let mut buf = [0u8; 2];
+        theirs.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hi");
+    }
+}

@@ -1,0 +1,285 @@
+//! Abuse limits on `POST /session` (contract §4): the per-client token bucket, the queue
+//! cap, and which address a request counts against (trusted proxies).
+//!
+//! Pure decisions: no I/O, no pingora. The token bucket is `governor`'s GCRA, which is
+//! exactly a token bucket with `burst` tokens refilled one per `refill_every`; its clock
+//! is a type parameter so tests drive time with `FakeRelativeClock`. Must never keep
+//! unbounded per-client state: [`SessionLimiter::forget_idle`] drops full buckets.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use ipnet::IpNet;
+
+use crate::config::RateLimitConfig;
+
+/// Why `POST /session` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateRefusal {
+    /// Over the client's rate; retry after this many whole seconds (at least 1).
+    RateLimited { retry_after_secs: u64 },
+    /// The queue holds `max_sessions`.
+    QueueFull { retry_after_secs: u64 },
+}
+
+impl CreateRefusal {
+    /// The `reason` label of `labgate_session_create_rejected_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CreateRefusal::RateLimited { .. } => "rate_limited",
+            CreateRefusal::QueueFull { .. } => "queue_full",
+        }
+    }
+}
+
+/// How long a client told "queue full" should wait: a slot frees when a holder ends,
+/// and holds are minutes long, so asking again sooner than this only adds load.
+pub const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 30;
+
+/// The queue cap, as a pure check.
+pub fn check_capacity(len: usize, max_sessions: usize) -> Result<(), CreateRefusal> {
+    if len >= max_sessions {
+        Err(CreateRefusal::QueueFull {
+            retry_after_secs: QUEUE_FULL_RETRY_AFTER_SECS,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+type Keyed<C> =
+    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// Per-client-address token bucket for `POST /session`.
+pub struct SessionLimiter<C: Clock = DefaultClock> {
+    limiter: Keyed<C>,
+    clock: C,
+}
+
+impl SessionLimiter<DefaultClock> {
+    pub fn new(config: &RateLimitConfig) -> Self {
+        Self::with_clock(config, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> SessionLimiter<C> {
+    pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
+        // refill_every > 0 is guaranteed by config validation; fall back to 1 s defensively.
+        let quota = Quota::with_period(config.refill_every)
+            .unwrap_or_else(|| Quota::per_second(nonzero(1)))
+            .allow_burst(config.burst);
+        SessionLimiter {
+            limiter: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()),
+            clock,
+        }
+    }
+
+    /// Takes one token for `client`, or says how long to wait.
+    pub fn check(&self, client: IpAddr) -> Result<(), CreateRefusal> {
+        self.limiter.check_key(&client).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            CreateRefusal::RateLimited {
+                retry_after_secs: ceil_secs(wait),
+            }
+        })
+    }
+
+    /// Drops the state of clients whose bucket is full again; call it periodically.
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// Clients with state (for tests and diagnostics).
+    pub fn tracked_clients(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+fn nonzero(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN)
+}
+
+/// Whole seconds, rounded up, at least 1: `Retry-After: 0` would invite a busy loop.
+pub fn ceil_secs(d: Duration) -> u64 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.max(1)
+}
+
+/// The address a request is attributed to (§4): the TCP peer, unless the peer is a
+/// trusted proxy; then the right-most `X-Forwarded-For` entry that is not a trusted
+/// proxy. Unparseable entries stop the walk (everything left of them could be forged),
+/// and if every entry is trusted the left-most one is used.
+pub fn client_address<'a>(
+    peer: IpAddr,
+    forwarded_for: impl Iterator<Item = &'a [u8]>,
+    trusted: &[IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return peer;
+    }
+    // Several X-Forwarded-For headers are one comma-separated list, in order.
+    let entries: Vec<&[u8]> = forwarded_for
+        .flat_map(|v| v.split(|&b| b == b','))
+        .collect();
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        match parse_forwarded_ip(entry) {
+            Some(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    return ip;
+                }
+            }
+            None => return client,
+        }
+    }
+    client
+}
+
+fn parse_forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim();
+    // Accept "1.2.3.4", "::1" and the bracketed "[::1]" / "[::1]:123" / "1.2.3.4:123" forms.
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = text.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    text.strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn config(burst: u32, every: Duration) -> RateLimitConfig {
+        RateLimitConfig {
+            burst: nonzero(burst),
+            refill_every: every,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn burst_then_refill_per_client() {
+        let clock = FakeRelativeClock::default();
+        let l = SessionLimiter::with_clock(&config(3, Duration::from_secs(2)), clock.clone());
+        let a = ip("10.0.0.1");
+        for _ in 0..3 {
+            assert_eq!(l.check(a), Ok(()));
+        }
+        assert_eq!(
+            l.check(a),
+            Err(CreateRefusal::RateLimited {
+                retry_after_secs: 2
+            })
+        );
+        // Another client has its own bucket.
+        assert_eq!(l.check(ip("10.0.0.2")), Ok(()));
+        clock.advance(Duration::from_millis(1500));
+        assert_eq!(
+            l.check(a),
+            Err(CreateRefusal::RateLimited {
+                retry_after_secs: 1
+            })
+        );
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(l.check(a), Ok(()));
+    }
+
+    #[test]
+    fn idle_clients_are_forgotten() {
+        let clock = FakeRelativeClock::default();
+        let l = SessionLimiter::with_clock(&config(2, Duration::from_secs(1)), clock.clone());
+        for i in 0..100u8 {
+            l.check(IpAddr::from([10, 0, 0, i])).unwrap();
+        }
+        assert_eq!(l.tracked_clients(), 100);
+        clock.advance(Duration::from_secs(10));
+        l.forget_idle();
+        assert_eq!(l.tracked_clients(), 0);
+    }
+
+    #[test]
+    fn capacity() {
+        assert_eq!(check_capacity(9, 10), Ok(()));
+        assert!(matches!(
+            check_capacity(10, 10),
+            Err(CreateRefusal::QueueFull { .. })
+        ));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        assert_eq!(ceil_secs(Duration::ZERO), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(ceil_secs(Duration::from_secs(3)), 3);
+    }
+
+    fn client(peer: &str, xff: &[&str], trusted: &[&str]) -> IpAddr {
+        let trusted: Vec<IpNet> = trusted
+            .iter()
+            .map(|t| t.parse().unwrap_or_else(|_| IpNet::from(ip(t))))
+            .collect();
+        client_address(ip(peer), xff.iter().map(|s| s.as_bytes()), &trusted)
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_claims() {
+        assert_eq!(client("203.0.113.9", &["1.1.1.1"], &[]), ip("203.0.113.9"));
+        assert_eq!(
+            client("203.0.113.9", &["1.1.1.1"], &["10.0.0.0/8"]),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn trusted_proxy_yields_rightmost_untrusted_entry() {
+        let t = &["10.0.0.0/8", "127.0.0.1"];
+        assert_eq!(client("127.0.0.1", &["6.6.6.6, 1.2.3.4"], t), ip("1.2.3.4"));
+        assert_eq!(
+            client("127.0.0.1", &["6.6.6.6, 1.2.3.4, 10.1.1.1"], t),
+            ip("1.2.3.4")
+        );
+        // Two headers form one list.
+        assert_eq!(
+            client("10.0.0.5", &["6.6.6.6", "1.2.3.4"], t),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client("10.0.0.5", &["[2001:db8::1]:443"], t),
+            ip("2001:db8::1")
+        );
+        assert_eq!(client("10.0.0.5", &["1.2.3.4:5678"], t), ip("1.2.3.4"));
+    }
+
+    #[test]
+    fn trusted_proxy_without_usable_header() {
+        let t = &["10.0.0.0/8"];
+        assert_eq!(client("10.0.0.5", &[], t), ip("10.0.0.5"));
+        // Garbage stops the walk at the last good hop.
+        assert_eq!(client("10.0.0.5", &["1.2.3.4, garbage"], t), ip("10.0.0.5"));
+        assert_eq!(
+            client("10.0.0.5", &["garbage, 10.0.0.7"], t),
+            ip("10.0.0.7")
+        );
+        // All trusted: the left-most.
+        assert_eq!(
+            client("10.0.0.5", &["10.0.0.8, 10.0.0.7"], t),
+            ip("10.0.0.8")
+        );
+    }
+}

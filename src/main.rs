@@ -1,0 +1,117 @@
+//! The `labgate` command: parses the CLI, loads the config, runs the server. No logic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use labgate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "labgate",
+    version,
+    about = "FIFO session gate for shared lab hardware"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Validate a config file and exit.
+    Check {
+        #[arg(long, short, env = "LABGATE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Serve only the fake lab API used by the walk-through.
+    DemoLab {
+        #[arg(long, default_value = "127.0.0.1:9181")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "/etc/labgate/labgate.toml";
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The TOML config file.
+    #[arg(long, short, env = "LABGATE_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// Log format.
+    #[arg(long, value_enum, env = "LABGATE_LOG_FORMAT", default_value = "pretty")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LABGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init: a second subscriber (never expected) must not abort the process.
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("labgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Check { config }) => {
+            let c = Config::load(&config)?;
+            println!(
+                "{}: ok ({} upstream(s), {} route(s), listening on {:?}, metrics on {})",
+                config.display(),
+                c.upstreams.len(),
+                c.routes.len(),
+                c.server.listen,
+                c.metrics.listen
+            );
+            Ok(())
+        }
+        Some(Command::DemoLab { listen, log }) => {
+            init_logging(log.log_format);
+            labgate::server::run_demo_lab(listen)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log.log_format);
+    let config = Config::load(&args.config)?;
+    labgate::server::run(config).context("labgate failed")
+}

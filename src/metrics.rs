@@ -1,0 +1,263 @@
+//! Every Prometheus metric labgate exports (contract §6), registered once.
+//!
+//! Owns metric names, help texts, labels and buckets. The metrics live in the
+//! process-wide default registry, the one `pingora-prometheus` serves, so there is one
+//! registry and one `/metrics` listener. Must never hold request or queue logic: callers
+//! record facts, this module only counts them.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+use crate::queue::{Change, EndReason};
+
+/// Gate decisions, as the `decision` label (§6).
+pub const DECISIONS: [&str; 5] = ["allowed", "missing", "unknown", "waiting", "invalid"];
+/// Reasons `POST /session` is refused, as the `reason` label.
+pub const CREATE_REJECTIONS: [&str; 2] = ["rate_limited", "queue_full"];
+/// Upstream failure kinds, as the `kind` label.
+pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "io"];
+
+pub struct Metrics {
+    pub queue_depth: IntGauge,
+    pub queue_waiting: IntGauge,
+    pub active_hold_seconds: Gauge,
+    pub sessions_created: IntCounter,
+    pub sessions_ended: IntCounterVec,
+    pub create_rejected: IntCounterVec,
+    pub gate_decisions: IntCounterVec,
+    pub wait_seconds: Histogram,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+/// Queue waits and holds run from seconds to hours.
+const WAIT_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+/// Lab API calls run from milliseconds to minutes (a topology deploy).
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The metrics, registered in the default registry on first use.
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(|| Metrics::register(prometheus::default_registry()))
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+impl Metrics {
+    fn register(r: &Registry) -> Metrics {
+        // Definitions are constants: a failure here is a programming error caught by every test.
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric definition");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let queue_depth = gauge(
+            "labgate_queue_depth",
+            "Sessions in the queue, ACTIVE included.",
+        );
+        let queue_waiting = gauge("labgate_queue_waiting", "Sessions waiting for their turn.");
+        let active_hold_seconds = Gauge::new(
+            "labgate_active_hold_seconds",
+            "How long the current holder has held the lab; 0 when nobody does.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(active_hold_seconds.clone()))
+            .expect("metric registered once");
+        let sessions_created =
+            IntCounter::new("labgate_sessions_created_total", "Sessions created.")
+                .expect("valid metric definition");
+        r.register(Box::new(sessions_created.clone()))
+            .expect("metric registered once");
+        let sessions_ended = counter_vec(
+            r,
+            "labgate_sessions_ended_total",
+            "Sessions ended, by reason.",
+            &["reason"],
+        );
+        let create_rejected = counter_vec(
+            r,
+            "labgate_session_create_rejected_total",
+            "POST /session refused, by reason.",
+            &["reason"],
+        );
+        let gate_decisions = counter_vec(
+            r,
+            "labgate_gate_decisions_total",
+            "Gate decisions on /lab requests (invalid includes bad request targets).",
+            &["decision"],
+        );
+        let wait_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "labgate_wait_seconds",
+                "Time from session creation to ACTIVE.",
+            )
+            .buckets(WAIT_BUCKETS.to_vec()),
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(wait_seconds.clone()))
+            .expect("metric registered once");
+        let upstream_requests = counter_vec(
+            r,
+            "labgate_upstream_requests_total",
+            "Requests forwarded to an upstream, by upstream and response status class.",
+            &["upstream", "status"],
+        );
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "labgate_upstream_request_duration_seconds",
+                "Duration of forwarded requests, from routing to the end of the response.",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(upstream_duration.clone()))
+            .expect("metric registered once");
+        let upstream_errors = counter_vec(
+            r,
+            "labgate_upstream_errors_total",
+            "Forwarded requests that failed at the upstream, by kind.",
+            &["upstream", "kind"],
+        );
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "labgate_build_info",
+                "labgate build; the value is always 1.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        // Create every fixed label combination now, so dashboards and alerts see zeros
+        // instead of missing series.
+        for reason in EndReason::ALL {
+            sessions_ended.with_label_values(&[reason.as_str()]);
+        }
+        for reason in CREATE_REJECTIONS {
+            create_rejected.with_label_values(&[reason]);
+        }
+        for decision in DECISIONS {
+            gate_decisions.with_label_values(&[decision]);
+        }
+
+        Metrics {
+            queue_depth,
+            queue_waiting,
+            active_hold_seconds,
+            sessions_created,
+            sessions_ended,
+            create_rejected,
+            gate_decisions,
+            wait_seconds,
+            upstream_requests,
+            upstream_duration,
+            upstream_errors,
+            build_info,
+        }
+    }
+
+    /// Creates the per-upstream series for each configured upstream.
+    pub fn init_upstream(&self, name: &str) {
+        for kind in UPSTREAM_ERROR_KINDS {
+            self.upstream_errors.with_label_values(&[name, kind]);
+        }
+        for class in ["2xx", "3xx", "4xx", "5xx"] {
+            self.upstream_requests.with_label_values(&[name, class]);
+        }
+        self.upstream_duration.with_label_values(&[name]);
+    }
+
+    /// Records what a queue operation did.
+    pub fn record_change(&self, change: &Change) {
+        for ended in &change.ended {
+            self.sessions_ended
+                .with_label_values(&[ended.reason.as_str()])
+                .inc();
+        }
+        if let Some(p) = &change.promoted {
+            self.wait_seconds.observe(p.waited.as_secs_f64());
+        }
+    }
+
+    /// Records the queue's size and the current holder's hold time.
+    pub fn record_queue(&self, depth: usize, waiting: usize, hold: Duration) {
+        self.queue_depth.set(depth as i64);
+        self.queue_waiting.set(waiting as i64);
+        self.active_hold_seconds.set(hold.as_secs_f64());
+    }
+}
+
+/// `2xx`, `4xx`, ...: the `status` label of upstream requests.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_every_contract_metric() {
+        let m = metrics();
+        m.init_upstream("u");
+        let names: Vec<String> = prometheus::gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        for want in [
+            "labgate_queue_depth",
+            "labgate_queue_waiting",
+            "labgate_active_hold_seconds",
+            "labgate_sessions_created_total",
+            "labgate_sessions_ended_total",
+            "labgate_session_create_rejected_total",
+            "labgate_gate_decisions_total",
+            "labgate_wait_seconds",
+            "labgate_upstream_request_duration_seconds",
+            "labgate_upstream_errors_total",
+            "labgate_build_info",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(101), "1xx");
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(423), "4xx");
+        assert_eq!(status_class(504), "5xx");
+    }
+}

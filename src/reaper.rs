@@ -1,0 +1,52 @@
+//! The stale reaper: a pingora background service that ends idle sessions on a tick and
+//! promotes the next one (contract §3).
+//!
+//! Owns only the schedule; what is stale is the queue's decision. It stops when pingora
+//! signals shutdown. Must never sleep while holding the queue lock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::time::MissedTickBehavior;
+
+use crate::state::Shared;
+
+pub struct Reaper {
+    shared: Arc<Shared>,
+    interval: Duration,
+}
+
+impl Reaper {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let interval = shared.config.queue.reap_interval;
+        Reaper { shared, interval }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reaper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // A closed channel means the server is gone: stop too.
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+                _ = tick.tick() => {
+                    let reaped = self.shared.reap(Instant::now());
+                    if reaped > 0 {
+                        tracing::debug!(reaped, "stale sessions reaped");
+                    }
+                }
+            }
+        }
+        tracing::debug!("reaper stopped");
+    }
+}

@@ -1,0 +1,163 @@
+//! Assembles the pingora server from a [`Config`]: the gateway listener, the metrics
+//! listener, the reaper, the optional demo lab, and a shutdown watch that drains.
+//!
+//! Owns start-up and shutdown only. On SIGTERM or SIGINT it waits until no forwarded
+//! request is in flight (at most `grace_period`), then lets pingora stop its runtimes;
+//! pingora's own grace period would sleep the whole period (300 s by default) even when
+//! nothing is running. Must never panic on a bad environment: a listener that cannot be
+//! bound is reported before pingora starts, because pingora would panic inside a service
+//! thread and keep the process running without it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::config::Config;
+use crate::demo::DemoLab;
+use crate::proxy::LabGate;
+use crate::reaper::Reaper;
+use crate::state::Shared;
+
+/// How often a draining shutdown looks at the in-flight count.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Checks that every address can be bound now, with a clear error if not.
+fn check_listeners(config: &Config) -> anyhow::Result<()> {
+    let mut all: Vec<(&str, SocketAddr)> = config
+        .server
+        .listen
+        .iter()
+        .map(|a| ("server.listen", *a))
+        .collect();
+    all.push(("metrics.listen", config.metrics.listen));
+    if let Some(demo) = &config.demo_lab {
+        all.push(("demo_lab.listen", demo.listen));
+    }
+    for (what, addr) in all {
+        TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} ({what})"))?;
+    }
+    Ok(())
+}
+
+/// Builds and runs labgate until SIGTERM or SIGINT; returns after a graceful drain.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    check_listeners(&config)?;
+    let server_conf = ServerConf {
+        threads: config.server.threads,
+        // Our shutdown watch does the draining; pingora must not sleep on top of it.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs().max(1)),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+
+    let listen = config.server.listen.clone();
+    let metrics_listen = config.metrics.listen;
+    let demo = config.demo_lab.clone();
+    let grace = config.server.grace_period;
+    let shared = Shared::new(config);
+
+    let mut gateway = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        LabGate::new(shared.clone()),
+        "labgate",
+    );
+    for addr in &listen {
+        gateway.add_tcp(&addr.to_string());
+    }
+    let mut metrics = pingora_prometheus::prometheus_http_service();
+    metrics.add_tcp(&metrics_listen.to_string());
+    server.add_service(gateway);
+    server.add_service(metrics);
+    server.add_service(background_service("reaper", Reaper::new(shared.clone())));
+    if let Some(demo) = demo {
+        let mut lab = Service::new("demo lab".to_string(), DemoLab);
+        lab.add_tcp(&demo.listen.to_string());
+        server.add_service(lab);
+        tracing::info!(listen = %demo.listen, "demo lab serving a fake device API");
+    }
+    tracing::info!(
+        listen = ?listen,
+        metrics = %metrics_listen,
+        version = env!("CARGO_PKG_VERSION"),
+        "labgate starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnSignal {
+            in_flight: Box::new(move || shared.forwarded_in_flight()),
+            grace,
+        }),
+    });
+    tracing::info!("labgate stopped");
+    Ok(())
+}
+
+/// Runs only the demo lab until SIGTERM or SIGINT.
+pub fn run_demo_lab(listen: SocketAddr) -> anyhow::Result<()> {
+    TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let conf = ServerConf {
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut lab = Service::new("demo lab".to_string(), DemoLab);
+    lab.add_tcp(&listen.to_string());
+    server.add_service(lab);
+    tracing::info!(listen = %listen, "demo lab serving a fake device API");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnSignal {
+            in_flight: Box::new(|| 0),
+            grace: Duration::ZERO,
+        }),
+    });
+    Ok(())
+}
+
+/// SIGTERM and SIGINT both drain: wait for forwarded requests to finish, at most `grace`.
+struct DrainOnSignal {
+    in_flight: Box<dyn Fn() -> usize + Send + Sync>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainOnSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (term, int) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            tracing::error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        let deadline = Instant::now() + self.grace;
+        tracing::info!(
+            signal = which,
+            in_flight = (self.in_flight)(),
+            grace = ?self.grace,
+            "draining before shutdown"
+        );
+        while (self.in_flight)() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let left = (self.in_flight)();
+        if left > 0 {
+            tracing::warn!(in_flight = left, "grace period over; cutting what is left");
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
