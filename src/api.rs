@@ -6,7 +6,7 @@
 //! produces a [`Reply`] that the pingora adapter writes.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::gate::{Decision, SessionHeader};
 use crate::limits::CreateRefusal;
 use crate::queue::{EndReason, SessionId, Status};
-use crate::state::Shared;
+use crate::state::{CreateFailure, Shared, StoreFailed};
 
 /// An answer labgate gives itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,14 +147,20 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
     }
 }
 
-/// Answers a local endpoint (everything but [`Endpoint::Lab`]).
-pub fn handle(
+/// The longest long-poll (§7); larger `wait` values are clamped to it.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// Answers a local endpoint (everything but [`Endpoint::Lab`]). `query` is the checked
+/// query string; only `GET /session/{id}` reads it (`wait`).
+pub async fn handle(
     shared: &Shared,
     endpoint: Endpoint<'_>,
+    query: Option<&str>,
     session_header: SessionHeader,
     client: IpAddr,
     now: Instant,
 ) -> Reply {
+    let active_timeout = shared.config.queue.timeouts.active.as_secs();
     match endpoint {
         Endpoint::CreateSession => match shared.create_session(client, now) {
             Ok((id, position)) => Reply::json(
@@ -163,30 +169,55 @@ pub fn handle(
                     session_id: id.to_string(),
                     position,
                 },
-            ),
-            Err(refusal) => create_refused(refusal),
+            )
+            .with_header(ACTIVE_TIMEOUT_HEADER, active_timeout),
+            Err(CreateFailure::Refused(refusal)) => create_refused(refusal),
+            Err(CreateFailure::Store) => store_unavailable(),
         },
         Endpoint::GetSession(id) => {
-            match SessionId::parse_exact(id).and_then(|id| shared.session_status(&id, now)) {
-                Some((status, position)) => Reply::json(
-                    200,
-                    &SessionStatus {
-                        status: status.as_str(),
-                        position,
-                    },
+            let wait = match wait_param(query) {
+                Ok(wait) => wait,
+                Err(reply) => return reply,
+            };
+            let status = match (SessionId::parse_exact(id), wait) {
+                (None, _) => None,
+                (Some(id), None) => shared.session_status(&id, now),
+                (Some(id), Some(wait)) => shared.wait_for_turn(&id, wait).await,
+            };
+            match status {
+                Some((status, position)) => with_hold_remaining(
+                    Reply::json(
+                        200,
+                        &SessionStatus {
+                            status: status.as_str(),
+                            position,
+                        },
+                    )
+                    .with_header(ACTIVE_TIMEOUT_HEADER, active_timeout),
+                    shared,
+                    status,
                 ),
                 None => Reply::detail(404, SESSION_NOT_FOUND),
             }
         }
-        Endpoint::DeleteSession(id) => match SessionId::parse_exact(id) {
-            Some(id) if shared.end_session(&id, EndReason::Deleted, now) => Reply::empty(204),
-            _ => Reply::detail(404, SESSION_NOT_FOUND),
-        },
+        Endpoint::DeleteSession(id) => {
+            let ended = SessionId::parse_exact(id)
+                .map(|id| shared.end_session(&id, EndReason::Deleted, now))
+                .unwrap_or(Ok(false));
+            match ended {
+                Ok(true) => Reply::empty(204),
+                Ok(false) => Reply::detail(404, SESSION_NOT_FOUND),
+                Err(StoreFailed) => store_unavailable(),
+            }
+        }
         Endpoint::Heartbeat => match session_header {
             SessionHeader::Missing => missing_header(),
             SessionHeader::Duplicate => duplicate_header(),
-            SessionHeader::One(Some(id)) if shared.heartbeat(&id, now) => Reply::empty(204),
-            SessionHeader::One(_) => Reply::detail(404, SESSION_NOT_FOUND),
+            SessionHeader::One(Some(id)) => match shared.session_status(&id, now) {
+                Some((status, _)) => with_hold_remaining(Reply::empty(204), shared, status),
+                None => Reply::detail(404, SESSION_NOT_FOUND),
+            },
+            SessionHeader::One(None) => Reply::detail(404, SESSION_NOT_FOUND),
         },
         Endpoint::ActiveSession => match shared.active_session() {
             Some(id) => Reply::json(
@@ -207,15 +238,79 @@ pub fn handle(
     }
 }
 
-/// The answer to a request the gate refused; `None` for `Allow`.
-pub fn refused(decision: Decision) -> Option<Reply> {
+/// The server's active timeout, for clients that heartbeat (labgate run).
+pub const ACTIVE_TIMEOUT_HEADER: &str = "X-Lab-Active-Timeout";
+/// Seconds the ACTIVE session has left under the hold limit (§7).
+pub const HOLD_REMAINING_HEADER: &str = "X-Lab-Hold-Remaining";
+
+fn with_hold_remaining(reply: Reply, shared: &Shared, status: Status) -> Reply {
+    match (status, shared.hold_remaining(Instant::now())) {
+        (Status::Active, Some(left)) => reply.with_header(HOLD_REMAINING_HEADER, left.as_secs()),
+        _ => reply,
+    }
+}
+
+/// Reads `wait` from a query string: whole seconds, clamped to [`MAX_WAIT_SECS`];
+/// anything else is FastAPI's 422 for a bad integer.
+pub fn wait_param(query: Option<&str>) -> Result<Option<Duration>, Reply> {
+    let Some(value) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("wait="))
+    else {
+        return Ok(None);
+    };
+    match value.parse::<u64>() {
+        Ok(secs) => Ok(Some(Duration::from_secs(secs.min(MAX_WAIT_SECS)))),
+        Err(_) => Err(Reply::json(
+            422,
+            &BadQuery {
+                detail: [BadQueryItem {
+                    kind: "int_parsing",
+                    loc: ["query", "wait"],
+                    msg: "Input should be a valid integer, unable to parse string as an integer",
+                    input: value,
+                }],
+            },
+        )),
+    }
+}
+
+#[derive(Serialize)]
+struct BadQuery<'a> {
+    detail: [BadQueryItem<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct BadQueryItem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    loc: [&'static str; 2],
+    msg: &'static str,
+    input: &'a str,
+}
+
+/// The answer to a request the gate refused; `None` for `Allow`. A WAITING session
+/// learns its place and when to ask again (§7 queue hints).
+pub fn refused(decision: Decision, shared: &Shared, now: Instant) -> Option<Reply> {
     Some(match decision {
         Decision::Allow { .. } => return None,
         Decision::Missing => missing_header(),
         Decision::Duplicate => duplicate_header(),
         Decision::Unknown => Reply::detail(404, SESSION_NOT_FOUND),
-        Decision::Waiting { .. } => Reply::detail(423, "Session is not active"),
+        Decision::Waiting { position } => not_active()
+            .with_header("X-Queue-Position", position)
+            .with_header("Retry-After", shared.retry_after(position, now)),
     })
+}
+
+/// `423`: the session is not (or no longer) the holder.
+pub fn not_active() -> Reply {
+    Reply::detail(423, "Session is not active")
+}
+
+fn store_unavailable() -> Reply {
+    Reply::detail(503, "Session store unavailable").with_header("Retry-After", 5)
 }
 
 pub fn not_found() -> Reply {
@@ -320,16 +415,32 @@ mod tests {
     }
 
     #[test]
+    fn wait_is_whole_seconds_clamped_to_a_minute() {
+        assert_eq!(wait_param(None), Ok(None));
+        assert_eq!(wait_param(Some("x=1")), Ok(None));
+        assert_eq!(wait_param(Some("wait=5")), Ok(Some(Duration::from_secs(5))));
+        assert_eq!(wait_param(Some("a=b&wait=0")), Ok(Some(Duration::ZERO)));
+        assert_eq!(
+            wait_param(Some("wait=3600")),
+            Ok(Some(Duration::from_secs(60)))
+        );
+        let bad = wait_param(Some("wait=soon")).unwrap_err();
+        assert_eq!(bad.status, 422);
+        assert_eq!(
+            body(&bad),
+            r#"{"detail":[{"type":"int_parsing","loc":["query","wait"],"msg":"Input should be a valid integer, unable to parse string as an integer","input":"soon"}]}"#
+        );
+        assert_eq!(wait_param(Some("wait=-1")).unwrap_err().status, 422);
+    }
+
+    #[test]
     fn bodies_match_the_reference_server() {
         assert_eq!(body(&not_found()), r#"{"detail":"Not Found"}"#);
         assert_eq!(
             body(&missing_header()),
             r#"{"detail":[{"type":"missing","loc":["header","X-Session-ID"],"msg":"Field required","input":null}]}"#
         );
-        assert_eq!(
-            body(&refused(Decision::Waiting { position: 2 }).unwrap()),
-            r#"{"detail":"Session is not active"}"#
-        );
+        assert_eq!(body(&not_active()), r#"{"detail":"Session is not active"}"#);
         let r = create_refused(CreateRefusal::RateLimited {
             retry_after_secs: 3,
         });

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -79,6 +79,10 @@ pub struct QueueConfig {
     pub timeouts: Timeouts,
     pub reap_interval: Duration,
     pub max_sessions: usize,
+    /// Hold limit (§7): `None` means holders are never expired.
+    pub max_hold: Option<Duration>,
+    /// The durable store; `None` keeps the queue in memory only.
+    pub state_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +261,8 @@ struct RawQueue {
     waiting_timeout: Spanned<Dur>,
     reap_interval: Spanned<Dur>,
     max_sessions: Spanned<usize>,
+    max_hold: Option<Spanned<Dur>>,
+    state_path: Option<Spanned<String>>,
 }
 
 impl Default for RawQueue {
@@ -266,6 +272,8 @@ impl Default for RawQueue {
             waiting_timeout: Spanned::new(0..0, secs(600)),
             reap_interval: Spanned::new(0..0, secs(1)),
             max_sessions: Spanned::new(0..0, 10_000),
+            max_hold: None,
+            state_path: None,
         }
     }
 }
@@ -480,6 +488,21 @@ impl RawQueue {
                 waiting: positive(&self.waiting_timeout, "queue.waiting_timeout")?,
             },
             reap_interval: positive(&self.reap_interval, "queue.reap_interval")?,
+            max_hold: self
+                .max_hold
+                .as_ref()
+                .map(|d| positive(d, "queue.max_hold"))
+                .transpose()?,
+            state_path: match &self.state_path {
+                Some(p) if p.get_ref().trim().is_empty() => {
+                    return problem(
+                        span_of(p),
+                        "queue.state_path is empty: remove it for a memory-only queue",
+                    );
+                }
+                Some(p) => Some(PathBuf::from(p.get_ref())),
+                None => None,
+            },
             max_sessions: self.max_sessions.into_inner(),
         })
     }
@@ -681,6 +704,32 @@ routes = ["/lab"]
         .unwrap();
         assert_eq!(c.queue.timeouts.active, Duration::from_secs(600));
         assert_eq!(c.queue.reap_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn optional_queue_settings() {
+        let c = Config::parse(MINIMAL, "t").unwrap();
+        assert_eq!((c.queue.max_hold, c.queue.state_path), (None, None));
+        let c = Config::parse(
+            &format!(
+                "[queue]\nmax_hold = \"30m\"\nstate_path = \"/var/lib/labgate/q.redb\"\n{MINIMAL}"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.queue.max_hold, Some(Duration::from_secs(1800)));
+        assert_eq!(
+            c.queue.state_path,
+            Some(PathBuf::from("/var/lib/labgate/q.redb"))
+        );
+        assert_eq!(
+            err(&format!("[queue]\nmax_hold = \"0s\"\n{MINIMAL}")).line,
+            2
+        );
+        assert_eq!(
+            err(&format!("[queue]\nstate_path = \" \"\n{MINIMAL}")).line,
+            2
+        );
     }
 
     #[test]

@@ -34,3 +34,4 @@ pub mod queue;
 pub mod reaper;
 pub mod server;
 pub mod state;
+pub mod store;

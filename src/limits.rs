@@ -40,6 +40,33 @@ impl CreateRefusal {
 /// and holds are minutes long, so asking again sooner than this only adds load.
 pub const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 30;
 
+/// What a hold is assumed to last before labgate has seen any.
+pub const DEFAULT_HOLD_GUESS: Duration = Duration::from_secs(60);
+
+/// `Retry-After` for a WAITING session at `position` (§7 queue hints): the typical hold
+/// (median of `recent_holds`) less what the current holder has used, plus a typical
+/// hold for each session in between. At least 1 s; at most half `waiting_timeout`, so a
+/// client that obeys it is never reaped for obeying.
+pub fn waiting_retry_after(
+    position: usize,
+    recent_holds: &[Duration],
+    current_hold: Duration,
+    waiting_timeout: Duration,
+) -> u64 {
+    let typical = median(recent_holds).unwrap_or(DEFAULT_HOLD_GUESS);
+    let ahead = u32::try_from(position.saturating_sub(1)).unwrap_or(u32::MAX);
+    let estimate = typical
+        .saturating_sub(current_hold)
+        .saturating_add(typical.saturating_mul(ahead));
+    ceil_secs(estimate.min(waiting_timeout / 2))
+}
+
+fn median(samples: &[Duration]) -> Option<Duration> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
+}
+
 /// The queue cap, as a pure check.
 pub fn check_capacity(len: usize, max_sessions: usize) -> Result<(), CreateRefusal> {
     if len >= max_sessions {
@@ -210,6 +237,22 @@ mod tests {
         clock.advance(Duration::from_secs(10));
         l.forget_idle();
         assert_eq!(l.tracked_clients(), 0);
+    }
+
+    #[test]
+    fn retry_after_follows_recent_holds_and_position() {
+        let s = Duration::from_secs;
+        let wt = s(600);
+        // No history: the default guess.
+        assert_eq!(waiting_retry_after(1, &[], s(0), wt), 60);
+        let holds = [s(100), s(20), s(40)];
+        // Median 40 s; the holder has used 10 s.
+        assert_eq!(waiting_retry_after(1, &holds, s(10), wt), 30);
+        assert_eq!(waiting_retry_after(3, &holds, s(10), wt), 30 + 80);
+        // An overdue holder: never 0.
+        assert_eq!(waiting_retry_after(1, &holds, s(500), wt), 1);
+        // Never beyond half the waiting timeout.
+        assert_eq!(waiting_retry_after(100, &holds, s(0), wt), 300);
     }
 
     #[test]

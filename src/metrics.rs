@@ -35,11 +35,18 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub connections_cut: IntCounter,
+    pub hold_seconds: Histogram,
+    pub state_write_seconds: Histogram,
 }
 
 /// Queue waits and holds run from seconds to hours.
 const WAIT_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+/// A durable write is one fsync: sub-millisecond on SSDs, tens of ms on slow disks.
+const WRITE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 /// Lab API calls run from milliseconds to minutes (a topology deploy).
 const UPSTREAM_BUCKETS: &[f64] = &[
@@ -150,6 +157,30 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let connections_cut = IntCounter::new(
+            "labgate_connections_cut_total",
+            "Forwarded requests and upgraded connections cut because their session ended.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(connections_cut.clone()))
+            .expect("metric registered once");
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid metric definition");
+            r.register(Box::new(h.clone()))
+                .expect("metric registered once");
+            h
+        };
+        let hold_seconds = histogram(
+            "labgate_hold_seconds",
+            "How long completed holds lasted (promotion to end).",
+            WAIT_BUCKETS,
+        );
+        let state_write_seconds = histogram(
+            "labgate_state_write_seconds",
+            "Duration of durable queue store writes.",
+            WRITE_BUCKETS,
+        );
 
         // Create every fixed label combination now, so dashboards and alerts see zeros
         // instead of missing series.
@@ -176,6 +207,9 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             build_info,
+            connections_cut,
+            hold_seconds,
+            state_write_seconds,
         }
     }
 
@@ -196,6 +230,9 @@ impl Metrics {
             self.sessions_ended
                 .with_label_values(&[ended.reason.as_str()])
                 .inc();
+            if let Some(held) = ended.held {
+                self.hold_seconds.observe(held.as_secs_f64());
+            }
         }
         if let Some(p) = &change.promoted {
             self.wait_seconds.observe(p.waited.as_secs_f64());
@@ -245,6 +282,9 @@ mod tests {
             "labgate_upstream_request_duration_seconds",
             "labgate_upstream_errors_total",
             "labgate_build_info",
+            "labgate_connections_cut_total",
+            "labgate_hold_seconds",
+            "labgate_state_write_seconds",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -19,6 +19,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::api::{self, Endpoint, Reply};
 use crate::config::Upstream;
+use crate::cut::Ticket;
 use crate::gate::{self, Decision};
 use crate::limits;
 use crate::metrics::{status_class, UPSTREAM_ERROR_KINDS};
@@ -47,13 +48,27 @@ impl LabGate {
 pub struct InFlight {
     shared: Arc<Shared>,
     id: SessionId,
+    ticket: Ticket,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.shared.end_request(&self.id, Instant::now());
+        self.shared
+            .end_request(&self.id, &self.ticket, Instant::now());
     }
 }
+
+impl InFlight {
+    fn is_cut(&self) -> bool {
+        self.ticket.is_cut()
+    }
+}
+
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The error a request gets when its session ended under it.
+const SESSION_ENDED: ErrorType = ErrorType::Custom("session ended");
 
 /// What one request learned on its way through the filters.
 #[derive(Default)]
@@ -211,17 +226,20 @@ impl ProxyHttp for LabGate {
                 // Only Unix-socket peers lack an IP, and labgate listens on TCP only.
                 return self.answer(session, ctx, api::not_found()).await;
             };
-            let reply = api::handle(shared, endpoint, header, client, now);
+            let query = target.query.map(str::to_owned);
+            let path = target.path.to_string();
+            let endpoint = api::route(&req.method, &path);
+            let reply = api::handle(shared, endpoint, query.as_deref(), header, client, now).await;
             return self.answer(session, ctx, reply).await;
         }
 
-        let decision = shared.gate(header, now);
+        let (decision, ticket) = shared.gate(header, now);
         ctx.decision = Some(decision.label());
-        let Decision::Allow { id, seq } = decision else {
+        let (Decision::Allow { id, seq }, Some(ticket)) = (decision, ticket) else {
             if let gate::SessionHeader::One(Some(id)) = header {
                 ctx.session = Some(id);
             }
-            let reply = api::refused(decision).unwrap_or_else(api::not_found);
+            let reply = api::refused(decision, shared, now).unwrap_or_else(api::not_found);
             return self.answer(session, ctx, reply).await;
         };
         ctx.session = Some(id);
@@ -229,6 +247,7 @@ impl ProxyHttp for LabGate {
         ctx.in_flight = Some(InFlight {
             shared: shared.clone(),
             id,
+            ticket,
         });
         let Some((prefix, &index)) = shared.config.routes.lookup(&target.path) else {
             return self.answer(session, ctx, api::not_found()).await;
@@ -256,8 +275,15 @@ impl ProxyHttp for LabGate {
         let Some(up) = self.upstream(ctx) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
+        if ctx.in_flight.as_ref().is_some_and(InFlight::is_cut) {
+            return Error::e_explain(SESSION_ENDED, "before connecting");
+        }
         // A resolved SocketAddr: no DNS on the request path.
         let mut peer = HttpPeer::new(up.addr, false, String::new());
+        // Pool connections per session: a socket of an ended (cut) session must never
+        // serve another session's request.
+        peer.group_key = ctx.seq.unwrap_or_default();
+        peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
         peer.options.read_timeout = if session.is_upgrade_req() {
@@ -334,6 +360,37 @@ impl ProxyHttp for LabGate {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(f), Some(id)) = (&ctx.in_flight, ctx.session) {
+            if self.shared.attach_upstream(&id, &f.ticket, fd).is_err() {
+                return Error::e_explain(SESSION_ENDED, "while connecting");
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.in_flight.is_some() {
+            if let Some(left) = self.shared.hold_remaining(Instant::now()) {
+                resp.insert_header(api::HOLD_REMAINING_HEADER, left.as_secs())?;
+            }
+        }
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -354,7 +411,11 @@ impl ProxyHttp for LabGate {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        let cut = ctx.in_flight.as_ref().is_some_and(InFlight::is_cut);
         let (reply, kind) = match (e.etype(), e.esource()) {
+            // Its session ended: not an upstream failure. Say so if we still can; the
+            // connection is closed either way.
+            _ if cut => (Some(api::not_active()), None),
             (ErrorType::ConnectTimedout, _) => (Some(api::upstream_timed_out()), Some("timeout")),
             (ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream) => {
                 (Some(api::upstream_timed_out()), Some("timeout"))

@@ -48,21 +48,24 @@ fn check_listeners(config: &Config) -> anyhow::Result<()> {
 /// Builds and runs labgate until SIGTERM or SIGINT; returns after a graceful drain.
 pub fn run(config: Config) -> anyhow::Result<()> {
     check_listeners(&config)?;
-    let server_conf = ServerConf {
-        threads: config.server.threads,
-        // Our shutdown watch does the draining; pingora must not sleep on top of it.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs().max(1)),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, server_conf);
-    server.bootstrap();
-
     let listen = config.server.listen.clone();
     let metrics_listen = config.metrics.listen;
     let demo = config.demo_lab.clone();
     let grace = config.server.grace_period;
-    let shared = Shared::new(config);
+    let threads = config.server.threads;
+    let shutdown_timeout = config.server.shutdown_timeout;
+    // The store is opened (and the queue restored) before pingora starts, so that a
+    // store that cannot be opened is a clean start-up error.
+    let shared = Shared::new(config)?;
+    let server_conf = ServerConf {
+        threads,
+        // Our shutdown watch does the draining; pingora must not sleep on top of it.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(shutdown_timeout.as_secs().max(1)),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
 
     let mut gateway = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -1,31 +1,78 @@
 //! The state every request and background task shares: one cheap handle, [`Shared`].
 //!
-//! Owns the queue lock and the bookkeeping around each queue operation: metrics, the
-//! audit trail (tracing target `labgate::audit`) and the count of forwarded requests in
-//! flight that a graceful shutdown waits for. The lock is a std `Mutex` held only for the
-//! pure queue call, never across `.await`, and dropped before anything is logged.
+//! Owns the one lock around the queue, the registry of live connections to cut, and the
+//! durable store, and the bookkeeping around each queue operation: the store write
+//! (before the operation is acknowledged), cutting an ended session's connections,
+//! metrics, the audit trail (tracing target `labgate::audit`), the long-poll wake-ups and
+//! the count of forwarded requests a graceful shutdown waits for.
+//!
+//! The lock is a std `Mutex`, never held across `.await`. It covers the queue, the
+//! connection registry and the store together, so "session ended" and "request
+//! registered" cannot interleave, and store writes happen in queue order. A store write
+//! (one fsync) therefore runs under the lock; sessions are created and ended a few times
+//! a minute on a lab, not thousands of times a second. Metrics and logs are recorded
+//! after the lock is released.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::cut::{self, Ticket};
 use crate::gate::{self, Decision, SessionHeader};
 use crate::limits::{self, CreateRefusal, SessionLimiter};
 use crate::metrics::{metrics, Metrics};
 use crate::queue::{Change, EndReason, Queue, SessionId, Status};
+use crate::store::{Store, StoreError, StoredSession};
 
 /// Audit events go to their own target so operators can route them separately.
 pub const AUDIT: &str = "labgate::audit";
 
+/// How many completed holds the `Retry-After` estimate looks at.
+const HOLD_HISTORY: usize = 32;
+
+/// Why `POST /session` did not create a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateFailure {
+    Refused(CreateRefusal),
+    /// The durable store could not record it; nothing was created.
+    Store,
+}
+
+/// The durable store failed; the operation was not done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreFailed;
+
+/// Facts about a session that the queue does not need.
+struct Meta {
+    client: Option<IpAddr>,
+    created_ms: u64,
+}
+
+struct Core {
+    queue: Queue,
+    conns: cut::Registry,
+    store: Option<Store>,
+    /// Removals the store has not yet recorded (a failed write is retried later).
+    unsaved_removals: Vec<u64>,
+    meta: HashMap<SessionId, Meta>,
+    recent_holds: VecDeque<Duration>,
+}
+
 pub struct Shared {
     pub config: Config,
-    queue: Mutex<Queue>,
+    core: Mutex<Core>,
     limiter: SessionLimiter,
     metrics: &'static Metrics,
     /// Forwarded requests (upgraded connections included) still running.
     forwarded_in_flight: AtomicUsize,
+    /// Bumped after every promotion or removal; long-polls wait on it.
+    changes: watch::Sender<u64>,
 }
 
 /// Queue figures read under the lock, recorded after it is released.
@@ -35,49 +82,157 @@ struct Snapshot {
     hold: Duration,
 }
 
+/// What one operation did, to record once the lock is released.
+struct Outcome {
+    change: Change,
+    snapshot: Snapshot,
+    cut: usize,
+    store_time: Option<Duration>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Core {
+    fn snapshot(&self, now: Instant) -> Snapshot {
+        Snapshot {
+            depth: self.queue.len(),
+            waiting: self.queue.waiting(),
+            hold: self.queue.active_hold(now),
+        }
+    }
+
+    /// Writes pending removals plus `seqs` to the store; on failure keeps them pending.
+    fn save_removals(
+        &mut self,
+        seqs: impl IntoIterator<Item = u64>,
+    ) -> Result<Option<Duration>, StoreError> {
+        self.unsaved_removals.extend(seqs);
+        let Some(store) = &self.store else {
+            self.unsaved_removals.clear();
+            return Ok(None);
+        };
+        if self.unsaved_removals.is_empty() {
+            return Ok(None);
+        }
+        let took = store.remove(&self.unsaved_removals)?;
+        self.unsaved_removals.clear();
+        Ok(Some(took))
+    }
+
+    /// Everything that follows a queue change, under the lock: cut the ended sessions'
+    /// connections and forget their metadata.
+    fn settle(&mut self, change: Change, now: Instant, store_time: Option<Duration>) -> Outcome {
+        let mut cut = 0;
+        for e in &change.ended {
+            cut += self.conns.cut(&e.id);
+            self.meta.remove(&e.id);
+            if let Some(held) = e.held {
+                if self.recent_holds.len() == HOLD_HISTORY {
+                    self.recent_holds.pop_front();
+                }
+                self.recent_holds.push_back(held);
+            }
+        }
+        Outcome {
+            snapshot: self.snapshot(now),
+            change,
+            cut,
+            store_time,
+        }
+    }
+}
+
 impl Shared {
-    pub fn new(config: Config) -> Arc<Shared> {
-        let queue = Queue::new(config.queue.timeouts);
+    /// Builds the shared state; with a `state_path`, opens the store and restores the
+    /// queue from it (every restored session gets a full idle timeout from now).
+    pub fn new(config: Config) -> anyhow::Result<Arc<Shared>> {
+        let now = Instant::now();
+        let wall_now = SystemTime::now();
+        let (queue, store, meta) = match &config.queue.state_path {
+            None => (Queue::new(config.queue.timeouts), None, HashMap::new()),
+            Some(path) => {
+                let (store, restored) = Store::open(path)?;
+                let mut meta = HashMap::new();
+                let sessions = restored
+                    .sessions
+                    .iter()
+                    .map(|s| {
+                        meta.insert(
+                            s.id,
+                            Meta {
+                                client: None,
+                                created_ms: s.created_ms,
+                            },
+                        );
+                        let age =
+                            Duration::from_millis(unix_ms(wall_now).saturating_sub(s.created_ms));
+                        (s.id, s.seq, now.checked_sub(age).unwrap_or(now))
+                    })
+                    .collect();
+                let queue = Queue::restore(config.queue.timeouts, restored.next_seq, sessions, now)
+                    .with_context(|| format!("cannot restore the queue from {}", path.display()))?;
+                tracing::info!(
+                    target: AUDIT,
+                    event = "queue_restored",
+                    sessions = queue.len(),
+                    next_seq = queue.next_seq(),
+                    path = %path.display(),
+                );
+                (queue, Some(store), meta)
+            }
+        };
+        let mut queue = queue;
+        queue.set_max_hold(config.queue.max_hold);
         let limiter = SessionLimiter::new(&config.rate_limit);
         let metrics = metrics();
         for up in &config.upstreams {
             metrics.init_upstream(&up.name);
         }
-        metrics.record_queue(0, 0, Duration::ZERO);
-        Arc::new(Shared {
+        metrics.record_queue(queue.len(), queue.waiting(), queue.active_hold(now));
+        let (changes, _) = watch::channel(0);
+        Ok(Arc::new(Shared {
             config,
-            queue: Mutex::new(queue),
+            core: Mutex::new(Core {
+                queue,
+                conns: cut::Registry::default(),
+                store,
+                unsaved_removals: Vec::new(),
+                meta,
+                recent_holds: VecDeque::new(),
+            }),
             limiter,
             metrics,
             forwarded_in_flight: AtomicUsize::new(0),
-        })
+            changes,
+        }))
     }
 
     pub fn metrics(&self) -> &'static Metrics {
         self.metrics
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
+    fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock cannot leave the queue half-updated in a way
         // that matters more than stopping the gateway would: keep serving.
-        self.queue
+        self.core
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn snapshot(q: &Queue, now: Instant) -> Snapshot {
-        Snapshot {
-            depth: q.len(),
-            waiting: q.waiting(),
-            hold: q.active_hold(now),
+    fn record(&self, o: Outcome) {
+        let m = self.metrics;
+        m.record_change(&o.change);
+        m.record_queue(o.snapshot.depth, o.snapshot.waiting, o.snapshot.hold);
+        if o.cut > 0 {
+            m.connections_cut.inc_by(o.cut as u64);
         }
-    }
-
-    fn record(&self, change: &Change, snap: Snapshot) {
-        self.metrics.record_change(change);
-        self.metrics
-            .record_queue(snap.depth, snap.waiting, snap.hold);
-        for e in &change.ended {
+        if let Some(t) = o.store_time {
+            m.state_write_seconds.observe(t.as_secs_f64());
+        }
+        for e in &o.change.ended {
             tracing::info!(
                 target: AUDIT,
                 event = "session_ended",
@@ -86,9 +241,10 @@ impl Shared {
                 reason = e.reason.as_str(),
                 was_active = e.was_active,
                 held_secs = e.held.map(|h| h.as_secs_f64()),
+                requests_cut = e.inflight,
             );
         }
-        if let Some(p) = &change.promoted {
+        if let Some(p) = &o.change.promoted {
             tracing::info!(
                 target: AUDIT,
                 event = "session_promoted",
@@ -97,83 +253,150 @@ impl Shared {
                 waited_secs = p.waited.as_secs_f64(),
             );
         }
+        if !o.change.is_empty() {
+            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
     }
 
-    /// `POST /session`: rate limit, cap, then append.
+    /// `POST /session`: rate limit, cap, durable write, then append.
     pub fn create_session(
         &self,
         client: IpAddr,
         now: Instant,
-    ) -> Result<(SessionId, usize), CreateRefusal> {
+    ) -> Result<(SessionId, usize), CreateFailure> {
         let refused = |r: CreateRefusal| {
             self.metrics
                 .create_rejected
                 .with_label_values(&[r.label()])
                 .inc();
             tracing::info!(target: AUDIT, event = "session_refused", client = %client, reason = r.label());
-            r
+            CreateFailure::Refused(r)
         };
         self.limiter.check(client).map_err(refused)?;
         let id = SessionId::random();
-        let (position, promoted, snap) = {
-            let mut q = self.lock();
-            limits::check_capacity(q.len(), self.config.queue.max_sessions).map_err(refused)?;
-            // A v4 collision is not a realistic event; if it ever happens the caller
-            // gets a 503 like a full queue rather than a silently shared session.
-            let (position, promoted) = q.create(id, now).map_err(|_| {
-                refused(CreateRefusal::QueueFull {
-                    retry_after_secs: 1,
-                })
+        let created_ms = unix_ms(SystemTime::now());
+        let (position, outcome) = {
+            let mut core = self.lock();
+            limits::check_capacity(core.queue.len(), self.config.queue.max_sessions)
+                .map_err(refused)?;
+            let seq = core.queue.next_seq();
+            let mut store_time = None;
+            if let Some(store) = &core.store {
+                let record = StoredSession {
+                    id,
+                    seq,
+                    created_ms,
+                };
+                store_time = Some(store.insert(&record, seq.saturating_add(1)).map_err(|e| {
+                    tracing::error!(error = %e, "cannot record a new session; refusing it");
+                    CreateFailure::Store
+                })?);
+            }
+            // A v4 collision is not a realistic event; were it to happen, the caller
+            // gets a 503 rather than a silently shared session.
+            let (position, promoted) = core.queue.create(id, now).map_err(|e| {
+                tracing::error!(error = %e, "cannot create a session");
+                CreateFailure::Store
             })?;
-            (position, promoted, Self::snapshot(&q, now))
+            core.meta.insert(
+                id,
+                Meta {
+                    client: Some(client),
+                    created_ms,
+                },
+            );
+            let change = Change {
+                ended: Vec::new(),
+                promoted,
+            };
+            (position, core.settle(change, now, store_time))
         };
         self.metrics.sessions_created.inc();
         tracing::info!(target: AUDIT, event = "session_created", session = %id, client = %client, position);
-        self.record(
-            &Change {
-                ended: Vec::new(),
-                promoted,
-            },
-            snap,
-        );
+        self.record(outcome);
         Ok((id, position))
     }
 
     /// `GET /session/{id}`: refreshes the session and reports its place.
     pub fn session_status(&self, id: &SessionId, now: Instant) -> Option<(Status, usize)> {
-        self.lock().touch(id, now).map(|v| (v.status, v.position))
+        self.lock()
+            .queue
+            .touch(id, now)
+            .map(|v| (v.status, v.position))
+    }
+
+    /// `GET /session/{id}?wait=N`: answers once the session is ACTIVE or gone, or when
+    /// `wait` is over, whichever comes first (§7 long-poll).
+    pub async fn wait_for_turn(&self, id: &SessionId, wait: Duration) -> Option<(Status, usize)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribed before the first look, so no change in between is missed.
+        let mut changes = self.changes.subscribe();
+        loop {
+            let status = self.session_status(id, Instant::now())?;
+            if status.0 == Status::Active || tokio::time::Instant::now() >= deadline {
+                return Some(status);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the sender is gone (shutting down): answer as things are.
+                _ => return self.session_status(id, Instant::now()),
+            }
+        }
     }
 
     pub fn heartbeat(&self, id: &SessionId, now: Instant) -> bool {
-        self.lock().heartbeat(id, now)
+        self.lock().queue.heartbeat(id, now)
     }
 
-    /// Ends a session; `false` when it does not exist.
-    pub fn end_session(&self, id: &SessionId, reason: EndReason, now: Instant) -> bool {
-        let (change, snap) = {
-            let mut q = self.lock();
-            match q.remove(id, reason, now) {
-                Some(change) => (change, Self::snapshot(&q, now)),
-                None => return false,
-            }
+    /// Ends a session (durably first); `Ok(false)` when it does not exist.
+    pub fn end_session(
+        &self,
+        id: &SessionId,
+        reason: EndReason,
+        now: Instant,
+    ) -> Result<bool, StoreFailed> {
+        let outcome = {
+            let mut core = self.lock();
+            let Some(seq) = core.queue.view(id).map(|v| v.seq) else {
+                return Ok(false);
+            };
+            let store_time = core.save_removals([seq]).map_err(|e| {
+                tracing::error!(error = %e, session = %id, "cannot record the end of a session; keeping it");
+                // Not ended: do not leave the seq pending, it would end it later.
+                core.unsaved_removals.retain(|s| *s != seq);
+                StoreFailed
+            })?;
+            let Some(change) = core.queue.remove(id, reason, now) else {
+                return Ok(false);
+            };
+            core.settle(change, now, store_time)
         };
-        self.record(&change, snap);
-        true
+        self.record(outcome);
+        Ok(true)
     }
 
     /// `GET /active-session`: refreshes nothing.
     pub fn active_session(&self) -> Option<SessionId> {
-        self.lock().active().map(|v| v.id)
+        self.lock().queue.active().map(|v| v.id)
     }
 
-    /// The gate; an `Allow` must be paired with [`Shared::end_request`].
-    pub fn gate(&self, header: SessionHeader, now: Instant) -> Decision {
-        let decision = gate::decide(header, &mut self.lock(), now);
+    /// The gate. An `Allow` comes with a [`Ticket`] and must be paired with
+    /// [`Shared::end_request`].
+    pub fn gate(&self, header: SessionHeader, now: Instant) -> (Decision, Option<Ticket>) {
+        let (decision, ticket) = {
+            let mut core = self.lock();
+            let decision = gate::decide(header, &mut core.queue, now);
+            let ticket = match decision {
+                Decision::Allow { id, .. } => Some(core.conns.begin(id)),
+                _ => None,
+            };
+            (decision, ticket)
+        };
         self.count_decision(decision.label());
-        if matches!(decision, Decision::Allow { .. }) {
+        if ticket.is_some() {
             self.forwarded_in_flight.fetch_add(1, Ordering::SeqCst);
         }
-        decision
+        (decision, ticket)
     }
 
     pub fn count_decision(&self, label: &str) {
@@ -183,9 +406,23 @@ impl Shared {
             .inc();
     }
 
+    /// Records the upstream socket of an allowed request, so it can be cut.
+    pub fn attach_upstream(
+        &self,
+        id: &SessionId,
+        ticket: &Ticket,
+        fd: std::os::fd::RawFd,
+    ) -> Result<(), cut::AlreadyCut> {
+        self.lock().conns.attach(id, ticket.token, fd)
+    }
+
     /// A forwarded request (or upgraded connection) of `id` is over.
-    pub fn end_request(&self, id: &SessionId, now: Instant) {
-        self.lock().end_request(id, now);
+    pub fn end_request(&self, id: &SessionId, ticket: &Ticket, now: Instant) {
+        {
+            let mut core = self.lock();
+            core.queue.end_request(id, now);
+            core.conns.end(id, ticket.token);
+        }
         self.forwarded_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -193,15 +430,46 @@ impl Shared {
         self.forwarded_in_flight.load(Ordering::SeqCst)
     }
 
-    /// Removes stale sessions, promotes, and refreshes the gauges; returns how many ended.
+    /// Removes stale and expired sessions, cuts them, promotes, and refreshes the gauges;
+    /// returns how many ended. A failed store write is retried on the next call.
     pub fn reap(&self, now: Instant) -> usize {
-        let (change, snap) = {
-            let mut q = self.lock();
-            let change = q.reap(now);
-            (change, Self::snapshot(&q, now))
+        let outcome = {
+            let mut core = self.lock();
+            let change = core.queue.reap(now);
+            let seqs: Vec<u64> = change.ended.iter().map(|e| e.seq).collect();
+            let store_time = core.save_removals(seqs).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot record reaped sessions; will retry");
+                None
+            });
+            core.settle(change, now, store_time)
         };
-        self.record(&change, snap);
+        let ended = outcome.change.ended.len();
+        self.record(outcome);
         self.limiter.forget_idle();
-        change.ended.len()
+        ended
+    }
+
+    /// `Retry-After` for a WAITING session at `position`, from recent holds.
+    pub fn retry_after(&self, position: usize, now: Instant) -> u64 {
+        let core = self.lock();
+        let holds: Vec<Duration> = core.recent_holds.iter().copied().collect();
+        limits::waiting_retry_after(
+            position,
+            &holds,
+            core.queue.active_hold(now),
+            self.config.queue.timeouts.waiting,
+        )
+    }
+
+    /// With a hold limit, how long the ACTIVE session has left (zero when over).
+    pub fn hold_remaining(&self, now: Instant) -> Option<Duration> {
+        let max = self.config.queue.max_hold?;
+        let held = self.lock().queue.active_hold(now);
+        Some(max.saturating_sub(held))
+    }
+
+    /// The client address a session was created from, and its creation time (Unix ms).
+    pub fn session_origin(&self, id: &SessionId) -> Option<(Option<IpAddr>, u64)> {
+        self.lock().meta.get(id).map(|m| (m.client, m.created_ms))
     }
 }

@@ -220,6 +220,8 @@ pub enum QueueError {
     /// again would break fencing, so creation stops instead.
     #[error("session sequence numbers exhausted")]
     SeqExhausted,
+    #[error("restored sessions repeat an id or a sequence number")]
+    Corrupt,
 }
 
 /// One session's record. `deadline` mirrors its key in `Queue::deadlines`.
@@ -242,6 +244,8 @@ impl Entry {
 /// The FIFO session queue. See the module docs for the layout.
 pub struct Queue {
     timeouts: Timeouts,
+    /// Hold limit: an ACTIVE session that held longer while others wait is expired.
+    max_hold: Option<Duration>,
     next_seq: u64,
     sessions: HashMap<SessionId, Entry>,
     order: Treap,
@@ -258,6 +262,7 @@ impl Queue {
     pub fn with_next_seq(timeouts: Timeouts, next_seq: u64) -> Self {
         Queue {
             timeouts,
+            max_hold: None,
             next_seq: next_seq.max(1),
             sessions: HashMap::new(),
             order: Treap::new(),
@@ -267,6 +272,47 @@ impl Queue {
 
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
+    }
+
+    /// Sets the hold limit enforced by [`Queue::reap`] (contract §7).
+    pub fn set_max_hold(&mut self, max_hold: Option<Duration>) {
+        self.max_hold = max_hold;
+    }
+
+    pub fn max_hold(&self) -> Option<Duration> {
+        self.max_hold
+    }
+
+    /// Rebuilds a queue after a restart from persisted `(id, seq, created)` records, in
+    /// any order. Order is seq order, as before the restart. Every session's idle clock
+    /// restarts at `now` (clients get a full timeout to come back) and the head is
+    /// ACTIVE from `now`. The counter continues from `next_seq`, or past the largest
+    /// restored seq if that is larger. Duplicate ids or seqs, or seq 0, are refused.
+    pub fn restore(
+        timeouts: Timeouts,
+        next_seq: u64,
+        mut sessions: Vec<(SessionId, u64, Instant)>,
+        now: Instant,
+    ) -> Result<Queue, QueueError> {
+        sessions.sort_unstable_by_key(|s| s.1);
+        let top = sessions.last().map_or(0, |s| s.1);
+        let mut q = Queue::with_next_seq(timeouts, next_seq.max(top.saturating_add(1)));
+        for (i, (id, seq, created)) in sessions.into_iter().enumerate() {
+            if seq == 0 || q.sessions.contains_key(&id) || !q.order.insert(seq, id) {
+                return Err(QueueError::Corrupt);
+            }
+            let mut entry = Entry {
+                seq,
+                created: created.min(now),
+                last_seen: now,
+                promoted_at: (i == 0).then_some(now),
+                inflight: 0,
+                deadline: None,
+            };
+            reindex(&mut q.deadlines, q.timeouts, &mut entry);
+            q.sessions.insert(id, entry);
+        }
+        Ok(q)
     }
 
     /// All sessions, ACTIVE included.
@@ -411,9 +457,12 @@ impl Queue {
     }
 
     /// Removes every session stale at `now` (idle strictly longer than its timeout, no
-    /// request in flight), then promotes the new head if the ACTIVE one went. All are
-    /// judged on the state before this call: a WAITING session that is already stale is
-    /// reaped, not promoted. `ended` is in queue order, every reason `Stale`.
+    /// request in flight) and, with a hold limit, an ACTIVE session that has held longer
+    /// than `max_hold` while another (not stale) session waits (reason `Expired`, even
+    /// with requests in flight: the caller cuts them). Then promotes the new head if the
+    /// ACTIVE one went. All are judged on the state before this call: a WAITING session
+    /// that is already stale is reaped, not promoted; a stale head is `Stale`, not
+    /// `Expired`. `ended` is in queue order.
     pub fn reap(&mut self, now: Instant) -> Change {
         let mut stale = Vec::new();
         while let Some(&(deadline, seq)) = self.deadlines.first() {
@@ -425,7 +474,14 @@ impl Queue {
         }
         stale.sort_unstable();
         let mut change = Change::default();
-        let mut head_gone = false;
+        if let Some(id) = self.expired_head(&stale, now) {
+            if let Some(entry) = self.take(&id) {
+                change
+                    .ended
+                    .push(ended(id, &entry, EndReason::Expired, now));
+            }
+        }
+        let mut head_gone = !change.ended.is_empty();
         for seq in stale {
             let Some(id) = self.order.remove(seq) else {
                 continue;
@@ -440,6 +496,18 @@ impl Queue {
             change.promoted = self.promote_head(now);
         }
         change
+    }
+
+    /// The head, if it is over its hold limit while a session that is not about to be
+    /// reaped (`stale`, sorted seqs) waits behind it. O(1).
+    fn expired_head(&self, stale: &[u64], now: Instant) -> Option<SessionId> {
+        let max_hold = self.max_hold?;
+        let (head_seq, head_id) = self.order.first()?;
+        let head_stale = stale.first() == Some(&head_seq);
+        let others_stale = stale.len() - usize::from(head_stale);
+        let others_waiting = self.sessions.len() - 1 - others_stale;
+        let held = now.saturating_duration_since(self.sessions.get(&head_id)?.promoted_at?);
+        (!head_stale && others_waiting > 0 && held > max_hold).then_some(head_id)
     }
 
     /// The earliest instant after which some session will be stale, if any can be.
@@ -1078,6 +1146,81 @@ mod tests {
         q.check_invariants();
     }
 
+    #[test]
+    fn a_holder_over_max_hold_is_expired_only_while_others_wait() {
+        let t0 = Instant::now();
+        let mut q = queue();
+        q.set_max_hold(Some(secs(60)));
+        let (a, b) = (sid(1), sid(2));
+        q.create(a, t0).unwrap();
+        // Alone: no limit, however long.
+        assert!(q.reap(t0 + secs(200)).is_empty());
+        q.heartbeat(&a, t0 + secs(200));
+        q.create(b, t0 + secs(200)).unwrap();
+        // Requests in flight do not protect against the hold limit.
+        q.begin_request(&a, t0 + secs(200)).unwrap();
+        let change = q.reap(t0 + secs(201));
+        assert_eq!(change.ended.len(), 1);
+        assert_eq!(change.ended[0].reason, EndReason::Expired);
+        assert_eq!(change.ended[0].held, Some(secs(201)));
+        assert_eq!(change.ended[0].inflight, 1);
+        assert_eq!(change.promoted.map(|p| p.id), Some(b));
+        // The new holder is judged from its own promotion.
+        let c = sid(3);
+        q.create(c, t0 + secs(202)).unwrap();
+        q.heartbeat(&b, t0 + secs(250));
+        assert!(q.reap(t0 + secs(261)).is_empty());
+        q.heartbeat(&b, t0 + secs(261));
+        q.heartbeat(&c, t0 + secs(261));
+        let change = q.reap(t0 + secs(261) + ms(1));
+        assert_eq!(change.ended[0].id, b);
+        assert_eq!(change.ended[0].reason, EndReason::Expired);
+    }
+
+    #[test]
+    fn restore_keeps_order_seqs_and_restarts_idle_clocks() {
+        let t0 = Instant::now();
+        let now = t0 + secs(1000);
+        let (a, b, c) = (sid(1), sid(2), sid(3));
+        let q = Queue::restore(
+            timeouts(),
+            20,
+            vec![(c, 17, t0 + secs(30)), (a, 5, t0), (b, 9, t0 + secs(10))],
+            now,
+        )
+        .unwrap();
+        let order: Vec<(SessionId, u64, usize)> =
+            q.iter().map(|v| (v.id, v.seq, v.position)).collect();
+        assert_eq!(order, vec![(a, 5, 0), (b, 9, 1), (c, 17, 2)]);
+        assert_eq!(
+            q.active().map(|v| (v.id, v.promoted_at)),
+            Some((a, Some(now)))
+        );
+        assert!(q.iter().all(|v| v.last_seen == now));
+        assert_eq!(q.view(&b).unwrap().created, t0 + secs(10));
+        assert_eq!(q.next_seq(), 20);
+        // The counter never goes back below what was restored.
+        let q = Queue::restore(timeouts(), 3, vec![(a, 5, t0)], now).unwrap();
+        assert_eq!(q.next_seq(), 6);
+        // Corrupt input is refused, not half-loaded.
+        assert_eq!(
+            Queue::restore(timeouts(), 9, vec![(a, 5, t0), (a, 6, t0)], now).err(),
+            Some(QueueError::Corrupt)
+        );
+        assert_eq!(
+            Queue::restore(timeouts(), 9, vec![(a, 5, t0), (b, 5, t0)], now).err(),
+            Some(QueueError::Corrupt)
+        );
+        assert_eq!(
+            Queue::restore(timeouts(), 9, vec![(a, 0, t0)], now).err(),
+            Some(QueueError::Corrupt)
+        );
+        let mut q = Queue::restore(timeouts(), 9, vec![(a, 5, t0), (b, 6, t0)], now).unwrap();
+        q.check_invariants();
+        assert!(q.reap(now + secs(300)).is_empty());
+        assert_eq!(q.reap(now + secs(300) + ms(1)).ended.len(), 1);
+    }
+
     mod model {
         //! A trivially correct reference: a Vec in queue order, linear scans everywhere.
         use super::super::*;
@@ -1098,6 +1241,7 @@ mod tests {
             v: Vec<M>,
             next_seq: u64,
             t: Timeouts,
+            max_hold: Option<Duration>,
         }
 
         impl Model {
@@ -1224,12 +1368,25 @@ mod tests {
 
             fn reap(&mut self, now: Instant) -> Change {
                 let stale: Vec<bool> = (0..self.v.len()).map(|i| self.is_stale(i, now)).collect();
-                let head_gone = stale.first() == Some(&true);
+                let others_waiting = stale.iter().skip(1).any(|s| !s);
+                let expired = match (self.max_hold, self.v.first()) {
+                    (Some(max), Some(head)) => {
+                        !stale[0]
+                            && others_waiting
+                            && head
+                                .promoted_at
+                                .is_some_and(|p| now.duration_since(p) > max)
+                    }
+                    _ => false,
+                };
+                let head_gone = stale.first() == Some(&true) || expired;
                 let mut ended = Vec::new();
                 let mut kept = Vec::new();
-                for (m, s) in self.v.drain(..).zip(stale) {
+                for (i, (m, s)) in self.v.drain(..).zip(stale).enumerate() {
                     if s {
                         ended.push(Self::ended(&m, EndReason::Stale, now));
+                    } else if i == 0 && expired {
+                        ended.push(Self::ended(&m, EndReason::Expired, now));
                     } else {
                         kept.push(m);
                     }
@@ -1322,11 +1479,16 @@ mod tests {
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(2000))]
             #[test]
-            fn queue_matches_the_reference_model(ops in proptest::collection::vec(op(), 0..60)) {
+            fn queue_matches_the_reference_model(
+                ops in proptest::collection::vec(op(), 0..60),
+                max_hold in proptest::option::of(0u64..900),
+            ) {
                 let t0 = Instant::now();
                 let mut now = t0;
+                let max_hold = max_hold.map(Duration::from_secs);
                 let mut q = Queue::new(timeouts());
-                let mut m = Model { v: Vec::new(), next_seq: 1, t: timeouts() };
+                q.set_max_hold(max_hold);
+                let mut m = Model { v: Vec::new(), next_seq: 1, t: timeouts(), max_hold };
                 let mut seen: Vec<SessionId> = Vec::new();
                 let mut fresh = 0u128;
                 for op in ops {
