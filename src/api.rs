@@ -16,14 +16,16 @@ use crate::gate::{Decision, SessionHeader};
 use crate::limits::CreateRefusal;
 use crate::queue::{EndReason, SessionId, Status};
 use crate::state::{CreateFailure, Shared, StoreFailed};
+use crate::status;
 
 /// An answer labgate gives itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
-    /// JSON, or `None` for an empty body.
+    /// The body, or `None` for an empty one.
     pub body: Option<Bytes>,
+    pub content_type: &'static str,
 }
 
 impl Reply {
@@ -32,6 +34,16 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: None,
+            content_type: JSON,
+        }
+    }
+
+    pub fn html(status: u16, page: String) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Some(Bytes::from(page)),
+            content_type: "text/html; charset=utf-8",
         }
     }
 
@@ -42,6 +54,7 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: Some(Bytes::from(body)),
+            content_type: JSON,
         }
     }
 
@@ -55,6 +68,8 @@ impl Reply {
         self
     }
 }
+
+const JSON: &str = "application/json";
 
 #[derive(Serialize)]
 struct Detail<'a> {
@@ -106,6 +121,9 @@ pub enum Endpoint<'a> {
     Heartbeat,
     ActiveSession,
     Healthz,
+    /// The public status page, HTML and JSON.
+    Status,
+    StatusJson,
     /// `/lab` or below: the gate decides.
     Lab,
     NotFound,
@@ -132,6 +150,14 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         },
         "/healthz" => match *method {
             Method::GET => Endpoint::Healthz,
+            _ => not_allowed("GET"),
+        },
+        "/status" => match *method {
+            Method::GET => Endpoint::Status,
+            _ => not_allowed("GET"),
+        },
+        "/status.json" => match *method {
+            Method::GET => Endpoint::StatusJson,
             _ => not_allowed("GET"),
         },
         _ => match path.strip_prefix("/session/") {
@@ -170,8 +196,11 @@ pub async fn handle(
                     position,
                 },
             )
-            .with_header(ACTIVE_TIMEOUT_HEADER, active_timeout),
+            .with_header(ACTIVE_TIMEOUT_HEADER, active_timeout)
+            .with_header(TAG_HEADER, status::tag(&id)),
             Err(CreateFailure::Refused(refusal)) => create_refused(refusal),
+            Err(CreateFailure::Draining) => Reply::detail(503, "Lab is draining")
+                .with_header("Retry-After", DRAINING_RETRY_AFTER_SECS),
             Err(CreateFailure::Store) => store_unavailable(),
         },
         Endpoint::GetSession(id) => {
@@ -184,6 +213,9 @@ pub async fn handle(
                 (Some(id), None) => shared.session_status(&id, now),
                 (Some(id), Some(wait)) => shared.wait_for_turn(&id, wait).await,
             };
+            if status.is_none() {
+                shared.note_unknown_id(client, now);
+            }
             match status {
                 Some((status, position)) => with_hold_remaining(
                     Reply::json(
@@ -206,7 +238,10 @@ pub async fn handle(
                 .unwrap_or(Ok(false));
             match ended {
                 Ok(true) => Reply::empty(204),
-                Ok(false) => Reply::detail(404, SESSION_NOT_FOUND),
+                Ok(false) => {
+                    shared.note_unknown_id(client, now);
+                    Reply::detail(404, SESSION_NOT_FOUND)
+                }
                 Err(StoreFailed) => store_unavailable(),
             }
         }
@@ -215,9 +250,15 @@ pub async fn handle(
             SessionHeader::Duplicate => duplicate_header(),
             SessionHeader::One(Some(id)) => match shared.session_status(&id, now) {
                 Some((status, _)) => with_hold_remaining(Reply::empty(204), shared, status),
-                None => Reply::detail(404, SESSION_NOT_FOUND),
+                None => {
+                    shared.note_unknown_id(client, now);
+                    Reply::detail(404, SESSION_NOT_FOUND)
+                }
             },
-            SessionHeader::One(None) => Reply::detail(404, SESSION_NOT_FOUND),
+            SessionHeader::One(None) => {
+                shared.note_unknown_id(client, now);
+                Reply::detail(404, SESSION_NOT_FOUND)
+            }
         },
         Endpoint::ActiveSession => match shared.active_session() {
             Some(id) => Reply::json(
@@ -231,6 +272,13 @@ pub async fn handle(
             None => Reply::detail(404, "No active session"),
         },
         Endpoint::Healthz => Reply::empty(204),
+        Endpoint::Status => Reply::html(200, status::html(&shared.lab_status(now)))
+            .with_header("Cache-Control", "no-store"),
+        Endpoint::StatusJson => Reply {
+            body: Some(Bytes::from(status::json(&shared.lab_status(now)))),
+            ..Reply::empty(200)
+        }
+        .with_header("Cache-Control", "no-store"),
         Endpoint::NotFound | Endpoint::Lab => not_found(),
         Endpoint::MethodNotAllowed { allow } => {
             Reply::detail(405, "Method Not Allowed").with_header("Allow", allow)
@@ -238,8 +286,13 @@ pub async fn handle(
     }
 }
 
+/// Draining usually precedes maintenance: ask again in a few minutes.
+const DRAINING_RETRY_AFTER_SECS: u64 = 300;
+
 /// The server's active timeout, for clients that heartbeat (labgate run).
 pub const ACTIVE_TIMEOUT_HEADER: &str = "X-Lab-Active-Timeout";
+/// The session's public tag, as the status page shows it.
+pub const TAG_HEADER: &str = "X-Lab-Session-Tag";
 /// Seconds the ACTIVE session has left under the hold limit (§7).
 pub const HOLD_REMAINING_HEADER: &str = "X-Lab-Hold-Remaining";
 

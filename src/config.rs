@@ -58,6 +58,8 @@ pub struct Config {
     /// Route prefix -> index into `upstreams`.
     pub routes: RouteTable<usize>,
     pub demo_lab: Option<DemoLabConfig>,
+    /// The operator API's Unix socket; `None` disables it.
+    pub admin_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +218,13 @@ struct RawConfig {
     #[serde(default)]
     upstream: Vec<Spanned<RawUpstream>>,
     demo_lab: Option<RawDemoLab>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -427,6 +436,16 @@ impl RawConfig {
             upstreams.push(up);
         }
 
+        let admin_socket = match self.admin {
+            Some(a) if a.socket.get_ref().trim().is_empty() => {
+                return problem(
+                    span_of(&a.socket),
+                    "admin.socket is empty: remove [admin] to disable the admin API",
+                );
+            }
+            Some(a) => Some(PathBuf::from(a.socket.get_ref())),
+            None => None,
+        };
         Ok(Config {
             server,
             metrics,
@@ -435,6 +454,7 @@ impl RawConfig {
             upstreams,
             routes: RouteTable::new(routes),
             demo_lab,
+            admin_socket,
         })
     }
 }

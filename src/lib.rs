@@ -21,6 +21,7 @@
 //! - [`demo`]: a fake lab API for trying labgate without hardware.
 //! - [`server`]: assembles and runs the pingora server.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod cut;
@@ -34,4 +35,5 @@ pub mod queue;
 pub mod reaper;
 pub mod server;
 pub mod state;
+pub mod status;
 pub mod store;

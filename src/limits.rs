@@ -67,6 +67,58 @@ fn median(samples: &[Duration]) -> Option<Duration> {
     sorted.get(sorted.len() / 2).copied()
 }
 
+/// Unknown session ids one client may name per window before it is warn-logged.
+pub const PROBE_THRESHOLD: u32 = 20;
+pub const PROBE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Counts, per client, requests naming unknown session ids, so that id guessing is
+/// logged once per window instead of once per request (or never).
+#[derive(Default)]
+pub struct ProbeDetector {
+    clients: std::collections::HashMap<IpAddr, Probe>,
+}
+
+struct Probe {
+    since: std::time::Instant,
+    count: u32,
+    warned: bool,
+}
+
+impl ProbeDetector {
+    /// Counts one unknown id from `client`; `Some(count)` exactly once per window, when
+    /// the count reaches [`PROBE_THRESHOLD`].
+    pub fn record(&mut self, client: IpAddr, now: std::time::Instant) -> Option<u32> {
+        let p = self.clients.entry(client).or_insert(Probe {
+            since: now,
+            count: 0,
+            warned: false,
+        });
+        if now.saturating_duration_since(p.since) >= PROBE_WINDOW {
+            *p = Probe {
+                since: now,
+                count: 0,
+                warned: false,
+            };
+        }
+        p.count = p.count.saturating_add(1);
+        if p.count >= PROBE_THRESHOLD && !p.warned {
+            p.warned = true;
+            return Some(p.count);
+        }
+        None
+    }
+
+    /// Drops clients whose window is over; call it periodically.
+    pub fn forget_old(&mut self, now: std::time::Instant) {
+        self.clients
+            .retain(|_, p| now.saturating_duration_since(p.since) < PROBE_WINDOW);
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.clients.len()
+    }
+}
+
 /// The queue cap, as a pure check.
 pub fn check_capacity(len: usize, max_sessions: usize) -> Result<(), CreateRefusal> {
     if len >= max_sessions {
@@ -253,6 +305,27 @@ mod tests {
         assert_eq!(waiting_retry_after(1, &holds, s(500), wt), 1);
         // Never beyond half the waiting timeout.
         assert_eq!(waiting_retry_after(100, &holds, s(0), wt), 300);
+    }
+
+    #[test]
+    fn probing_is_reported_once_per_window_per_client() {
+        let t0 = std::time::Instant::now();
+        let mut d = ProbeDetector::default();
+        let a = ip("10.0.0.1");
+        for i in 1..PROBE_THRESHOLD {
+            assert_eq!(d.record(a, t0), None, "{i}");
+        }
+        assert_eq!(d.record(a, t0), Some(PROBE_THRESHOLD));
+        assert_eq!(d.record(a, t0 + Duration::from_secs(1)), None);
+        assert_eq!(d.record(ip("10.0.0.2"), t0), None);
+        // A new window counts from zero again.
+        let later = t0 + PROBE_WINDOW;
+        for _ in 1..PROBE_THRESHOLD {
+            assert_eq!(d.record(a, later), None);
+        }
+        assert_eq!(d.record(a, later), Some(PROBE_THRESHOLD));
+        d.forget_old(later + PROBE_WINDOW);
+        assert_eq!(d.tracked(), 0);
     }
 
     #[test]

@@ -31,6 +31,21 @@ enum Command {
         #[arg(long, short, env = "LABGATE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Operate a running labgate over its admin socket.
+    Admin {
+        /// The admin socket ([admin] socket in the config).
+        #[arg(
+            long,
+            env = "LABGATE_ADMIN_SOCKET",
+            default_value = "/run/labgate/admin.sock"
+        )]
+        socket: PathBuf,
+        /// Print the API's JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Serve only the fake lab API used by the walk-through.
     DemoLab {
         #[arg(long, default_value = "127.0.0.1:9181")]
@@ -38,6 +53,24 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// List the queue: every session with its state, client, requests in flight, hold.
+    Queue,
+    /// End a session now (reason `kicked`), cutting its connections.
+    Kick {
+        /// The session id.
+        id: String,
+        /// Why: written to the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Refuse new sessions (503 "Lab is draining"); the queue goes on.
+    Drain,
+    /// Accept new sessions again.
+    Resume,
 }
 
 const DEFAULT_CONFIG: &str = "/etc/labgate/labgate.toml";
@@ -103,9 +136,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Command::Admin {
+            socket,
+            json,
+            action,
+        }) => labgate::admin::run_cli(&socket, json, action.into()),
         Some(Command::DemoLab { listen, log }) => {
             init_logging(log.log_format);
             labgate::server::run_demo_lab(listen)
+        }
+    }
+}
+
+impl From<AdminAction> for labgate::admin::Action {
+    fn from(a: AdminAction) -> Self {
+        use labgate::admin::Action;
+        match a {
+            AdminAction::Queue => Action::Queue,
+            AdminAction::Kick { id, reason } => Action::Kick { id, reason },
+            AdminAction::Drain => Action::Drain,
+            AdminAction::Resume => Action::Resume,
         }
     }
 }

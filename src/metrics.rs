@@ -18,7 +18,7 @@ use crate::queue::{Change, EndReason};
 /// Gate decisions, as the `decision` label (§6).
 pub const DECISIONS: [&str; 5] = ["allowed", "missing", "unknown", "waiting", "invalid"];
 /// Reasons `POST /session` is refused, as the `reason` label.
-pub const CREATE_REJECTIONS: [&str; 2] = ["rate_limited", "queue_full"];
+pub const CREATE_REJECTIONS: [&str; 3] = ["rate_limited", "queue_full", "draining"];
 /// Upstream failure kinds, as the `kind` label.
 pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "io"];
 

@@ -25,7 +25,7 @@ use crate::limits;
 use crate::metrics::{status_class, UPSTREAM_ERROR_KINDS};
 use crate::path;
 use crate::queue::SessionId;
-use crate::state::Shared;
+use crate::state::{Shared, AUDIT};
 
 /// Access log lines go to their own target.
 pub const ACCESS: &str = "labgate::access";
@@ -102,7 +102,7 @@ fn header_values<'a>(req: &'a RequestHeader, name: &str) -> impl Iterator<Item =
 async fn write_reply(session: &mut Session, reply: Reply) -> Result<()> {
     let mut head = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
     if let Some(body) = &reply.body {
-        head.insert_header(header::CONTENT_TYPE, "application/json")?;
+        head.insert_header(header::CONTENT_TYPE, reply.content_type)?;
         head.insert_header(header::CONTENT_LENGTH, body.len())?;
     } else if reply.status != 204 {
         head.insert_header(header::CONTENT_LENGTH, 0)?;
@@ -213,7 +213,14 @@ impl ProxyHttp for LabGate {
         let target = match path::check(req.raw_path()) {
             Ok(t) => t,
             Err(why) => {
-                tracing::debug!(target: ACCESS, %why, "invalid request target");
+                tracing::info!(
+                    target: AUDIT,
+                    event = "gate_denied",
+                    decision = "invalid",
+                    client = %client.map(|c| c.to_string()).unwrap_or_default(),
+                    path = %String::from_utf8_lossy(req.raw_path()).chars().take(256).collect::<String>(),
+                    why = %why,
+                );
                 ctx.decision = Some("invalid");
                 shared.count_decision("invalid");
                 return self.answer(session, ctx, api::invalid_path()).await;
@@ -238,6 +245,17 @@ impl ProxyHttp for LabGate {
         let (Decision::Allow { id, seq }, Some(ticket)) = (decision, ticket) else {
             if let gate::SessionHeader::One(Some(id)) = header {
                 ctx.session = Some(id);
+            }
+            let client_text = client.map(|c| c.to_string()).unwrap_or_default();
+            tracing::info!(
+                target: AUDIT,
+                event = "gate_denied",
+                decision = decision.label(),
+                client = %client_text,
+                path = %target.path,
+            );
+            if let (Decision::Unknown, Some(client)) = (decision, client) {
+                shared.note_unknown_id(client, now);
             }
             let reply = api::refused(decision, shared, now).unwrap_or_else(api::not_found);
             return self.answer(session, ctx, reply).await;

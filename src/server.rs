@@ -18,6 +18,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::admin::{self, AdminService};
 use crate::config::Config;
 use crate::demo::DemoLab;
 use crate::proxy::LabGate;
@@ -56,7 +57,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let shutdown_timeout = config.server.shutdown_timeout;
     // The store is opened (and the queue restored) before pingora starts, so that a
     // store that cannot be opened is a clean start-up error.
+    let admin_path = config.admin_socket.clone();
     let shared = Shared::new(config)?;
+    let admin = match admin_path {
+        Some(path) => Some(AdminService::new(
+            shared.clone(),
+            path.clone(),
+            admin::bind(&path)?,
+        )),
+        None => None,
+    };
     let server_conf = ServerConf {
         threads,
         // Our shutdown watch does the draining; pingora must not sleep on top of it.
@@ -80,6 +90,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(gateway);
     server.add_service(metrics);
     server.add_service(background_service("reaper", Reaper::new(shared.clone())));
+    if let Some(admin) = admin {
+        server.add_service(background_service("admin API", admin));
+    }
     if let Some(demo) = demo {
         let mut lab = Service::new("demo lab".to_string(), DemoLab);
         lab.add_tcp(&demo.listen.to_string());

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +40,8 @@ const HOLD_HISTORY: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreateFailure {
     Refused(CreateRefusal),
+    /// An operator is draining the lab.
+    Draining,
     /// The durable store could not record it; nothing was created.
     Store,
 }
@@ -62,7 +64,55 @@ struct Core {
     unsaved_removals: Vec<u64>,
     meta: HashMap<SessionId, Meta>,
     recent_holds: VecDeque<Duration>,
+    recent_waits: VecDeque<Duration>,
 }
+
+fn remember(history: &mut VecDeque<Duration>, sample: Duration) {
+    if history.len() == HOLD_HISTORY {
+        history.pop_front();
+    }
+    history.push_back(sample);
+}
+
+/// One session as an operator sees it (`labgate admin queue`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub state: &'static str,
+    pub position: usize,
+    pub seq: u64,
+    /// Unix seconds.
+    pub created: f64,
+    pub last_seen_secs_ago: f64,
+    pub client: Option<String>,
+    pub requests_in_flight: u32,
+    pub hold_secs: Option<f64>,
+}
+
+/// The public picture of the lab (status page): never a session id.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LabStatus {
+    pub held: bool,
+    pub hold_secs: f64,
+    pub waiting: usize,
+    pub typical_wait_secs: Option<f64>,
+    pub typical_hold_secs: Option<f64>,
+    pub draining: bool,
+    pub max_hold_secs: Option<f64>,
+    /// The first sessions in order: (position, tag, state, seconds in state).
+    pub queue: Vec<QueueEntry>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueEntry {
+    pub position: usize,
+    pub tag: String,
+    pub state: &'static str,
+    pub secs: f64,
+}
+
+/// How many queue entries the status page lists.
+const STATUS_ROWS: usize = 20;
 
 pub struct Shared {
     pub config: Config,
@@ -73,6 +123,9 @@ pub struct Shared {
     forwarded_in_flight: AtomicUsize,
     /// Bumped after every promotion or removal; long-polls wait on it.
     changes: watch::Sender<u64>,
+    /// Operator's drain: new sessions are refused, the queue goes on.
+    draining: AtomicBool,
+    probes: Mutex<limits::ProbeDetector>,
 }
 
 /// Queue figures read under the lock, recorded after it is released.
@@ -130,11 +183,11 @@ impl Core {
             cut += self.conns.cut(&e.id);
             self.meta.remove(&e.id);
             if let Some(held) = e.held {
-                if self.recent_holds.len() == HOLD_HISTORY {
-                    self.recent_holds.pop_front();
-                }
-                self.recent_holds.push_back(held);
+                remember(&mut self.recent_holds, held);
             }
+        }
+        if let Some(p) = &change.promoted {
+            remember(&mut self.recent_waits, p.waited);
         }
         Outcome {
             snapshot: self.snapshot(now),
@@ -202,7 +255,10 @@ impl Shared {
                 unsaved_removals: Vec::new(),
                 meta,
                 recent_holds: VecDeque::new(),
+                recent_waits: VecDeque::new(),
             }),
+            draining: AtomicBool::new(false),
+            probes: Mutex::new(limits::ProbeDetector::default()),
             limiter,
             metrics,
             forwarded_in_flight: AtomicUsize::new(0),
@@ -272,6 +328,13 @@ impl Shared {
             tracing::info!(target: AUDIT, event = "session_refused", client = %client, reason = r.label());
             CreateFailure::Refused(r)
         };
+        if self.is_draining() {
+            self.metrics
+                .create_rejected
+                .with_label_values(&["draining"])
+                .inc();
+            return Err(CreateFailure::Draining);
+        }
         self.limiter.check(client).map_err(refused)?;
         let id = SessionId::random();
         let created_ms = unix_ms(SystemTime::now());
@@ -355,10 +418,35 @@ impl Shared {
         reason: EndReason,
         now: Instant,
     ) -> Result<bool, StoreFailed> {
+        Ok(self.end(id, reason, now)?.is_some())
+    }
+
+    /// An operator ends a session (reason `kicked`); returns how many of its
+    /// connections were cut, `None` when it does not exist.
+    pub fn kick(
+        &self,
+        id: &SessionId,
+        uid: u32,
+        why: &str,
+        now: Instant,
+    ) -> Result<Option<usize>, StoreFailed> {
+        let cut = self.end(id, EndReason::Kicked, now)?;
+        if let Some(cut) = cut {
+            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id, uid, reason = why, connections_cut = cut);
+        }
+        Ok(cut)
+    }
+
+    fn end(
+        &self,
+        id: &SessionId,
+        reason: EndReason,
+        now: Instant,
+    ) -> Result<Option<usize>, StoreFailed> {
         let outcome = {
             let mut core = self.lock();
             let Some(seq) = core.queue.view(id).map(|v| v.seq) else {
-                return Ok(false);
+                return Ok(None);
             };
             let store_time = core.save_removals([seq]).map_err(|e| {
                 tracing::error!(error = %e, session = %id, "cannot record the end of a session; keeping it");
@@ -367,12 +455,33 @@ impl Shared {
                 StoreFailed
             })?;
             let Some(change) = core.queue.remove(id, reason, now) else {
-                return Ok(false);
+                return Ok(None);
             };
             core.settle(change, now, store_time)
         };
+        let cut = outcome.cut;
         self.record(outcome);
-        Ok(true)
+        Ok(Some(cut))
+    }
+
+    /// A request named a session that does not exist; warns (once per window) about a
+    /// client that does it a lot: it may be guessing ids.
+    pub fn note_unknown_id(&self, client: IpAddr, now: Instant) {
+        let verdict = self
+            .probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(client, now);
+        if let Some(count) = verdict {
+            tracing::warn!(
+                target: AUDIT,
+                event = "unknown_id_probing",
+                client = %client,
+                unknown_ids = count,
+                window_secs = limits::PROBE_WINDOW.as_secs(),
+                "client keeps naming unknown session ids"
+            );
+        }
     }
 
     /// `GET /active-session`: refreshes nothing.
@@ -446,6 +555,10 @@ impl Shared {
         let ended = outcome.change.ended.len();
         self.record(outcome);
         self.limiter.forget_idle();
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget_old(now);
         ended
     }
 
@@ -471,5 +584,71 @@ impl Shared {
     /// The client address a session was created from, and its creation time (Unix ms).
     pub fn session_origin(&self, id: &SessionId) -> Option<(Option<IpAddr>, u64)> {
         self.lock().meta.get(id).map(|m| (m.client, m.created_ms))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Starts or stops draining; returns the previous setting.
+    pub fn set_draining(&self, draining: bool) -> bool {
+        self.draining.swap(draining, Ordering::SeqCst)
+    }
+
+    /// Every session, in order, for operators. O(n) by nature.
+    pub fn queue_rows(&self, now: Instant) -> Vec<SessionRow> {
+        let core = self.lock();
+        core.queue
+            .iter()
+            .map(|v| {
+                let meta = core.meta.get(&v.id);
+                SessionRow {
+                    id: v.id.to_string(),
+                    state: v.status.as_str(),
+                    position: v.position,
+                    seq: v.seq,
+                    created: meta.map_or(0.0, |m| m.created_ms as f64 / 1000.0),
+                    last_seen_secs_ago: now.saturating_duration_since(v.last_seen).as_secs_f64(),
+                    client: meta.and_then(|m| m.client).map(|c| c.to_string()),
+                    requests_in_flight: v.inflight,
+                    hold_secs: v
+                        .promoted_at
+                        .map(|p| now.saturating_duration_since(p).as_secs_f64()),
+                }
+            })
+            .collect()
+    }
+
+    /// What the public status page shows.
+    pub fn lab_status(&self, now: Instant) -> LabStatus {
+        let core = self.lock();
+        let median = |h: &VecDeque<Duration>| {
+            let mut v: Vec<Duration> = h.iter().copied().collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).map(Duration::as_secs_f64)
+        };
+        let queue = core
+            .queue
+            .iter()
+            .take(STATUS_ROWS)
+            .map(|v| QueueEntry {
+                position: v.position,
+                tag: crate::status::tag(&v.id),
+                state: v.status.as_str(),
+                secs: now
+                    .saturating_duration_since(v.promoted_at.unwrap_or(v.created))
+                    .as_secs_f64(),
+            })
+            .collect();
+        LabStatus {
+            held: !core.queue.is_empty(),
+            hold_secs: core.queue.active_hold(now).as_secs_f64(),
+            waiting: core.queue.waiting(),
+            typical_wait_secs: median(&core.recent_waits),
+            typical_hold_secs: median(&core.recent_holds),
+            draining: self.is_draining(),
+            max_hold_secs: self.config.queue.max_hold.map(|d| d.as_secs_f64()),
+            queue,
+        }
     }
 }

@@ -1,0 +1,449 @@
+//! The operator plane: a small JSON-over-HTTP API on a Unix domain socket, and the client
+//! the `labgate admin` command uses.
+//!
+//! Access control is the filesystem alone: the socket is created with mode 0600 (owner
+//! only), so only labgate's user and root can connect. It is never served on a TCP
+//! listener, because behind a reverse proxy a loopback peer can be anybody. Every action
+//! is audit-logged with the caller's uid, read from the socket (SO_PEERCRED).
+//!
+//! Routes: `GET /v1/queue`, `POST /v1/sessions/{id}/kick` (`{"reason": "..."}`),
+//! `POST /v1/drain`, `POST /v1/resume`. The server is a pingora background service (it
+//! stops on shutdown and removes its socket); it uses hyper directly because pingora
+//! cannot tell who is on the other end of a Unix socket. Must never hold policy:
+//! kicking, draining and listing are `Shared`'s.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::queue::SessionId;
+use crate::state::{SessionRow, Shared, StoreFailed, AUDIT};
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 16 * 1024;
+
+/// Binds the admin socket with mode 0600 from the first moment it exists: it is
+/// bound under a temporary name, restricted, then renamed into place. A stale socket
+/// at `path` (from a crash) is replaced; any other file there is an error.
+pub fn bind(path: &Path) -> anyhow::Result<StdUnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a socket", path.display()),
+        Err(_) => {}
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = StdUnixListener::bind(&tmp)
+        .with_context(|| format!("cannot create the admin socket {}", tmp.display()))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e)
+            .with_context(|| format!("cannot place the admin socket at {}", path.display()));
+    }
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// The admin API as a pingora background service.
+pub struct AdminService {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    listener: Mutex<Option<StdUnixListener>>,
+}
+
+impl AdminService {
+    pub fn new(shared: Arc<Shared>, path: PathBuf, listener: StdUnixListener) -> Self {
+        AdminService {
+            shared,
+            path,
+            listener: Mutex::new(Some(listener)),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let taken = self.listener.lock().ok().and_then(|mut l| l.take());
+        let Some(listener) = taken.and_then(|l| tokio::net::UnixListener::from_std(l).ok()) else {
+            tracing::error!("admin socket unavailable; the admin API is off");
+            return;
+        };
+        tracing::info!(socket = %self.path.display(), "admin API listening");
+        loop {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let shared = self.shared.clone();
+                        tokio::spawn(serve_connection(shared, stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::UnixStream) {
+    let uid = match stream.peer_cred() {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin peer credentials unavailable; closing");
+            return;
+        }
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&shared, uid, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "admin connection ended with an error");
+    }
+}
+
+#[derive(Deserialize)]
+struct KickRequest {
+    reason: String,
+}
+
+/// `GET /v1/queue`.
+#[derive(Serialize, Deserialize)]
+pub struct QueueListing {
+    pub draining: bool,
+    pub sessions: Vec<SessionRowOwned>,
+}
+
+/// A [`SessionRow`] as read back by the client.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SessionRowOwned {
+    pub id: String,
+    pub state: String,
+    pub position: usize,
+    pub seq: u64,
+    pub created: f64,
+    pub last_seen_secs_ago: f64,
+    pub client: Option<String>,
+    pub requests_in_flight: u32,
+    pub hold_secs: Option<f64>,
+}
+
+impl From<SessionRow> for SessionRowOwned {
+    fn from(r: SessionRow) -> Self {
+        SessionRowOwned {
+            id: r.id,
+            state: r.state.to_string(),
+            position: r.position,
+            seq: r.seq,
+            created: r.created,
+            last_seen_secs_ago: r.last_seen_secs_ago,
+            client: r.client,
+            requests_in_flight: r.requests_in_flight,
+            hold_secs: r.hold_secs,
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn detail(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    reply(status, json!({ "detail": message }))
+}
+
+async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match (method, segments.as_slice()) {
+        (Method::GET, ["v1", "queue"]) => {
+            let rows: Vec<SessionRowOwned> = shared
+                .queue_rows(Instant::now())
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            let listing = QueueListing {
+                draining: shared.is_draining(),
+                sessions: rows,
+            };
+            reply(
+                StatusCode::OK,
+                serde_json::to_value(listing).unwrap_or_default(),
+            )
+        }
+        (Method::POST, ["v1", "sessions", id, "kick"]) => {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return detail(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"),
+            };
+            let reason = match serde_json::from_slice::<KickRequest>(&body) {
+                Ok(k) if !k.reason.trim().is_empty() => k.reason,
+                _ => {
+                    return detail(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Give a reason: {\"reason\": \"...\"}",
+                    )
+                }
+            };
+            let Some(session) = SessionId::parse_exact(id) else {
+                return detail(StatusCode::NOT_FOUND, "Session not found");
+            };
+            match shared.kick(&session, uid, &reason, Instant::now()) {
+                Ok(Some(cut)) => reply(
+                    StatusCode::OK,
+                    json!({ "kicked": session.to_string(), "reason": reason, "connections_cut": cut }),
+                ),
+                Ok(None) => detail(StatusCode::NOT_FOUND, "Session not found"),
+                Err(StoreFailed) => {
+                    detail(StatusCode::SERVICE_UNAVAILABLE, "Session store unavailable")
+                }
+            }
+        }
+        (Method::POST, ["v1", action @ ("drain" | "resume")]) => {
+            let draining = *action == "drain";
+            let was = shared.set_draining(draining);
+            tracing::warn!(target: AUDIT, event = "admin_drain", uid, draining, was_draining = was);
+            reply(
+                StatusCode::OK,
+                json!({ "draining": draining, "was_draining": was }),
+            )
+        }
+        (
+            _,
+            ["v1", "queue"] | ["v1", "drain"] | ["v1", "resume"] | ["v1", "sessions", _, "kick"],
+        ) => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+        _ => detail(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// One admin call from the CLI: `(status, JSON body)`. Errors name the socket and say
+/// what to do in one line.
+pub async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| connect_error(socket, e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("admin handshake failed")?;
+    tokio::spawn(conn);
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "labgate-admin")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(payload)))
+        .context("building the admin request")?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .context("the admin API did not answer")?;
+    let status = resp.status().as_u16();
+    let bytes = Limited::new(resp.into_body(), 64 * 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the admin answer: {e}"))?
+        .to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .context("the admin API answered something that is not JSON")?;
+    Ok((status, value))
+}
+
+fn connect_error(socket: &Path, e: std::io::Error) -> anyhow::Error {
+    let path = socket.display();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "no admin socket at {path}: is labgate running, with [admin] socket set to this path?"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("permission denied on {path}: run as labgate's user or root")
+        }
+        std::io::ErrorKind::ConnectionRefused => {
+            anyhow::anyhow!("nothing listens on {path}: labgate is not running (stale socket)")
+        }
+        _ => anyhow::anyhow!("cannot connect to {path}: {e}"),
+    }
+}
+
+/// What `labgate admin` was asked to do.
+pub enum Action {
+    Queue,
+    Kick { id: String, reason: String },
+    Drain,
+    Resume,
+}
+
+/// Runs one `labgate admin` command; prints a table (or JSON) on success, returns a
+/// one-line error otherwise.
+pub fn run_cli(socket: &Path, json_out: bool, action: Action) -> anyhow::Result<()> {
+    let (method, path, body) = match &action {
+        Action::Queue => (Method::GET, "/v1/queue".to_string(), None),
+        Action::Kick { id, reason } => {
+            if reason.trim().is_empty() {
+                anyhow::bail!("give a reason: --reason TEXT");
+            }
+            (
+                Method::POST,
+                format!("/v1/sessions/{id}/kick"),
+                Some(json!({ "reason": reason })),
+            )
+        }
+        Action::Drain => (Method::POST, "/v1/drain".to_string(), None),
+        Action::Resume => (Method::POST, "/v1/resume".to_string(), None),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let (status, value) = runtime.block_on(call(socket, method, &path, body))?;
+    if !(200..300).contains(&status) {
+        let why = value
+            .get("detail")
+            .and_then(|d| d.as_str())
+            .unwrap_or("the admin API refused");
+        anyhow::bail!("{why} (HTTP {status})");
+    }
+    if json_out {
+        println!("{value}");
+        return Ok(());
+    }
+    match action {
+        Action::Queue => {
+            let listing: QueueListing =
+                serde_json::from_value(value).context("unexpected queue listing")?;
+            print!("{}", render_table(&listing));
+        }
+        Action::Kick { id, .. } => {
+            let cut = value
+                .get("connections_cut")
+                .and_then(|c| c.as_u64())
+                .unwrap_or(0);
+            println!("kicked {id} ({cut} connection(s) cut)");
+        }
+        Action::Drain => println!("draining: new sessions are refused; the queue goes on"),
+        Action::Resume => println!("resumed: new sessions are accepted"),
+    }
+    Ok(())
+}
+
+/// The queue as a readable table.
+pub fn render_table(listing: &QueueListing) -> String {
+    let mut out = String::new();
+    if listing.draining {
+        out.push_str("labgate is DRAINING: new sessions are refused.\n");
+    }
+    if listing.sessions.is_empty() {
+        out.push_str("The queue is empty.\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "{:>4}  {:<7}  {:<36}  {:>6}  {:<15}  {:>9}  {:>9}  {:>9}\n",
+        "POS", "STATE", "SESSION", "SEQ", "CLIENT", "IN FLIGHT", "HELD", "IDLE"
+    ));
+    for s in &listing.sessions {
+        out.push_str(&format!(
+            "{:>4}  {:<7}  {:<36}  {:>6}  {:<15}  {:>9}  {:>9}  {:>9}\n",
+            s.position,
+            s.state,
+            s.id,
+            s.seq,
+            s.client.as_deref().unwrap_or("-"),
+            s.requests_in_flight,
+            s.hold_secs.map_or("-".to_string(), crate::status::human),
+            crate::status::human(s.last_seen_secs_ago),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_is_owner_only_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let first = bind(&path).unwrap();
+        drop(first);
+        // The file stays behind, as after a crash; binding again replaces it.
+        let _second = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(bind(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("not a socket"));
+    }
+
+    #[test]
+    fn table_lists_sessions_in_order() {
+        let listing = QueueListing {
+            draining: true,
+            sessions: vec![SessionRowOwned {
+                id: "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11".into(),
+                state: "active".into(),
+                position: 0,
+                seq: 7,
+                created: 0.0,
+                last_seen_secs_ago: 3.0,
+                client: Some("127.0.0.1".into()),
+                requests_in_flight: 2,
+                hold_secs: Some(125.0),
+            }],
+        };
+        let t = render_table(&listing);
+        assert!(t.starts_with("labgate is DRAINING"));
+        assert!(t.contains("0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11"));
+        assert!(t.contains("2 min 5 s"));
+        assert!(render_table(&QueueListing {
+            draining: false,
+            sessions: vec![]
+        })
+        .contains("empty"));
+    }
+}

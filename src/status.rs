@@ -1,0 +1,161 @@
+//! The public status page: `GET /status` (HTML) and `GET /status.json`.
+//!
+//! Owns rendering only; the figures come from `Shared::lab_status`. It must never show a
+//! session id, which is the gate credential: sessions appear as a short tag, the first
+//! 8 hex digits of a SHA-256 of the id, which cannot be turned back into the id. The
+//! page is server-rendered, has no script, and refreshes itself.
+
+use sha2::{Digest, Sha256};
+
+use crate::state::LabStatus;
+
+/// How often the page reloads itself.
+const REFRESH_SECS: u32 = 5;
+
+/// The public, non-reversible tag of a session.
+pub fn tag(id: &crate::queue::SessionId) -> String {
+    let digest = Sha256::digest(id.as_uuid().as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// "3 s", "4 min 10 s", "2 h 5 min".
+pub fn human(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+pub fn json(status: &LabStatus) -> Vec<u8> {
+    serde_json::to_vec(status).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+pub fn html(status: &LabStatus) -> String {
+    let headline = if status.held {
+        format!("The lab is held, for {} so far.", human(status.hold_secs))
+    } else {
+        "The lab is free.".to_string()
+    };
+    let waiting = match status.waiting {
+        0 => "Nobody is waiting.".to_string(),
+        1 => "1 session is waiting.".to_string(),
+        n => format!("{n} sessions are waiting."),
+    };
+    let typical = |v: Option<f64>| v.map_or_else(|| "not known yet".to_string(), human);
+    let draining = if status.draining {
+        "<p class=\"drain\">labgate is draining: no new sessions are accepted; the queue goes on.</p>"
+    } else {
+        ""
+    };
+    let max_hold = status
+        .max_hold_secs
+        .map(|m| format!("<li>Hold limit: {} while others wait</li>", human(m)))
+        .unwrap_or_default();
+    let rows: String = status
+        .queue
+        .iter()
+        .map(|e| {
+            format!(
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                e.position,
+                e.tag,
+                e.state,
+                human(e.secs)
+            )
+        })
+        .collect();
+    let table = if rows.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<table><thead><tr><th>#</th><th>session tag</th><th>state</th><th>for</th></tr></thead><tbody>{rows}</tbody></table>\
+             <p class=\"hint\">Your tag: the first 8 hex digits of SHA-256 over your session id's 16 bytes (also sent as <code>X-Lab-Session-Tag</code>).</p>"
+        )
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>labgate: lab status</title><style>\
+body{{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}}\
+h1{{font-size:1.4rem}} .state{{font-size:1.25rem;font-weight:600}}\
+.drain{{background:#fff3cd;border:1px solid #e0c060;padding:.5rem .75rem}}\
+table{{border-collapse:collapse;width:100%}} td,th{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #ddd}}\
+.hint{{color:#555;font-size:.85rem}}</style></head><body>\
+<h1>labgate: lab status</h1>\
+<p class=\"state\" id=\"held\">{headline}</p><p id=\"waiting\">{waiting}</p>{draining}\
+<ul><li>Typical wait: {}</li><li>Typical hold: {}</li>{max_hold}</ul>{table}\
+<p class=\"hint\">Refreshes every {REFRESH_SECS} s.</p></body></html>",
+        typical(status.typical_wait_secs),
+        typical(status.typical_hold_secs),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::SessionId;
+    use crate::state::QueueEntry;
+
+    fn status() -> LabStatus {
+        LabStatus {
+            held: true,
+            hold_secs: 250.0,
+            waiting: 2,
+            typical_wait_secs: Some(30.0),
+            typical_hold_secs: None,
+            draining: true,
+            max_hold_secs: Some(1800.0),
+            queue: vec![QueueEntry {
+                position: 0,
+                tag: "0a1b2c3d".into(),
+                state: "active",
+                secs: 250.0,
+            }],
+        }
+    }
+
+    #[test]
+    fn tags_are_short_stable_and_not_the_id() {
+        let id = SessionId::random();
+        let t = tag(&id);
+        assert_eq!(t.len(), 8);
+        assert_eq!(t, tag(&id));
+        assert!(!id.to_string().contains(&t));
+        assert_ne!(t, tag(&SessionId::random()));
+    }
+
+    #[test]
+    fn page_says_what_matters() {
+        let page = html(&status());
+        assert!(page.contains("The lab is held, for 4 min 10 s so far."));
+        assert!(page.contains("2 sessions are waiting."));
+        assert!(page.contains("draining"));
+        assert!(page.contains("Typical wait: 30 s"));
+        assert!(page.contains("Typical hold: not known yet"));
+        assert!(page.contains("Hold limit: 30 min 0 s"));
+        assert!(page.contains("<code>0a1b2c3d</code>"));
+        assert!(page.contains("http-equiv=\"refresh\""));
+        let free = LabStatus {
+            held: false,
+            waiting: 0,
+            draining: false,
+            queue: vec![],
+            ..status()
+        };
+        let page = html(&free);
+        assert!(page.contains("The lab is free."));
+        assert!(page.contains("Nobody is waiting."));
+        assert!(!page.contains("class=\"drain\""));
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(0.4), "0 s");
+        assert_eq!(human(59.0), "59 s");
+        assert_eq!(human(61.0), "1 min 1 s");
+        assert_eq!(human(7300.0), "2 h 1 min");
+    }
+}
