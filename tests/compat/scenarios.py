@@ -246,6 +246,28 @@ def scenario_heartbeat() -> dict:
     return {"client_heartbeats": client_heartbeats, "session": a_id}
 
 
+def scenario_rate_limited() -> dict:
+    """labgate's rate limit (absent from neops-remote-lab) reaches the client as a 429 on
+    POST /session, which it does not retry (POST is outside its urllib3 Retry methods):
+    the constructor raises requests.HTTPError and leaves no session behind."""
+    a = new_client()
+    a_id = a.session_id
+    try:
+        new_client()
+    except requests.HTTPError as e:
+        r = e.response
+        check(r is not None and r.status_code == 429, f"expected 429, got {e!r}")
+        check(r.json() == {"detail": "Too many session requests"}, f"429 body {r.text}")
+        retry_after = r.headers.get("Retry-After")
+        check(retry_after is not None and retry_after.isdigit(), f"Retry-After {retry_after!r}")
+    else:
+        fail("second constructor succeeded despite the rate limit")
+    check(active_session_id() == a_id, "the rejected client changed the queue")
+    a.close()
+    check(active_session_id() is None, "queue not empty after close")
+    return {"a": a_id, "retry_after": int(retry_after)}
+
+
 def scenario_wire() -> dict:
     """Labgate and neops-remote-lab's own FastAPI app answer the same requests with the
     same status, content-type and body bytes (session ids mapped to placeholders)."""
@@ -320,6 +342,7 @@ SCENARIOS = {
     "queue": scenario_queue,
     "lab": scenario_lab,
     "heartbeat": scenario_heartbeat,
+    "rate_limited": scenario_rate_limited,
     "wire": scenario_wire,
 }
 
