@@ -75,10 +75,10 @@ fn remember(history: &mut VecDeque<Duration>, sample: Duration) {
 }
 
 /// One session as an operator sees it (`labgate admin queue`).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SessionRow {
     pub id: String,
-    pub state: &'static str,
+    pub state: String,
     pub position: usize,
     pub seq: u64,
     /// Unix seconds.
@@ -604,7 +604,7 @@ impl Shared {
                 let meta = core.meta.get(&v.id);
                 SessionRow {
                     id: v.id.to_string(),
-                    state: v.status.as_str(),
+                    state: v.status.as_str().to_string(),
                     position: v.position,
                     seq: v.seq,
                     created: meta.map_or(0.0, |m| m.created_ms as f64 / 1000.0),
