@@ -174,7 +174,8 @@ impl LabClient {
     /// `GET /session/{id}`, as a long-poll of `wait` seconds when given (a server
     /// without long-poll ignores the query and answers at once).
     pub async fn status(&self, id: &str, wait: Option<u64>) -> Result<Status, ClientError> {
-        let url = self.url(&format!("/session/{}", path_segment(id)));
+        plausible(id)?;
+        let url = self.url(&format!("/session/{id}"));
         let (query, timeout): (Vec<(&str, String)>, Duration) = match wait {
             Some(n) => (
                 vec![("wait", n.to_string())],
@@ -215,6 +216,7 @@ impl LabClient {
 
     /// `POST /session/heartbeat`.
     pub async fn heartbeat(&self, id: &str) -> Result<(), ClientError> {
+        plausible(id)?;
         let url = self.url("/session/heartbeat");
         let resp = self
             .send(&url, true, || {
@@ -232,7 +234,8 @@ impl LabClient {
 
     /// `DELETE /session/{id}`.
     pub async fn end(&self, id: &str) -> Result<(), ClientError> {
-        let url = self.url(&format!("/session/{}", path_segment(id)));
+        plausible(id)?;
+        let url = self.url(&format!("/session/{id}"));
         let resp = self
             .send(&url, true, || {
                 self.http
@@ -298,15 +301,19 @@ fn round(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64 / 100 * 100)
 }
 
-/// Ids are uuid4s, but anything a user types goes into a path: keep it one segment
-/// (dots too, or the URL parser would resolve `..`).
-fn path_segment(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// A malformed id is simply unknown (contract §1); deciding so here keeps it out of
+/// URLs and headers, where the server's path check would answer `400` instead.
+fn plausible(id: &str) -> Result<(), ClientError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ClientError::NotFound(id.chars().take(40).collect()))
+    }
 }
 
 fn active_timeout(resp: &Response) -> Option<Duration> {
@@ -402,9 +409,14 @@ mod tests {
     }
 
     #[test]
-    fn ids_stay_one_path_segment() {
-        assert_eq!(path_segment("ab-12"), "ab-12");
-        assert_eq!(path_segment("../x?y"), "%2E%2E%2Fx%3Fy");
+    fn malformed_ids_are_unknown_without_asking() {
+        assert!(plausible("8c0a9e1b-3f4d-4c8e-9a6b-1f2e3d4c5b6a").is_ok());
+        for bad in ["", "../x", "a/b", "a?b", "a b", "a\nb", &"x".repeat(129)] {
+            assert!(
+                matches!(plausible(bad), Err(ClientError::NotFound(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -152,11 +152,7 @@ pub async fn run(opts: RunOptions) -> u8 {
         return interrupted(&client, Some(&id), &mut watch, &opts, i).await;
     }
     watch.progress.stop_waiting();
-    let heartbeat = opts.heartbeat.unwrap_or_else(|| {
-        active_timeout
-            .map(|t| (t / 3).max(Duration::from_millis(100)))
-            .unwrap_or(DEFAULT_HEARTBEAT)
-    });
+    let heartbeat = heartbeat_interval(opts.heartbeat, active_timeout);
     watch.progress.say(&format!(
         "lab acquired after {} (session {}), running: {}",
         seconds(started.elapsed()),
@@ -172,6 +168,16 @@ pub async fn run(opts: RunOptions) -> u8 {
         seconds(held.elapsed())
     ));
     code
+}
+
+/// `--heartbeat`, else a third of the server's active timeout (so two heartbeats may
+/// be lost before the session is reaped), else [`DEFAULT_HEARTBEAT`].
+fn heartbeat_interval(flag: Option<Duration>, active_timeout: Option<Duration>) -> Duration {
+    flag.unwrap_or_else(|| {
+        active_timeout
+            .map(|t| (t / 3).max(Duration::from_millis(100)))
+            .unwrap_or(DEFAULT_HEARTBEAT)
+    })
 }
 
 /// Creates a session and waits until it is ACTIVE: (id, the server's active timeout).
@@ -437,6 +443,19 @@ fn shown(command: &[OsString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeat_defaults_to_a_third_of_the_active_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(heartbeat_interval(Some(s(7)), Some(s(300))), s(7));
+        assert_eq!(heartbeat_interval(None, Some(s(300))), s(100));
+        assert_eq!(heartbeat_interval(None, Some(s(3))), s(1));
+        assert_eq!(
+            heartbeat_interval(None, Some(Duration::from_millis(30))),
+            Duration::from_millis(100)
+        );
+        assert_eq!(heartbeat_interval(None, None), DEFAULT_HEARTBEAT);
+    }
 
     #[test]
     fn long_poll_is_bounded_by_the_time_left() {
