@@ -432,10 +432,21 @@ fn tag(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
+/// CMD as a shell would need it typed: arguments with spaces or specials in '...'.
 fn shown(command: &[OsString]) -> String {
     command
         .iter()
-        .map(|a| a.to_string_lossy())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_./:=@%+-,".contains(c));
+            if plain {
+                a.into_owned()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -443,6 +454,15 @@ fn shown(command: &[OsString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_is_shown_as_typed() {
+        let cmd: Vec<OsString> = ["sh", "-c", "echo 'hi' $X", ""]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(shown(&cmd), r"sh -c 'echo '\''hi'\'' $X' ''");
+    }
 
     #[test]
     fn heartbeat_defaults_to_a_third_of_the_active_timeout() {
