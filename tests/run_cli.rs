@@ -854,3 +854,33 @@ async fn the_heartbeat_follows_the_servers_active_timeout_header() {
     assert_eq!(c.code().await, 0, "{}", c.stderr());
     assert_eq!(fake.with(|s| s.heartbeats), 0);
 }
+
+#[tokio::test]
+async fn a_server_gone_while_cmd_runs_is_reported_and_cmd_decides_the_status() {
+    let mut gw = gateway().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = format!("echo up > up.txt; {}; exit 4", await_file("go"));
+    let mut c = Client::run(
+        dir.path(),
+        "orphan",
+        &gw,
+        &["--heartbeat", "100ms", "--connect-retry", "300ms"],
+        &script,
+    );
+    file_text(&dir.path().join("up.txt")).await;
+    assert!(gw.terminate().await.is_some(), "labgate stopped");
+    eventually(LONG, "a failed heartbeat reported", || async {
+        c.stderr()
+            .contains("heartbeat failed: cannot reach")
+            .then_some(())
+    })
+    .await;
+    std::fs::write(dir.path().join("go"), "").expect("go");
+    assert_eq!(c.code().await, 4, "{}", c.stderr());
+    let err = c.stderr();
+    assert!(
+        err.contains("could not end session") && err.contains("the server will reap it"),
+        "{err}"
+    );
+    assert!(!err.contains("ended after holding"), "{err}");
+}

@@ -161,12 +161,13 @@ pub async fn run(opts: RunOptions) -> u8 {
     ));
     let held = Instant::now();
     let code = hold(&client, &id, heartbeat, &mut watch, &opts).await;
-    end(&client, &id, &watch.progress).await;
-    watch.progress.say(&format!(
-        "session {} ended after holding the lab {}; exit status {code}",
-        tag(&id),
-        seconds(held.elapsed())
-    ));
+    if end(&client, &id, &watch.progress).await {
+        watch.progress.say(&format!(
+            "session {} ended after holding the lab {}; exit status {code}",
+            tag(&id),
+            seconds(held.elapsed())
+        ));
+    }
     code
 }
 
@@ -417,13 +418,17 @@ async fn heartbeat_loop(
 }
 
 /// Ends the session; a failure is reported, not fatal (the server reaps it later).
-async fn end(client: &LabClient, id: &str, progress: &Progress) {
+/// Returns whether the session is gone.
+async fn end(client: &LabClient, id: &str, progress: &Progress) -> bool {
     match client.end(id).await {
-        Ok(()) | Err(ClientError::NotFound(_)) => {}
-        Err(e) => progress.error(&format!(
-            "could not end session {}: {e}; the server will reap it after its idle timeout",
-            tag(id)
-        )),
+        Ok(()) | Err(ClientError::NotFound(_)) => true,
+        Err(e) => {
+            progress.error(&format!(
+                "could not end session {}: {e}; the server will reap it after its idle timeout",
+                tag(id)
+            ));
+            false
+        }
     }
 }
 
