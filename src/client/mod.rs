@@ -10,11 +10,13 @@
 //! - [`run`]: the `labgate run` sequence.
 //! - [`child`]: CMD as a child process, signals, exit codes.
 //! - [`progress`]: the waiting line and messages on stderr.
+//! - [`watch`]: signals, the wait deadline and the waiting line around a wait.
 
 pub mod child;
 pub mod http;
 pub mod progress;
 pub mod run;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

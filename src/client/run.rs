@@ -8,27 +8,22 @@
 //! can), and never run CMD without an ACTIVE session.
 
 use std::ffi::OsString;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tokio::time::sleep_until;
 
 use super::child::{self, Cmd};
 use super::exit;
 use super::http::{ClientError, LabClient};
 use super::progress::{seconds, Progress};
+use super::watch::{sleep_until_opt, Interrupt, Signals, Watch};
 
 /// Long-poll length asked of the server (contract §7 allows up to 60 s).
 const LONG_POLL: Duration = Duration::from_secs(20);
 
 /// Without long-poll, at most one status request this often.
 const POLL_EVERY: Duration = Duration::from_secs(2);
-
-/// How often the waiting line is refreshed between two answers.
-const TICK: Duration = Duration::from_secs(1);
 
 /// Heartbeat interval when the server does not say its active timeout
 /// (neops-remote-lab's default active timeout is 300 s).
@@ -45,75 +40,6 @@ pub struct RunOptions {
     pub connect_retry: Duration,
     pub quiet: bool,
     pub command: Vec<OsString>,
-}
-
-/// Why a wait stopped early.
-enum Interrupt {
-    Signal(Signal),
-    Deadline,
-}
-
-/// SIGINT, SIGTERM and SIGHUP as one stream.
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Signals> {
-        Ok(Signals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    async fn recv(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.int.recv() => Signal::SIGINT,
-            _ = self.term.recv() => Signal::SIGTERM,
-            _ = self.hup.recv() => Signal::SIGHUP,
-        }
-    }
-}
-
-/// Everything a wait is watched by: signals, the wait deadline, the progress line.
-struct Watch {
-    signals: Signals,
-    deadline: Option<Instant>,
-    started: Instant,
-    position: u64,
-    progress: Progress,
-}
-
-impl Watch {
-    /// Runs `fut` to completion unless a signal or the deadline comes first,
-    /// refreshing the waiting line meanwhile (when `show` is set).
-    async fn guard<F: Future>(&mut self, fut: F, show: bool) -> Result<F::Output, Interrupt> {
-        tokio::pin!(fut);
-        let mut tick = tokio::time::interval(TICK);
-        let deadline = self.deadline.map(tokio::time::Instant::from_std);
-        loop {
-            tokio::select! {
-                // A pending signal wins over a ready `fut`: see the check before CMD.
-                biased;
-                sig = self.signals.recv() => return Err(Interrupt::Signal(sig)),
-                out = &mut fut => return Ok(out),
-                _ = sleep_until_opt(deadline) => return Err(Interrupt::Deadline),
-                _ = tick.tick(), if show => {
-                    self.progress.waiting(self.position, self.started.elapsed());
-                }
-            }
-        }
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Runs `labgate run`; returns the process exit code.
@@ -199,7 +125,9 @@ async fn acquire(
                 retry_after,
                 ..
             }) => {
-                let pause = retry_after.unwrap_or(DEFAULT_RETRY_AFTER).max(TICK);
+                let pause = retry_after
+                    .unwrap_or(DEFAULT_RETRY_AFTER)
+                    .max(Duration::from_secs(1));
                 watch.progress.say(&format!(
                     "no session yet ({detail}), asking again in {}",
                     seconds(pause)
