@@ -958,3 +958,22 @@ impl Drop for WsUpstream {
         self.task.abort();
     }
 }
+
+// ------------------------------------------------------------------ external tools
+
+/// The path of an external tool the deployment tests run (`promtool`, `prometheus`,
+/// `systemd-analyze`). A missing tool is a failure, not a skip: `.ci/setup` installs them.
+pub fn require_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is not installed: run .ci/setup (Debian packages prometheus, systemd)")
+        })
+}
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
