@@ -292,7 +292,7 @@ impl Shared {
             tracing::info!(
                 target: AUDIT,
                 event = "session_ended",
-                session = %e.id,
+                session = %e.id.short(),
                 seq = e.seq,
                 reason = e.reason.as_str(),
                 was_active = e.was_active,
@@ -304,7 +304,7 @@ impl Shared {
             tracing::info!(
                 target: AUDIT,
                 event = "session_promoted",
-                session = %p.id,
+                session = %p.id.short(),
                 seq = p.seq,
                 waited_secs = p.waited.as_secs_f64(),
             );
@@ -375,7 +375,7 @@ impl Shared {
             (position, core.settle(change, now, store_time))
         };
         self.metrics.sessions_created.inc();
-        tracing::info!(target: AUDIT, event = "session_created", session = %id, client = %client, position);
+        tracing::info!(target: AUDIT, event = "session_created", session = %id.short(), client = %client, position);
         self.record(outcome);
         Ok((id, position))
     }
@@ -432,7 +432,7 @@ impl Shared {
     ) -> Result<Option<usize>, StoreFailed> {
         let cut = self.end(id, EndReason::Kicked, now)?;
         if let Some(cut) = cut {
-            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id, uid, reason = why, connections_cut = cut);
+            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.short(), uid, reason = why, connections_cut = cut);
         }
         Ok(cut)
     }
@@ -449,7 +449,7 @@ impl Shared {
                 return Ok(None);
             };
             let store_time = core.save_removals([seq]).map_err(|e| {
-                tracing::error!(error = %e, session = %id, "cannot record the end of a session; keeping it");
+                tracing::error!(error = %e, session = %id.short(), "cannot record the end of a session; keeping it");
                 // Not ended: do not leave the seq pending, it would end it later.
                 core.unsaved_removals.retain(|s| *s != seq);
                 StoreFailed
