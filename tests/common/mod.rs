@@ -93,6 +93,10 @@ pub struct Cfg {
     pub burst: u32,
     pub refill_every: String,
     pub upstreams: Vec<UpstreamCfg>,
+    /// `[queue] max_hold`; `None` leaves the key out (no hold limit).
+    pub max_hold: Option<String>,
+    /// `[queue] state_path`; `None` leaves the key out (memory-only queue).
+    pub state_path: Option<PathBuf>,
 }
 
 impl Cfg {
@@ -115,6 +119,8 @@ impl Cfg {
             burst: 10_000,
             refill_every: "1ms".to_string(),
             upstreams: Vec::new(),
+            max_hold: None,
+            state_path: None,
         }
     }
 
@@ -152,6 +158,35 @@ impl Cfg {
         self
     }
 
+    pub fn reap_interval(mut self, r: &str) -> Self {
+        self.reap_interval = r.to_string();
+        self
+    }
+
+    /// `[queue] max_hold`: the hold limit (contract §7).
+    pub fn max_hold(mut self, m: &str) -> Self {
+        self.max_hold = Some(m.to_string());
+        self
+    }
+
+    /// `[queue] state_path`: the durable queue store (contract §7).
+    pub fn state_path(mut self, p: &Path) -> Self {
+        self.state_path = Some(p.to_path_buf());
+        self
+    }
+
+    /// The optional `[queue]` keys, one `key = value` line each.
+    fn queue_extra(&self) -> String {
+        let mut t = String::new();
+        if let Some(m) = &self.max_hold {
+            t.push_str(&format!("max_hold = {m:?}\n"));
+        }
+        if let Some(p) = &self.state_path {
+            t.push_str(&format!("state_path = {:?}\n", p.display().to_string()));
+        }
+        t
+    }
+
     /// The TOML text; injected header secrets are written as files into `dir`.
     pub fn render(&self, dir: &Path, listen: u16, metrics: u16) -> String {
         let list = |v: &[String]| {
@@ -165,7 +200,7 @@ impl Cfg {
              shutdown_timeout = {:?}\ntrusted_proxies = [{}]\n\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n\
              [queue]\nactive_timeout = {:?}\nwaiting_timeout = {:?}\nreap_interval = {:?}\n\
-             max_sessions = {}\n\n[rate_limit]\nburst = {}\nrefill_every = {:?}\n",
+             max_sessions = {}\n{}\n[rate_limit]\nburst = {}\nrefill_every = {:?}\n",
             self.threads,
             self.grace_period,
             self.shutdown_timeout,
@@ -174,6 +209,7 @@ impl Cfg {
             self.waiting_timeout,
             self.reap_interval,
             self.max_sessions,
+            self.queue_extra(),
             self.burst,
             self.refill_every,
         );
@@ -370,6 +406,56 @@ impl Gateway {
     pub async fn terminate(&mut self) -> Option<ExitStatus> {
         self.signal(libc::SIGTERM);
         self.wait_exit(Duration::from_secs(10)).await
+    }
+
+    /// SIGKILL (a crash: no shutdown code runs), then waits up to 10 s for the exit.
+    pub async fn kill9(&mut self) -> Option<ExitStatus> {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(Duration::from_secs(10)).await
+    }
+
+    /// Runs `labgate serve` with `cfg`, expecting it to fail at start-up: waits up to
+    /// `timeout` for it to exit by itself and returns its status and its stderr. Panics
+    /// (after killing it) if it is still running then.
+    pub async fn start_expecting_exit(cfg: &Cfg, timeout: Duration) -> (ExitStatus, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("labgate.toml");
+        std::fs::write(
+            &config_path,
+            cfg.render(dir.path(), free_port(), free_port()),
+        )
+        .expect("write config");
+        let stderr_path = dir.path().join("stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_labgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("LABGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn labgate");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "labgate kept running for {timeout:?}; stderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        (
+            status,
+            std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+        )
     }
 
     /// GET the metrics page.
