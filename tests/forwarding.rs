@@ -276,14 +276,7 @@ async fn websocket_round_trips_through_the_gate() {
     let ws = WsUpstream::start().await;
     let gw = Gateway::start(&ws_cfg(&http, &ws)).await;
     let (a, _) = create_session(&gw).await;
-    let (mut socket, resp) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(ws_request(&gw, "/lab/ws", &a)),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake");
-    assert_eq!(resp.status().as_u16(), 101);
+    let mut socket = open_echo_ws(&gw, "/lab/ws", &a).await;
     for i in 0..5 {
         let text = format!("message {i}");
         socket
@@ -308,7 +301,8 @@ async fn websocket_round_trips_through_the_gate() {
         .expect("message");
     assert_eq!(echo, Message::binary(vec![1u8, 2, 3]));
     let _ = socket.close(None).await;
-    assert_eq!(ws.connections(), 1);
+    // More than one only when pingora#946 tore an attempt down (printed above).
+    assert!(ws.connections() >= 1);
     assert_eq!(http.count(), 0);
 }
 
@@ -418,13 +412,7 @@ async fn an_idle_websocket_outlives_pingoras_60s_and_the_upstream_read_timeout()
         );
     let gw = Gateway::start(&cfg).await;
     let (a, _) = create_session(&gw).await;
-    let (mut socket, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(ws_request(&gw, "/lab/ws", &a)),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake");
+    let mut socket = open_echo_ws(&gw, "/lab/ws", &a).await;
     tokio::time::sleep(Duration::from_secs(65)).await;
     socket
         .send(Message::text("still there?"))
