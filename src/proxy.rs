@@ -218,7 +218,7 @@ impl ProxyHttp for LabGate {
                     event = "gate_denied",
                     decision = "invalid",
                     client = %client.map(|c| c.to_string()).unwrap_or_default(),
-                    path = %String::from_utf8_lossy(req.raw_path()).chars().take(256).collect::<String>(),
+                    path = %loggable_path(req.raw_path()),
                     why = %why,
                 );
                 ctx.decision = Some("invalid");
@@ -505,12 +505,12 @@ impl ProxyHttp for LabGate {
                 .observe(elapsed.as_secs_f64());
         }
         let req = session.req_header();
-        let path = String::from_utf8_lossy(req.raw_path());
+        let path = loggable_path(req.raw_path());
         let session_tag = ctx.session.map(|id| id.short());
         tracing::info!(
             target: ACCESS,
             method = %req.method,
-            path = %path.chars().take(256).collect::<String>(),
+            path = %path,
             client = %ctx.client.map(|c| c.to_string()).unwrap_or_default(),
             session = session_tag.as_deref().unwrap_or("-"),
             decision = ctx.decision.unwrap_or("-"),
@@ -523,9 +523,40 @@ impl ProxyHttp for LabGate {
     }
 }
 
+/// The request path as logged: at most 256 characters, and a session id in
+/// `/session/{id}` cut to 8 characters, because the id is the gate credential.
+fn loggable_path(raw: &[u8]) -> String {
+    let path = String::from_utf8_lossy(raw);
+    let path: String = match path.strip_prefix("/session/") {
+        Some(rest) if rest.len() > 8 && rest != "heartbeat" => {
+            let cut: String = rest.chars().take(8).collect();
+            format!("/session/{cut}…")
+        }
+        _ => path.into_owned(),
+    };
+    path.chars().take(256).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_paths_never_carry_a_whole_session_id() {
+        let id = "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11";
+        assert_eq!(
+            loggable_path(format!("/session/{id}").as_bytes()),
+            "/session/0b9f7a0e…"
+        );
+        assert_eq!(
+            loggable_path(format!("/session/{id}?wait=5").as_bytes()),
+            "/session/0b9f7a0e…"
+        );
+        assert_eq!(loggable_path(b"/session/heartbeat"), "/session/heartbeat");
+        assert_eq!(loggable_path(b"/session"), "/session");
+        assert_eq!(loggable_path(b"/lab/devices"), "/lab/devices");
+        assert_eq!(loggable_path(&[b'a'; 300]).len(), 256);
+    }
     use http::HeaderValue;
 
     #[test]
