@@ -331,6 +331,34 @@ async fn kick_refuses_unknown_sessions_and_a_missing_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicking_a_waiting_session_leaves_the_holder_alone() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&Cfg::new(up.addr).admin_socket(SOCKET)).await;
+    let (a, _) = create_session(&gw).await;
+    let (b, _) = create_session(&gw).await;
+    let (c, _) = create_session(&gw).await;
+    ok(&gw.admin(&["kick", &b, "--reason", "left for lunch"]));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(a.as_str()));
+    assert_eq!(get_session(&gw, &b).await.0, 404);
+    let (code, body) = get_session(&gw, &c).await;
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v, serde_json::json!({"status": "waiting", "position": 1}));
+    let ids: Vec<Value> = queue_json(&gw)["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![Value::from(a.as_str()), Value::from(c.as_str())]);
+    assert_eq!(
+        gw.metric(r#"labgate_sessions_ended_total{reason="kicked"}"#)
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_refuses_new_sessions_while_the_queue_moves_on() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&Cfg::new(up.addr).admin_socket(SOCKET)).await;

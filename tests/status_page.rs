@@ -263,6 +263,34 @@ async fn typical_wait_and_hold_are_medians_of_recent_sessions() {
     assert!(page.contains("1 session") || page.contains("Nobody is waiting."));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_lists_only_the_first_twenty_sessions() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&Cfg::new(up.addr)).await;
+    let mut tags = Vec::new();
+    for _ in 0..23 {
+        tags.push(create_tagged(&gw).await.1);
+    }
+    let s = status_json(&gw).await;
+    assert_eq!(s["waiting"], 22);
+    let listed: Vec<&str> = s["queue"]
+        .as_array()
+        .expect("queue")
+        .iter()
+        .map(|e| e["tag"].as_str().expect("tag"))
+        .collect();
+    assert_eq!(
+        listed,
+        tags[..20].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let page = status_html(&gw).await;
+    assert!(page.contains("22 sessions are waiting."), "{page}");
+    assert!(
+        page.contains(&tags[19]) && !page.contains(&tags[20]),
+        "{page}"
+    );
+}
+
 // ------------------------------------------------------------------ headless Chromium
 
 fn chromium() -> PathBuf {
