@@ -141,37 +141,7 @@ struct KickRequest {
 #[derive(Serialize, Deserialize)]
 pub struct QueueListing {
     pub draining: bool,
-    pub sessions: Vec<SessionRowOwned>,
-}
-
-/// A [`SessionRow`] as read back by the client.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct SessionRowOwned {
-    pub id: String,
-    pub state: String,
-    pub position: usize,
-    pub seq: u64,
-    pub created: f64,
-    pub last_seen_secs_ago: f64,
-    pub client: Option<String>,
-    pub requests_in_flight: u32,
-    pub hold_secs: Option<f64>,
-}
-
-impl From<SessionRow> for SessionRowOwned {
-    fn from(r: SessionRow) -> Self {
-        SessionRowOwned {
-            id: r.id,
-            state: r.state.to_string(),
-            position: r.position,
-            seq: r.seq,
-            created: r.created,
-            last_seen_secs_ago: r.last_seen_secs_ago,
-            client: r.client,
-            requests_in_flight: r.requests_in_flight,
-            hold_secs: r.hold_secs,
-        }
-    }
+    pub sessions: Vec<SessionRow>,
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -194,14 +164,9 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "queue"]) => {
-            let rows: Vec<SessionRowOwned> = shared
-                .queue_rows(Instant::now())
-                .into_iter()
-                .map(Into::into)
-                .collect();
             let listing = QueueListing {
                 draining: shared.is_draining(),
-                sessions: rows,
+                sessions: shared.queue_rows(Instant::now()),
             };
             reply(
                 StatusCode::OK,
@@ -424,7 +389,7 @@ mod tests {
     fn table_lists_sessions_in_order() {
         let listing = QueueListing {
             draining: true,
-            sessions: vec![SessionRowOwned {
+            sessions: vec![SessionRow {
                 id: "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11".into(),
                 state: "active".into(),
                 position: 0,

@@ -20,9 +20,13 @@
 //! - [`metrics`]: every Prometheus metric.
 //! - [`demo`]: a fake lab API for trying labgate without hardware.
 //! - [`server`]: assembles and runs the pingora server.
+//!
+//! Client (`labgate run`, `labgate session`):
+//! - [`client`]: holds the lab for one command over the session API.
 
 pub mod admin;
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod cut;
 pub mod demo;

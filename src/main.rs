@@ -46,6 +46,10 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Hold the lab for exactly the length of one command: labgate run --url URL -- CMD...
+    Run(labgate::client::RunArgs),
+    /// Open, inspect, keep alive or end a session (for scripts).
+    Session(labgate::client::SessionArgs),
     /// Serve only the fake lab API used by the walk-through.
     DemoLab {
         #[arg(long, default_value = "127.0.0.1:9181")]
@@ -111,7 +115,14 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // The client commands have exit codes of their own (see src/client).
+    let cli = match cli.command {
+        Some(Command::Run(args)) => return labgate::client::run_command(args),
+        Some(Command::Session(args)) => return labgate::client::session_command(args),
+        command => Cli { command, ..cli },
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("labgate: {e:#}");
@@ -145,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(log.log_format);
             labgate::server::run_demo_lab(listen)
         }
+        Some(Command::Run(_) | Command::Session(_)) => unreachable!("handled in main"),
     }
 }
 

@@ -506,7 +506,7 @@ impl ProxyHttp for LabGate {
         }
         let req = session.req_header();
         let path = String::from_utf8_lossy(req.raw_path());
-        let session_tag = ctx.session.map(|id| id.to_string()[..8].to_string());
+        let session_tag = ctx.session.map(|id| id.short());
         tracing::info!(
             target: ACCESS,
             method = %req.method,

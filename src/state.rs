@@ -75,10 +75,10 @@ fn remember(history: &mut VecDeque<Duration>, sample: Duration) {
 }
 
 /// One session as an operator sees it (`labgate admin queue`).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SessionRow {
     pub id: String,
-    pub state: &'static str,
+    pub state: String,
     pub position: usize,
     pub seq: u64,
     /// Unix seconds.
@@ -292,7 +292,7 @@ impl Shared {
             tracing::info!(
                 target: AUDIT,
                 event = "session_ended",
-                session = %e.id,
+                session = %e.id.short(),
                 seq = e.seq,
                 reason = e.reason.as_str(),
                 was_active = e.was_active,
@@ -304,7 +304,7 @@ impl Shared {
             tracing::info!(
                 target: AUDIT,
                 event = "session_promoted",
-                session = %p.id,
+                session = %p.id.short(),
                 seq = p.seq,
                 waited_secs = p.waited.as_secs_f64(),
             );
@@ -375,7 +375,7 @@ impl Shared {
             (position, core.settle(change, now, store_time))
         };
         self.metrics.sessions_created.inc();
-        tracing::info!(target: AUDIT, event = "session_created", session = %id, client = %client, position);
+        tracing::info!(target: AUDIT, event = "session_created", session = %id.short(), client = %client, position);
         self.record(outcome);
         Ok((id, position))
     }
@@ -432,7 +432,7 @@ impl Shared {
     ) -> Result<Option<usize>, StoreFailed> {
         let cut = self.end(id, EndReason::Kicked, now)?;
         if let Some(cut) = cut {
-            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id, uid, reason = why, connections_cut = cut);
+            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.short(), uid, reason = why, connections_cut = cut);
         }
         Ok(cut)
     }
@@ -449,7 +449,7 @@ impl Shared {
                 return Ok(None);
             };
             let store_time = core.save_removals([seq]).map_err(|e| {
-                tracing::error!(error = %e, session = %id, "cannot record the end of a session; keeping it");
+                tracing::error!(error = %e, session = %id.short(), "cannot record the end of a session; keeping it");
                 // Not ended: do not leave the seq pending, it would end it later.
                 core.unsaved_removals.retain(|s| *s != seq);
                 StoreFailed
@@ -604,7 +604,7 @@ impl Shared {
                 let meta = core.meta.get(&v.id);
                 SessionRow {
                     id: v.id.to_string(),
-                    state: v.status.as_str(),
+                    state: v.status.as_str().to_string(),
                     position: v.position,
                     seq: v.seq,
                     created: meta.map_or(0.0, |m| m.created_ms as f64 / 1000.0),

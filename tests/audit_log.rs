@@ -13,11 +13,14 @@ use serde_json::Value;
 const AUDIT: &str = "labgate::audit";
 const ACCESS: &str = "labgate::access";
 
-/// The one event named `event` about `session`, with everything else about it printed
-/// on failure.
+/// The one event named `event` about `session` (which logs name by the id's first 8
+/// characters only), with everything else about it printed on failure.
 fn one_about(gw: &Gateway, event: &str, session: &str) -> Value {
     let all = gw.audit_events(event);
-    let mine: Vec<&Value> = all.iter().filter(|e| e["session"] == session).collect();
+    let mine: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["session"] == &session[..8])
+        .collect();
     assert_eq!(mine.len(), 1, "{event} for {session}: {all:#?}");
     mine[0].clone()
 }
@@ -147,7 +150,7 @@ async fn every_session_change_admin_action_and_gate_denial_is_audited() {
     let e = eventually(Duration::from_secs(10), "c reaped as stale", || async {
         gw.audit_events("session_ended")
             .into_iter()
-            .find(|e| e["session"] == c.as_str())
+            .find(|e| e["session"] == &c[..8])
     })
     .await;
     assert_eq!(e["reason"], "stale", "{e}");
@@ -286,28 +289,51 @@ async fn access_lines_carry_method_path_client_session_decision_status_upstream_
     assert_eq!(heartbeat["status"], 204, "{heartbeat}");
 }
 
-/// The id is the gate credential: no access line may hold it whole, in any spelling,
-/// whichever way the request carried it (the `X-Session-ID` header, or the path of
-/// `GET`/`DELETE /session/{id}`). At most the 8-character prefix, as in `session`.
+/// The id is the gate credential: no log line (access or audit) may hold it whole, in
+/// any spelling, whichever way the request carried it (the `X-Session-ID` header, the
+/// path of `GET`/`DELETE /session/{id}`, a refused path) or whatever was done to it
+/// (kicked). At most the 8-character prefix, as in the `session` fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_access_line_holds_a_whole_session_id() {
+async fn no_log_line_holds_a_whole_session_id() {
     let up = Upstream::start().await;
-    let gw = Gateway::start(&Cfg::new(up.addr)).await;
+    let gw = Gateway::start(&Cfg::new(up.addr).admin_socket("admin.sock")).await;
     let (a, b, _) = client_traffic(&gw).await;
-    let text = gw.log();
-    let leaks: Vec<&str> = text
+    let (c, _) = create_session(&gw).await;
+    let r = raw(
+        gw.addr(),
+        &format!("GET /session/{c}/%2e%2e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, 400);
+    let out = gw.admin(&["kick", &c, "--reason", "test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = eventually(
+        Duration::from_secs(5),
+        "the kick and its access line",
+        || async {
+            let kicked = !gw.audit_events("session_kicked").is_empty();
+            let logged = gw.log_target(ACCESS).iter().any(|l| l["status"] == 400);
+            (kicked && logged).then(|| gw.log())
+        },
+    )
+    .await;
+    let leaks: Vec<&str> = events
         .lines()
-        .filter(|l| l.contains(ACCESS))
         .filter(|line| {
             let lower = line.to_lowercase();
-            [&a, &b]
+            [&a, &b, &c]
                 .iter()
                 .any(|id| lower.contains(id.as_str()) || lower.contains(&id.replace('-', "")))
         })
         .collect();
     assert!(
         leaks.is_empty(),
-        "{} access line(s) hold a whole session id:\n{}",
+        "{} log line(s) hold a whole session id:\n{}",
         leaks.len(),
         leaks.join("\n")
     );

@@ -226,24 +226,8 @@ fn ws_cfg(http: &Upstream, ws: &WsUpstream) -> Cfg {
         .upstream(UpstreamCfg::new("console", ws.addr).routes(&["/lab/ws"]))
 }
 
-async fn open_ws(
-    gw: &Gateway,
-    id: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://127.0.0.1:{}/lab/ws", gw.port)
-        .into_client_request()
-        .expect("ws request");
-    req.headers_mut()
-        .insert("X-Session-ID", id.parse().expect("header value"));
-    let (socket, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(req),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake");
-    socket
+async fn open_ws(gw: &Gateway, id: &str) -> ClientWs {
+    open_echo_ws(gw, "/lab/ws", id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

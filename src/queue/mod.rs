@@ -55,6 +55,14 @@ impl SessionId {
         SessionId(Uuid::new_v4())
     }
 
+    /// The first 8 characters, for logs: enough to tell sessions apart, useless as
+    /// a credential.
+    pub fn short(&self) -> String {
+        let mut s = self.to_string();
+        s.truncate(8);
+        s
+    }
+
     pub fn from_uuid(u: Uuid) -> Self {
         SessionId(u)
     }

@@ -1,0 +1,434 @@
+//! `labgate run`: hold the lab for exactly the length of one command. Creates a
+//! session, waits for ACTIVE (long-poll when the server has it, polling otherwise),
+//! runs CMD with the session in its environment while heartbeating, and ends the
+//! session on every way out.
+//!
+//! Owns the order of those steps and what each failure means for the exit code. Must
+//! never leave a session behind on a path it controls (only SIGKILL of labgate itself
+//! can), and never run CMD without an ACTIVE session.
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+
+use super::child::{self, Cmd};
+use super::exit;
+use super::http::{ClientError, LabClient};
+use super::progress::{seconds, Progress};
+use super::watch::{sleep_until_opt, Interrupt, Signals, Watch};
+
+/// Long-poll length asked of the server (contract §7 allows up to 60 s).
+const LONG_POLL: Duration = Duration::from_secs(20);
+
+/// Without long-poll, at most one status request this often.
+const POLL_EVERY: Duration = Duration::from_secs(2);
+
+/// Heartbeat interval when the server does not say its active timeout
+/// (neops-remote-lab's default active timeout is 300 s).
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(100);
+
+/// Pause before asking again after `429`/`503` without `Retry-After`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+pub struct RunOptions {
+    pub url: String,
+    pub wait_timeout: Option<Duration>,
+    pub heartbeat: Option<Duration>,
+    pub kill_after: Duration,
+    pub connect_retry: Duration,
+    pub quiet: bool,
+    pub command: Vec<OsString>,
+}
+
+/// Runs `labgate run`; returns the process exit code.
+pub async fn run(opts: RunOptions) -> u8 {
+    let progress = Progress::new(opts.quiet);
+    let client = match LabClient::new(&opts.url, opts.connect_retry) {
+        Ok(c) => c,
+        Err(e) => {
+            progress.error(&e);
+            return exit::USAGE;
+        }
+    };
+    // Before the first request, so a cancel during it is seen right after.
+    let signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            progress.error(&format!("cannot watch signals: {e}"));
+            return exit::SOFTWARE;
+        }
+    };
+    let started = Instant::now();
+    let mut watch = Watch {
+        signals,
+        deadline: opts.wait_timeout.map(|t| started + t),
+        started,
+        position: 0,
+        progress,
+    };
+
+    let (id, active_timeout) = match acquire(&client, &mut watch, &opts).await {
+        Ok(acquired) => acquired,
+        Err(code) => return code,
+    };
+    // A cancel that came during the last request must not start CMD.
+    if let Err(i) = watch.guard(std::future::ready(()), false).await {
+        return interrupted(&client, Some(&id), &mut watch, &opts, i).await;
+    }
+    watch.progress.stop_waiting();
+    let heartbeat = heartbeat_interval(opts.heartbeat, active_timeout);
+    watch.progress.say(&format!(
+        "lab acquired after {} (session {}), running: {}",
+        seconds(started.elapsed()),
+        tag(&id),
+        shown(&opts.command)
+    ));
+    let held = Instant::now();
+    let code = hold(&client, &id, heartbeat, &mut watch, &opts).await;
+    if end(&client, &id, &watch.progress).await {
+        watch.progress.say(&format!(
+            "session {} ended after holding the lab {}; exit status {code}",
+            tag(&id),
+            seconds(held.elapsed())
+        ));
+    }
+    code
+}
+
+/// `--heartbeat`, else a third of the server's active timeout (so two heartbeats may
+/// be lost before the session is reaped), else [`DEFAULT_HEARTBEAT`].
+fn heartbeat_interval(flag: Option<Duration>, active_timeout: Option<Duration>) -> Duration {
+    flag.unwrap_or_else(|| {
+        active_timeout
+            .map(|t| (t / 3).max(Duration::from_millis(100)))
+            .unwrap_or(DEFAULT_HEARTBEAT)
+    })
+}
+
+/// Creates a session and waits until it is ACTIVE: (id, the server's active timeout).
+/// On failure the session (if any) has been ended and the exit code is returned.
+async fn acquire(
+    client: &LabClient,
+    watch: &mut Watch,
+    opts: &RunOptions,
+) -> Result<(String, Option<Duration>), u8> {
+    let created = loop {
+        // Not interruptible: a `POST /session` dropped mid-flight could create a
+        // session nobody ends. It is bounded (request timeout, --connect-retry), and a
+        // signal that arrives meanwhile stays pending for the next `guard`.
+        match client.create().await {
+            Ok(c) => break c,
+            Err(ClientError::Refused {
+                detail,
+                retry_after,
+                ..
+            }) => {
+                let pause = retry_after
+                    .unwrap_or(DEFAULT_RETRY_AFTER)
+                    .max(Duration::from_secs(1));
+                watch.progress.say(&format!(
+                    "no session yet ({detail}), asking again in {}",
+                    seconds(pause)
+                ));
+                match watch.guard(tokio::time::sleep(pause), false).await {
+                    Ok(()) => continue,
+                    Err(i) => return Err(interrupted(client, None, watch, opts, i).await),
+                }
+            }
+            Err(e) => {
+                watch.progress.error(&e.to_string());
+                return Err(e.exit_code());
+            }
+        }
+    };
+    let id = created.id;
+    let mut active_timeout = created.active_timeout;
+    watch.position = created.position;
+    if created.position == 0 {
+        return Ok((id, active_timeout));
+    }
+    loop {
+        watch
+            .progress
+            .waiting(watch.position, watch.started.elapsed());
+        let ask = long_poll_seconds(
+            watch
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now())),
+        );
+        let asked_at = Instant::now();
+        let answer = match watch.guard(client.status(&id, Some(ask)), true).await {
+            Ok(answer) => answer,
+            Err(i) => return Err(interrupted(client, Some(&id), watch, opts, i).await),
+        };
+        match answer {
+            Ok(status) => {
+                active_timeout = status.active_timeout.or(active_timeout);
+                watch.position = status.position;
+                if status.active {
+                    return Ok((id, active_timeout));
+                }
+            }
+            Err(ClientError::NotFound(_)) => {
+                watch.progress.stop_waiting();
+                watch.progress.error(&format!(
+                    "session {} was removed by the server while waiting (reaped or kicked); CMD not run",
+                    tag(&id)
+                ));
+                return Err(exit::TEMPFAIL);
+            }
+            Err(e) => {
+                watch.progress.stop_waiting();
+                watch.progress.error(&e.to_string());
+                end(client, &id, &watch.progress).await;
+                return Err(e.exit_code());
+            }
+        }
+        let pause = poll_pause(Duration::from_secs(ask), asked_at.elapsed());
+        if let Err(i) = watch.guard(tokio::time::sleep(pause), true).await {
+            return Err(interrupted(client, Some(&id), watch, opts, i).await);
+        }
+    }
+}
+
+/// The `wait=` to ask for: [`LONG_POLL`], shortened to the time left to wait.
+fn long_poll_seconds(left: Option<Duration>) -> u64 {
+    let n = left.map_or(LONG_POLL, |l| l.min(LONG_POLL));
+    // Round up: `wait=0` would turn the last long-poll into a busy poll.
+    (n.as_secs() + u64::from(n.subsec_nanos() > 0)).max(1)
+}
+
+/// How long to pause after a waiting answer to a `wait=asked` request that took
+/// `took`. A server with long-poll held it about `asked`: ask again at once. One
+/// without (neops-remote-lab ignores the query) answered at once: fall back to
+/// polling every [`POLL_EVERY`].
+fn poll_pause(asked: Duration, took: Duration) -> Duration {
+    if took >= asked / 2 {
+        Duration::ZERO
+    } else {
+        POLL_EVERY.saturating_sub(took)
+    }
+}
+
+/// The exit code after a signal or the wait deadline interrupted the wait, once the
+/// session (if any) is ended.
+async fn interrupted(
+    client: &LabClient,
+    id: Option<&str>,
+    watch: &mut Watch,
+    opts: &RunOptions,
+    why: Interrupt,
+) -> u8 {
+    watch.progress.stop_waiting();
+    let code = match why {
+        Interrupt::Signal(sig) => {
+            watch
+                .progress
+                .error(&format!("{sig} while waiting for the lab; CMD not run"));
+            128 + sig as i32 as u8
+        }
+        Interrupt::Deadline => {
+            watch.progress.error(&format!(
+                "gave up waiting for the lab after {} (--wait-timeout); CMD not run",
+                humantime::format_duration(opts.wait_timeout.unwrap_or_default())
+            ));
+            exit::TEMPFAIL
+        }
+    };
+    if let Some(id) = id {
+        end(client, id, &watch.progress).await;
+    }
+    code
+}
+
+/// What the heartbeat task reports.
+enum Beat {
+    /// The server no longer knows the session.
+    Lost,
+    /// A heartbeat failed otherwise; the next one may succeed.
+    Failed(String),
+}
+
+/// Runs CMD while heartbeating; returns the exit code once CMD has exited.
+async fn hold(
+    client: &LabClient,
+    id: &str,
+    every: Duration,
+    watch: &mut Watch,
+    opts: &RunOptions,
+) -> u8 {
+    let env = [("LAB_SESSION_ID", id), ("LAB_URL", client.base())];
+    let mut cmd: Cmd = match child::spawn(&opts.command, &env) {
+        Ok(c) => c,
+        Err((code, why)) => {
+            watch.progress.error(&why);
+            return code;
+        }
+    };
+    let (beats_tx, mut beats) = mpsc::unbounded_channel();
+    let beater = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        id.to_string(),
+        every,
+        beats_tx,
+    ));
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut lost = false;
+    let status = loop {
+        tokio::select! {
+            status = cmd.wait() => break status,
+            sig = watch.signals.recv() => {
+                if child::terminal_sent_it(sig) {
+                    watch.progress.say(&format!("{sig}: waiting for CMD to exit"));
+                } else {
+                    watch.progress.say(&format!("{sig}: passed on to CMD, waiting for it to exit"));
+                    cmd.signal(sig);
+                }
+                kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_after);
+            }
+            Some(beat) = beats.recv() => match beat {
+                Beat::Lost => {
+                    lost = true;
+                    watch.progress.error(&format!(
+                        "session {} was ended by the server while CMD ran (reaped or kicked); stopping CMD",
+                        tag(id)
+                    ));
+                    cmd.signal(Signal::SIGTERM);
+                    kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_after);
+                }
+                Beat::Failed(why) => watch.progress.error(&format!("heartbeat failed: {why}")),
+            },
+            _ = sleep_until_opt(kill_at) => {
+                watch.progress.error(&format!(
+                    "CMD still running {} after being told to stop; killing it",
+                    humantime::format_duration(opts.kill_after)
+                ));
+                cmd.kill();
+                kill_at = None;
+            }
+        }
+    };
+    beater.abort();
+    match (status, lost) {
+        (_, true) => exit::TEMPFAIL,
+        (Ok(status), false) => child::exit_code(status),
+        (Err(e), false) => {
+            watch.progress.error(&format!("lost track of CMD: {e}"));
+            exit::SOFTWARE
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    client: LabClient,
+    id: String,
+    every: Duration,
+    beats: mpsc::UnboundedSender<Beat>,
+) {
+    let mut next = tokio::time::Instant::now() + every;
+    loop {
+        tokio::time::sleep_until(next).await;
+        next += every;
+        let beat = match client.heartbeat(&id).await {
+            Ok(()) => continue,
+            Err(ClientError::NotFound(_)) => Beat::Lost,
+            Err(e) => Beat::Failed(e.to_string()),
+        };
+        let lost = matches!(beat, Beat::Lost);
+        if beats.send(beat).is_err() || lost {
+            return;
+        }
+        // After a slow failure, do not fire a burst of catch-up heartbeats.
+        next = next.max(tokio::time::Instant::now());
+    }
+}
+
+/// Ends the session; a failure is reported, not fatal (the server reaps it later).
+/// Returns whether the session is gone.
+async fn end(client: &LabClient, id: &str, progress: &Progress) -> bool {
+    match client.end(id).await {
+        Ok(()) | Err(ClientError::NotFound(_)) => true,
+        Err(e) => {
+            progress.error(&format!(
+                "could not end session {}: {e}; the server will reap it after its idle timeout",
+                tag(id)
+            ));
+            false
+        }
+    }
+}
+
+/// The first 8 characters of a session id, as labgate's own logs show it.
+fn tag(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+/// CMD as a shell would need it typed: arguments with spaces or specials in '...'.
+fn shown(command: &[OsString]) -> String {
+    command
+        .iter()
+        .map(|a| {
+            let a = a.to_string_lossy();
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_./:=@%+-,".contains(c));
+            if plain {
+                a.into_owned()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_is_shown_as_typed() {
+        let cmd: Vec<OsString> = ["sh", "-c", "echo 'hi' $X", ""]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(shown(&cmd), r"sh -c 'echo '\''hi'\'' $X' ''");
+    }
+
+    #[test]
+    fn heartbeat_defaults_to_a_third_of_the_active_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(heartbeat_interval(Some(s(7)), Some(s(300))), s(7));
+        assert_eq!(heartbeat_interval(None, Some(s(300))), s(100));
+        assert_eq!(heartbeat_interval(None, Some(s(3))), s(1));
+        assert_eq!(
+            heartbeat_interval(None, Some(Duration::from_millis(30))),
+            Duration::from_millis(100)
+        );
+        assert_eq!(heartbeat_interval(None, None), DEFAULT_HEARTBEAT);
+    }
+
+    #[test]
+    fn long_poll_is_bounded_by_the_time_left() {
+        assert_eq!(long_poll_seconds(None), 20);
+        assert_eq!(long_poll_seconds(Some(Duration::from_secs(90))), 20);
+        assert_eq!(long_poll_seconds(Some(Duration::from_millis(4_200))), 5);
+        assert_eq!(long_poll_seconds(Some(Duration::ZERO)), 1);
+    }
+
+    #[test]
+    fn a_server_that_ignores_wait_is_polled_every_few_seconds() {
+        let asked = Duration::from_secs(20);
+        // Answered at once: no long-poll, pause until POLL_EVERY since the request.
+        assert_eq!(
+            poll_pause(asked, Duration::from_millis(5)),
+            POLL_EVERY - Duration::from_millis(5)
+        );
+        // Held for the whole wait: long-poll works, ask again at once.
+        assert_eq!(poll_pause(asked, Duration::from_secs(20)), Duration::ZERO);
+        // A slow answer without long-poll never pauses longer than POLL_EVERY.
+        assert_eq!(poll_pause(asked, Duration::from_secs(5)), Duration::ZERO);
+    }
+}
