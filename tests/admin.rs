@@ -282,7 +282,7 @@ async fn kicking_the_holder_promotes_the_next_and_cuts_its_connections() {
     assert!(
         ended
             .iter()
-            .any(|e| e["session"] == &a[..8] && e["reason"] == "kicked"),
+            .any(|e| e["session"] == a[..8] && e["reason"] == "kicked"),
         "{ended:#?}"
     );
 }

@@ -19,7 +19,7 @@ fn one_about(gw: &Gateway, event: &str, session: &str) -> Value {
     let all = gw.audit_events(event);
     let mine: Vec<&Value> = all
         .iter()
-        .filter(|e| e["session"] == &session[..8])
+        .filter(|e| e["session"] == session[..8])
         .collect();
     assert_eq!(mine.len(), 1, "{event} for {session}: {all:#?}");
     mine[0].clone()
@@ -150,7 +150,7 @@ async fn every_session_change_admin_action_and_gate_denial_is_audited() {
     let e = eventually(Duration::from_secs(10), "c reaped as stale", || async {
         gw.audit_events("session_ended")
             .into_iter()
-            .find(|e| e["session"] == &c[..8])
+            .find(|e| e["session"] == c[..8])
     })
     .await;
     assert_eq!(e["reason"], "stale", "{e}");
