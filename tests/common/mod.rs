@@ -93,6 +93,8 @@ pub struct Cfg {
     pub burst: u32,
     pub refill_every: String,
     pub upstreams: Vec<UpstreamCfg>,
+    /// `[admin] socket`; a relative path is taken inside the gateway's temp dir.
+    pub admin_socket: Option<PathBuf>,
     /// `[queue] max_hold`; `None` leaves the key out (no hold limit).
     pub max_hold: Option<String>,
     /// `[queue] state_path`; `None` leaves the key out (memory-only queue).
@@ -119,6 +121,7 @@ impl Cfg {
             burst: 10_000,
             refill_every: "1ms".to_string(),
             upstreams: Vec::new(),
+            admin_socket: None,
             max_hold: None,
             state_path: None,
         }
@@ -155,6 +158,13 @@ impl Cfg {
 
     pub fn grace_period(mut self, g: &str) -> Self {
         self.grace_period = g.to_string();
+        self
+    }
+
+    /// Turns the admin API on at `path` (relative: inside the gateway's temp dir; see
+    /// [`Gateway::admin_socket`]).
+    pub fn admin_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.admin_socket = Some(path.into());
         self
     }
 
@@ -213,6 +223,12 @@ impl Cfg {
             self.burst,
             self.refill_every,
         );
+        if let Some(socket) = &self.admin_socket {
+            t.push_str(&format!(
+                "\n[admin]\nsocket = {:?}\n",
+                dir.join(socket).display().to_string()
+            ));
+        }
         for (i, u) in self.upstreams.iter().enumerate() {
             t.push_str(&format!(
                 "\n[[upstream]]\nname = {:?}\naddress = {:?}\nroutes = [{}]\nstrip_prefix = {}\n\
@@ -238,6 +254,78 @@ impl Cfg {
     }
 }
 
+/// Runs `cmd` to completion in its own process group, capturing stdout and stderr; after
+/// `timeout` the whole group is killed and the test fails. Whatever the command left
+/// running in its group (browser helpers, say) is killed when it exits.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let pgid = child.id() as i32;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            let _ = tx.send(buf);
+        });
+        rx
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => break None,
+        }
+    };
+    // SAFETY: kill(2) on the process group of a child we started (its pid is the pgid);
+    // ESRCH when nothing is left in it.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+    let status = match status {
+        Some(s) => s,
+        None => {
+            let _ = child.wait();
+            let stderr = err.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+            panic!(
+                "{what} did not finish within {timeout:?}; killed. stderr:\n{}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+    };
+    let collect = |rx: std::sync::mpsc::Receiver<Vec<u8>>| {
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+    };
+    std::process::Output {
+        status,
+        stdout: collect(out),
+        stderr: collect(err),
+    }
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     let l = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -253,6 +341,7 @@ pub struct Gateway {
     pub metrics_port: u16,
     pub config_path: PathBuf,
     log_path: PathBuf,
+    admin_socket: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -292,6 +381,7 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("spawn labgate: {e}"))?;
+        let admin_socket = cfg.admin_socket.as_ref().map(|s| dir.path().join(s));
         let mut g = Gateway {
             child: Some(child),
             dir,
@@ -299,6 +389,7 @@ impl Gateway {
             metrics_port,
             config_path,
             log_path,
+            admin_socket,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -374,6 +465,46 @@ impl Gateway {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Every JSON line of the log (the harness runs labgate with `--log-format json`).
+    pub fn log_json(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(serde_json::Value::is_object)
+            .collect()
+    }
+
+    /// The log lines of one tracing target, e.g. `labgate::access`.
+    pub fn log_target(&self, target: &str) -> Vec<serde_json::Value> {
+        self.log_json()
+            .into_iter()
+            .filter(|v| v["target"] == target)
+            .collect()
+    }
+
+    /// The audit events (target `labgate::audit`) named `event`.
+    pub fn audit_events(&self, event: &str) -> Vec<serde_json::Value> {
+        self.log_target("labgate::audit")
+            .into_iter()
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
+    /// The admin socket of a gateway started with [`Cfg::admin_socket`].
+    pub fn admin_socket(&self) -> &Path {
+        self.admin_socket
+            .as_deref()
+            .expect("the gateway was started without [admin] socket")
+    }
+
+    /// Runs `labgate admin --socket <this gateway's socket> ARGS` (bounded in time).
+    pub fn admin(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_labgate"));
+        cmd.arg("admin").arg("--socket").arg(self.admin_socket());
+        cmd.args(args).env_remove("LABGATE_ADMIN_SOCKET");
+        run_bounded(&mut cmd, Duration::from_secs(20))
     }
 
     /// Sends a signal to the process.
