@@ -165,20 +165,16 @@ new_session() {
         python3 -c 'import json,sys; print(json.load(sys.stdin)["session_id"])'
 }
 
-# Finds a Python >= 3.12 (PATH, then pyenv); prints its path or nothing.
+# Finds a Python >= 3.12 (PATH, then pyenv); prints its path or nothing. Each candidate
+# is run once: a pyenv shim exists for every version but fails for inactive ones.
 find_python312() {
     local c
-    for c in python3.13 python3.12; do
-        if command -v "$c" >/dev/null; then
+    for c in python3.12 python3.13 "$(pyenv root 2>/dev/null)"/versions/3.1[2-9]*/bin/python3; do
+        if "$c" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then
             command -v "$c"
             return
         fi
     done
-    if command -v pyenv >/dev/null; then
-        for c in "$(pyenv root)"/versions/3.1[2-9]*/bin/python3; do
-            [[ -x $c ]] && { echo "$c"; return; }
-        done
-    fi
 }
 
 # Creates the neops-remote-lab venv once; sets NEOPS_PY and NEOPS_NOTE.

@@ -49,7 +49,10 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            LIVE_BYTES.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
         }
         p
     }
@@ -246,9 +249,7 @@ fn bench_size(c: &mut Criterion, n: usize, bytes_per_session: &mut BTreeMap<usiz
     // view: position of a random WAITING session (an O(log n) rank in the treap).
     g.bench_function(BenchmarkId::new("view", n), |b| {
         b.iter_custom(|iters| {
-            let picks: Vec<SessionId> = (0..iters.min(1 << 16))
-                .map(|_| f.waiting())
-                .collect();
+            let picks: Vec<SessionId> = (0..iters.min(1 << 16)).map(|_| f.waiting()).collect();
             let start = Instant::now();
             for i in 0..iters as usize {
                 black_box(f.q.view(&picks[i % picks.len()]));
@@ -260,9 +261,7 @@ fn bench_size(c: &mut Criterion, n: usize, bytes_per_session: &mut BTreeMap<usiz
     // touch: GET /session/{id} (refresh last_seen + position).
     g.bench_function(BenchmarkId::new("touch", n), |b| {
         b.iter_custom(|iters| {
-            let picks: Vec<SessionId> = (0..iters.min(1 << 16))
-                .map(|_| f.waiting())
-                .collect();
+            let picks: Vec<SessionId> = (0..iters.min(1 << 16)).map(|_| f.waiting()).collect();
             let now = f.tick();
             let start = Instant::now();
             for i in 0..iters as usize {
@@ -278,9 +277,7 @@ fn bench_size(c: &mut Criterion, n: usize, bytes_per_session: &mut BTreeMap<usiz
     // heartbeat: POST /session/heartbeat (refresh last_seen only).
     g.bench_function(BenchmarkId::new("heartbeat", n), |b| {
         b.iter_custom(|iters| {
-            let picks: Vec<SessionId> = (0..iters.min(1 << 16))
-                .map(|_| f.waiting())
-                .collect();
+            let picks: Vec<SessionId> = (0..iters.min(1 << 16)).map(|_| f.waiting()).collect();
             let now = f.tick();
             let start = Instant::now();
             for i in 0..iters as usize {
