@@ -214,6 +214,10 @@ async fn run_loop(addr: SocketAddr, connections: usize, seconds: f64) -> anyhow:
         all.errors += t.errors;
     }
     let took = start.elapsed().as_secs_f64();
+    // A fresh connection: the first one sat idle for the whole run, longer than
+    // uvicorn's 5 s keep-alive timeout.
+    drop(admin);
+    let mut admin = Conn::open(addr).await?;
     admin.call("DELETE", &format!("/session/{holder}")).await?;
 
     all.latencies_us.sort_unstable();
