@@ -1,0 +1,219 @@
+# Shared helpers for the benchmark scripts in benches/ (sourced, not run).
+#
+# Owns process lifecycle and fixtures for the scripts: free loopback ports, starting a
+# server pinned to a CPU and remembering its pid, stopping every such process on exit
+# (normal end, error or Ctrl-C), the labgate/nginx/neops configs and the builds. It must
+# never bind anything but 127.0.0.1 and never stop a process it did not start.
+
+set -euo pipefail
+
+BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_WORK=$(mktemp -d /tmp/labgate-bench.XXXXXX)
+BENCH_PIDS=()
+# Where the neops-remote-lab venv lives; kept between runs so pip runs once.
+NEOPS_VENV=${NEOPS_VENV:-$HOME/.cache/labgate-bench/neops-venv}
+NEOPS_VERSION=1.4.0
+
+bench_cleanup() {
+    local pid
+    for pid in "${BENCH_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${BENCH_PIDS[@]}"; do
+        # Bounded: 50 x 0.1 s, then SIGKILL.
+        local i
+        for i in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    BENCH_PIDS=()
+    if [[ ${BENCH_KEEP_WORK:-0} == 1 ]]; then
+        echo "work directory kept: $BENCH_WORK" >&2
+    else
+        rm -rf "$BENCH_WORK"
+    fi
+}
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# A free TCP port on 127.0.0.1 (the kernel picks it; the tiny window before the server
+# binds it is acceptable for a benchmark).
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start NAME CPU CMD...: runs CMD pinned to CPU in the background, logs to
+# $BENCH_WORK/NAME.log, remembers the pid; sets STARTED_PID.
+start() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$BENCH_WORK/$name.log" 2>&1 &
+    STARTED_PID=$!
+    BENCH_PIDS+=("$STARTED_PID")
+}
+
+# stop PID: stops one process started by `start` and forgets it.
+stop() {
+    local pid=$1 i keep=()
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for i in "${BENCH_PIDS[@]}"; do
+        [[ $i == "$pid" ]] || keep+=("$i")
+    done
+    BENCH_PIDS=("${keep[@]}")
+}
+
+# wait_http URL NAME: waits (at most 30 s) until URL answers anything over HTTP.
+wait_http() {
+    local url=$1 name=$2 i
+    for i in $(seq 300); do
+        if curl -s -o /dev/null --max-time 1 "$url"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -20 "$BENCH_WORK/$name.log" >&2 || true
+    die "$name did not answer at $url within 30 s"
+}
+
+# rss_kib PID: resident set size of a process in KiB.
+rss_kib() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
+}
+
+need_tools() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v curl >/dev/null || missing+=(curl)
+    if ((${#missing[@]})); then
+        log "installing from Debian: ${missing[*]}"
+        local sudo=()
+        [[ $(id -u) == 0 ]] || sudo=(sudo)
+        "${sudo[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    command -v python3 >/dev/null || die "python3 is needed (ports, the summary table)"
+}
+
+# Builds labgate (release) and the load client; sets LABGATE_BIN and LOADGEN_BIN.
+build_labgate() {
+    log "building labgate --release and the load client"
+    (cd "$BENCH_ROOT" && cargo build --release --locked --quiet --bin labgate)
+    LABGATE_BIN=$BENCH_ROOT/target/release/labgate
+    LOADGEN_BIN=$(cd "$BENCH_ROOT" && cargo bench --locked --quiet --no-run --bench loadgen \
+        --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "loadgen":
+        print(m["executable"])')
+    [[ -x $LABGATE_BIN && -x $LOADGEN_BIN ]] || die "build did not produce labgate and loadgen"
+}
+
+# write_labgate_config FILE PORT METRICS_PORT UPSTREAM_PORT THREADS
+# Timeouts of an hour so nothing is reaped during a run; a rate limit on POST /session
+# far above any load here (the session loop creates tens of thousands per second).
+write_labgate_config() {
+    cat >"$1" <<EOF
+[server]
+listen = ["127.0.0.1:$2"]
+threads = $5
+
+[metrics]
+listen = "127.0.0.1:$3"
+
+[queue]
+active_timeout = "1h"
+waiting_timeout = "1h"
+max_sessions = 100000
+
+[rate_limit]
+burst = 1000000
+refill_every = "1us"
+
+[[upstream]]
+name = "lab"
+address = "127.0.0.1:$4"
+routes = ["/lab"]
+EOF
+}
+
+# start_labgate NAME CPU CONFIG PORT: sets LABGATE_PID. Logs at warn: like nginx with
+# access_log off, the measurement is of the proxy, not of writing access lines.
+start_labgate() {
+    start "$1" "$2" env LABGATE_LOG=warn "$LABGATE_BIN" serve --config "$3"
+    LABGATE_PID=$STARTED_PID
+    wait_http "http://127.0.0.1:$4/healthz" "$1"
+}
+
+# new_session PORT: POST /session, prints the session id.
+new_session() {
+    curl -s --max-time 5 -X POST "http://127.0.0.1:$1/session" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["session_id"])'
+}
+
+# Finds a Python >= 3.12 (PATH, then pyenv); prints its path or nothing. Each candidate
+# is run once: a pyenv shim exists for every version but fails for inactive ones.
+find_python312() {
+    local c
+    for c in python3.12 python3.13 "$(pyenv root 2>/dev/null)"/versions/3.1[2-9]*/bin/python3; do
+        if "$c" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then
+            command -v "$c"
+            return
+        fi
+    done
+}
+
+# Creates the neops-remote-lab venv once; sets NEOPS_PY and NEOPS_NOTE.
+setup_neops() {
+    local py
+    py=$(find_python312)
+    if [[ ! -x $NEOPS_VENV/bin/python ]] ||
+        ! "$NEOPS_VENV/bin/python" -c "import importlib.metadata as m; assert m.version('neops-remote-lab') == '$NEOPS_VERSION'" 2>/dev/null; then
+        log "creating the neops-remote-lab $NEOPS_VERSION venv in $NEOPS_VENV"
+        rm -rf "$NEOPS_VENV"
+        mkdir -p "$(dirname "$NEOPS_VENV")"
+        if [[ -n $py ]]; then
+            "$py" -m venv "$NEOPS_VENV"
+            "$NEOPS_VENV/bin/pip" install -q "neops-remote-lab==$NEOPS_VERSION"
+        else
+            # It declares Python >= 3.12; without one, install it into the default
+            # python3 anyway and say so in the output.
+            python3 -m venv "$NEOPS_VENV"
+            "$NEOPS_VENV/bin/pip" install -q --ignore-requires-python "neops-remote-lab==$NEOPS_VERSION"
+        fi
+    fi
+    NEOPS_PY=$NEOPS_VENV/bin/python
+    NEOPS_NOTE="neops-remote-lab $NEOPS_VERSION on $("$NEOPS_PY" -c 'import platform; print("Python", platform.python_version())'), uvicorn $("$NEOPS_PY" -c 'import uvicorn; print(uvicorn.__version__)')"
+}
+
+# start_neops NAME CPU PORT: runs its own CLI (python -m neops_remote_lab), which
+# refuses to start without a `netlab` on PATH: a fake one that only answers `version`
+# is put first on PATH. Its single-instance lock goes to our work dir. Sets NEOPS_PID.
+start_neops() {
+    mkdir -p "$BENCH_WORK/fakebin" "$BENCH_WORK/neops-tmp"
+    cat >"$BENCH_WORK/fakebin/netlab" <<'EOF'
+#!/bin/sh
+# Fake netlab for benchmarks: the session API never starts a lab.
+echo "netlab version 0.0.0 (fake, for benchmarks)"
+EOF
+    chmod +x "$BENCH_WORK/fakebin/netlab"
+    start "$1" "$2" env -C "$BENCH_WORK/neops-tmp" PATH="$BENCH_WORK/fakebin:$PATH" \
+        TMPDIR="$BENCH_WORK/neops-tmp" \
+        "$NEOPS_PY" -m neops_remote_lab --host 127.0.0.1 --port "$3" --log-level WARNING
+    NEOPS_PID=$STARTED_PID
+    wait_http "http://127.0.0.1:$3/healthz" "$1"
+}

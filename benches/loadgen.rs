@@ -1,0 +1,297 @@
+//! A small load client for `benches/side_by_side.sh` and `benches/resources.sh`: the
+//! session API loop (create, poll, delete) that wrk cannot express, and helpers that
+//! hold sessions or idle keep-alive connections open while resident memory is read.
+//!
+//! Owns only client-side load: it must never judge the figures (it prints them) and
+//! never talk to anything but the loopback address it is given. Every run is bounded:
+//! the loop by `--seconds`, the holders by `--seconds` as well.
+//!
+//! Why not wrk: a wrk Lua script sees responses without knowing which connection or
+//! request they answer, so with many connections it cannot keep "poll the id this
+//! connection just created, then delete it" straight. Here each connection is a task
+//! running the loop in order. It speaks plain HTTP/1.1 by hand over tokio (a few dozen
+//! lines) rather than through reqwest, so the client costs as little CPU as possible
+//! and the server, not the client, is what is measured.
+//!
+//! `cargo bench` runs every bench target with `--bench`; this one then prints a note and
+//! exits, since it only makes sense driven by the scripts.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+#[command(about = "load client for benches/side_by_side.sh and benches/resources.sh")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Each connection loops POST /session, GET /session/{id}, DELETE /session/{id}.
+    /// Prints one line: `requests=N seconds=S rps=R p50_us=A p99_us=B errors=E`.
+    SessionLoop {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        connections: usize,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// Creates `count` sessions (one connection, in order), prints `created=N`, and
+    /// leaves them in the queue.
+    CreateSessions {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        count: usize,
+    },
+    /// Opens `count` connections, sends GET /healthz on each (so each is an
+    /// established keep-alive connection the server has served), prints `open=N`,
+    /// then holds them for `seconds` and exits.
+    HoldConnections {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        seconds: f64,
+    },
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    io: BufReader<TcpStream>,
+    host: String,
+    line: String,
+}
+
+/// What the loop needs from a response.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> anyhow::Result<Conn> {
+        if !addr.ip().is_loopback() {
+            bail!("{addr} is not a loopback address; this client only loads loopback");
+        }
+        let s = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            io: BufReader::new(s),
+            host: addr.to_string(),
+            line: String::new(),
+        })
+    }
+
+    async fn call(&mut self, method: &str, path: &str) -> anyhow::Result<Answer> {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: 0\r\n\r\n",
+            self.host
+        );
+        self.io.get_mut().write_all(req.as_bytes()).await?;
+        self.line.clear();
+        if self.io.read_line(&mut self.line).await? == 0 {
+            bail!("connection closed before the status line");
+        }
+        let status: u16 = self
+            .line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line {:?}", self.line))?;
+        let mut len = 0usize;
+        loop {
+            self.line.clear();
+            if self.io.read_line(&mut self.line).await? == 0 {
+                bail!("connection closed in the headers");
+            }
+            let h = self.line.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let Some((name, value)) = h.split_once(':') else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case("content-length") {
+                len = value.trim().parse().context("bad content-length")?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                bail!("chunked responses are not supported by this client");
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.io.read_exact(&mut body).await?;
+        Ok(Answer { status, body })
+    }
+}
+
+/// The `session_id` value of a `201` body, found without a JSON parser: both servers
+/// answer `{"session_id":"<uuid>",...}` (uvicorn with or without a space after `:`).
+fn session_id(body: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(body).ok()?;
+    let rest = &s[s.find("\"session_id\"")? + "\"session_id\"".len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+}
+
+fn timed(t: &mut Tally, start: Instant) {
+    let us = start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    t.latencies_us.push(us);
+}
+
+async fn session_loop(addr: SocketAddr, deadline: Instant) -> anyhow::Result<Tally> {
+    let mut t = Tally::default();
+    let mut c = Conn::open(addr).await?;
+    while Instant::now() < deadline {
+        let start = Instant::now();
+        let created = c.call("POST", "/session").await?;
+        timed(&mut t, start);
+        let Some(id) = (created.status == 201)
+            .then(|| session_id(&created.body))
+            .flatten()
+        else {
+            t.errors += 1;
+            continue;
+        };
+        let start = Instant::now();
+        let polled = c.call("GET", &format!("/session/{id}")).await?;
+        timed(&mut t, start);
+        t.errors += u64::from(polled.status != 200);
+        let start = Instant::now();
+        let deleted = c.call("DELETE", &format!("/session/{id}")).await?;
+        timed(&mut t, start);
+        t.errors += u64::from(deleted.status != 204);
+    }
+    Ok(t)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run_loop(addr: SocketAddr, connections: usize, seconds: f64) -> anyhow::Result<()> {
+    if connections == 0 || !(seconds > 0.0 && seconds <= 600.0) {
+        bail!("--connections must be at least 1 and --seconds in (0, 600]");
+    }
+    // A session held for the whole run, so every looped session is WAITING behind it
+    // on either server (the same work for both) and no delete frees the lab.
+    let mut admin = Conn::open(addr).await?;
+    let holder = admin.call("POST", "/session").await?;
+    let holder = session_id(&holder.body).context("holder session not created")?;
+
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(session_loop(addr, deadline)))
+        .collect();
+    let mut all = Tally::default();
+    for task in tasks {
+        let t = task.await.context("loop task panicked")??;
+        all.latencies_us.extend(t.latencies_us);
+        all.errors += t.errors;
+    }
+    let took = start.elapsed().as_secs_f64();
+    // A fresh connection: the first one sat idle for the whole run, longer than
+    // uvicorn's 5 s keep-alive timeout.
+    drop(admin);
+    let mut admin = Conn::open(addr).await?;
+    admin.call("DELETE", &format!("/session/{holder}")).await?;
+
+    all.latencies_us.sort_unstable();
+    let n = all.latencies_us.len();
+    println!(
+        "requests={n} seconds={took:.2} rps={:.1} p50_us={} p99_us={} errors={}",
+        n as f64 / took,
+        percentile(&all.latencies_us, 0.50),
+        percentile(&all.latencies_us, 0.99),
+        all.errors
+    );
+    Ok(())
+}
+
+async fn create_sessions(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let mut c = Conn::open(addr).await?;
+    for i in 0..count {
+        let a = c.call("POST", "/session").await?;
+        if a.status != 201 {
+            bail!(
+                "session {i}: status {} {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
+        }
+    }
+    println!("created={count}");
+    Ok(())
+}
+
+async fn hold_connections(addr: SocketAddr, count: usize, seconds: f64) -> anyhow::Result<()> {
+    if !(seconds > 0.0 && seconds <= 600.0) {
+        bail!("--seconds must be in (0, 600]");
+    }
+    let mut conns = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut c = Conn::open(addr)
+            .await
+            .with_context(|| format!("connection {i}"))?;
+        let a = c.call("GET", "/healthz").await?;
+        if a.status != 204 {
+            bail!("connection {i}: /healthz answered {}", a.status);
+        }
+        conns.push(c);
+    }
+    println!("open={count}");
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    drop(conns);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Some(cmd) = cli.cmd else {
+        println!("loadgen: a load client driven by benches/side_by_side.sh; nothing to run here");
+        return Ok(());
+    };
+    // One thread: the scripts pin the client to one core, like wrk -t1.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cmd {
+            Cmd::SessionLoop {
+                addr,
+                connections,
+                seconds,
+            } => run_loop(addr, connections, seconds).await,
+            Cmd::CreateSessions { addr, count } => create_sessions(addr, count).await,
+            Cmd::HoldConnections {
+                addr,
+                count,
+                seconds,
+            } => hold_connections(addr, count, seconds).await,
+        }
+    })
+}
