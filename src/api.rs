@@ -63,6 +63,16 @@ impl Reply {
         Reply::json(status, &Detail { detail: message })
     }
 
+    /// A constant JSON body, served without serialising it again (the refusal paths).
+    pub fn fixed(status: u16, body: &'static [u8]) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Some(Bytes::from_static(body)),
+            content_type: JSON,
+        }
+    }
+
     pub fn with_header(mut self, name: &'static str, value: impl ToString) -> Reply {
         self.headers.push((name, value.to_string()));
         self
@@ -94,23 +104,6 @@ struct ActiveSession {
     position: usize,
     session_id: String,
 }
-
-/// FastAPI's answer to a missing required header, verbatim.
-#[derive(Serialize)]
-struct Missing {
-    detail: [MissingItem; 1],
-}
-
-#[derive(Serialize)]
-struct MissingItem {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    loc: [&'static str; 2],
-    msg: &'static str,
-    input: Option<()>,
-}
-
-pub const SESSION_NOT_FOUND: &str = "Session not found";
 
 /// What a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +222,7 @@ pub async fn handle(
                     shared,
                     status,
                 ),
-                None => Reply::detail(404, SESSION_NOT_FOUND),
+                None => session_not_found(),
             }
         }
         Endpoint::DeleteSession(id) => {
@@ -240,7 +233,7 @@ pub async fn handle(
                 Ok(true) => Reply::empty(204),
                 Ok(false) => {
                     shared.note_unknown_id(client, now);
-                    Reply::detail(404, SESSION_NOT_FOUND)
+                    session_not_found()
                 }
                 Err(StoreFailed) => store_unavailable(),
             }
@@ -252,12 +245,12 @@ pub async fn handle(
                 Some((status, _)) => with_hold_remaining(Reply::empty(204), shared, status),
                 None => {
                     shared.note_unknown_id(client, now);
-                    Reply::detail(404, SESSION_NOT_FOUND)
+                    session_not_found()
                 }
             },
             SessionHeader::One(None) => {
                 shared.note_unknown_id(client, now);
-                Reply::detail(404, SESSION_NOT_FOUND)
+                session_not_found()
             }
         },
         Endpoint::ActiveSession => match shared.active_session() {
@@ -350,7 +343,7 @@ pub fn refused(decision: Decision, shared: &Shared, now: Instant) -> Option<Repl
         Decision::Allow { .. } => return None,
         Decision::Missing => missing_header(),
         Decision::Duplicate => duplicate_header(),
-        Decision::Unknown => Reply::detail(404, SESSION_NOT_FOUND),
+        Decision::Unknown => session_not_found(),
         Decision::Waiting { position } => not_active()
             .with_header("X-Queue-Position", position)
             .with_header("Retry-After", shared.retry_after(position, now)),
@@ -359,7 +352,11 @@ pub fn refused(decision: Decision, shared: &Shared, now: Instant) -> Option<Repl
 
 /// `423`: the session is not (or no longer) the holder.
 pub fn not_active() -> Reply {
-    Reply::detail(423, "Session is not active")
+    Reply::fixed(423, br#"{"detail":"Session is not active"}"#)
+}
+
+pub fn session_not_found() -> Reply {
+    Reply::fixed(404, br#"{"detail":"Session not found"}"#)
 }
 
 fn store_unavailable() -> Reply {
@@ -367,11 +364,11 @@ fn store_unavailable() -> Reply {
 }
 
 pub fn not_found() -> Reply {
-    Reply::detail(404, "Not Found")
+    Reply::fixed(404, br#"{"detail":"Not Found"}"#)
 }
 
 pub fn invalid_path() -> Reply {
-    Reply::detail(400, "Invalid path")
+    Reply::fixed(400, br#"{"detail":"Invalid path"}"#)
 }
 
 pub fn upstream_unavailable() -> Reply {
@@ -382,17 +379,11 @@ pub fn upstream_timed_out() -> Reply {
     Reply::detail(504, "Upstream timed out")
 }
 
+/// FastAPI's answer to a missing required header, verbatim.
 fn missing_header() -> Reply {
-    Reply::json(
+    Reply::fixed(
         422,
-        &Missing {
-            detail: [MissingItem {
-                kind: "missing",
-                loc: ["header", "X-Session-ID"],
-                msg: "Field required",
-                input: None,
-            }],
-        },
+        br#"{"detail":[{"type":"missing","loc":["header","X-Session-ID"],"msg":"Field required","input":null}]}"#,
     )
 }
 

@@ -95,7 +95,10 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-fn header_values<'a>(req: &'a RequestHeader, name: &str) -> impl Iterator<Item = &'a [u8]> {
+const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+fn header_values<'a>(req: &'a RequestHeader, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
     req.headers.get_all(name).iter().map(|v| v.as_bytes())
 }
 
@@ -173,18 +176,29 @@ const HOP_BY_HOP: [&str; 7] = [
     "proxy-authorization",
 ];
 
-/// The hop-by-hop headers of a message, including those its `Connection` header names.
+/// The hop-by-hop headers a message carries, including those its `Connection` header
+/// names: one pass over the headers, so a request without any costs no removal.
 fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
-    let mut names: Vec<HeaderName> = headers
+    let named: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !matches!(n.as_str(), "content-length" | "transfer-encoding"))
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("content-length")
+                && !t.eq_ignore_ascii_case("transfer-encoding")
+        })
         .collect();
-    names.extend(HOP_BY_HOP.iter().map(|n| HeaderName::from_static(n)));
-    names
+    let mut found: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let hop = HOP_BY_HOP.contains(&name.as_str())
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_str()));
+        if hop && !found.contains(name) {
+            found.push(name.clone());
+        }
+    }
+    found
 }
 
 #[async_trait]
@@ -204,7 +218,7 @@ impl ProxyHttp for LabGate {
         let client = peer.map(|p| {
             limits::client_address(
                 p,
-                header_values(req, "x-forwarded-for"),
+                header_values(req, &X_FORWARDED_FOR),
                 &shared.config.server.trusted_proxies,
             )
         });
@@ -226,7 +240,7 @@ impl ProxyHttp for LabGate {
                 return self.answer(session, ctx, api::invalid_path()).await;
             }
         };
-        let header = gate::session_header(header_values(req, "x-session-id"));
+        let header = gate::session_header(header_values(req, &X_SESSION_ID));
         let endpoint = api::route(&req.method, &target.path);
         if endpoint != Endpoint::Lab {
             let Some(client) = client else {
@@ -504,6 +518,10 @@ impl ProxyHttp for LabGate {
                 .with_label_values(&[name])
                 .observe(elapsed.as_secs_f64());
         }
+        // The fields cost a few allocations: build them only when the line is wanted.
+        if !tracing::enabled!(target: ACCESS, tracing::Level::INFO) {
+            return;
+        }
         let req = session.req_header();
         let path = loggable_path(req.raw_path());
         let session_tag = ctx.session.map(|id| id.short());
@@ -574,7 +592,8 @@ mod tests {
         for name in hop_by_hop(&h) {
             h.remove(name);
         }
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, vec!["x-session-id", "content-length"]);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["content-length", "x-session-id"]);
     }
 }
