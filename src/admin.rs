@@ -164,6 +164,7 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "queue"]) => {
+            tracing::info!(target: AUDIT, event = "admin_queue", uid);
             let listing = QueueListing {
                 draining: shared.is_draining(),
                 sessions: shared.queue_rows(Instant::now()),
