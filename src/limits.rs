@@ -49,7 +49,7 @@ pub const DEFAULT_HOLD_GUESS: Duration = Duration::from_secs(60);
 /// client that obeys it is never reaped for obeying.
 pub fn waiting_retry_after(
     position: usize,
-    recent_holds: &[Duration],
+    recent_holds: impl IntoIterator<Item = Duration>,
     current_hold: Duration,
     waiting_timeout: Duration,
 ) -> u64 {
@@ -61,8 +61,9 @@ pub fn waiting_retry_after(
     ceil_secs(estimate.min(waiting_timeout / 2))
 }
 
-fn median(samples: &[Duration]) -> Option<Duration> {
-    let mut sorted = samples.to_vec();
+/// The median (the upper one of an even count); `None` without samples.
+pub fn median(samples: impl IntoIterator<Item = Duration>) -> Option<Duration> {
+    let mut sorted: Vec<Duration> = samples.into_iter().collect();
     sorted.sort_unstable();
     sorted.get(sorted.len() / 2).copied()
 }
@@ -189,6 +190,11 @@ pub fn ceil_secs(d: Duration) -> u64 {
     s.max(1)
 }
 
+/// Is `ip` one of the configured trusted proxies?
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
 /// The address a request is attributed to (§4): the TCP peer, unless the peer is a
 /// trusted proxy; then the right-most `X-Forwarded-For` entry that is not a trusted
 /// proxy. Unparseable entries stop the walk (everything left of them could be forged),
@@ -198,8 +204,7 @@ pub fn client_address<'a>(
     forwarded_for: impl Iterator<Item = &'a [u8]>,
     trusted: &[IpNet],
 ) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if trusted.is_empty() || !is_trusted(&peer) {
+    if !is_trusted(peer, trusted) {
         return peer;
     }
     // Several X-Forwarded-For headers are one comma-separated list, in order.
@@ -211,7 +216,7 @@ pub fn client_address<'a>(
         match parse_forwarded_ip(entry) {
             Some(ip) => {
                 client = ip;
-                if !is_trusted(&ip) {
+                if !is_trusted(ip, trusted) {
                     return ip;
                 }
             }
@@ -296,15 +301,15 @@ mod tests {
         let s = Duration::from_secs;
         let wt = s(600);
         // No history: the default guess.
-        assert_eq!(waiting_retry_after(1, &[], s(0), wt), 60);
+        assert_eq!(waiting_retry_after(1, Vec::new(), s(0), wt), 60);
         let holds = [s(100), s(20), s(40)];
         // Median 40 s; the holder has used 10 s.
-        assert_eq!(waiting_retry_after(1, &holds, s(10), wt), 30);
-        assert_eq!(waiting_retry_after(3, &holds, s(10), wt), 30 + 80);
+        assert_eq!(waiting_retry_after(1, holds, s(10), wt), 30);
+        assert_eq!(waiting_retry_after(3, holds, s(10), wt), 30 + 80);
         // An overdue holder: never 0.
-        assert_eq!(waiting_retry_after(1, &holds, s(500), wt), 1);
+        assert_eq!(waiting_retry_after(1, holds, s(500), wt), 1);
         // Never beyond half the waiting timeout.
-        assert_eq!(waiting_retry_after(100, &holds, s(0), wt), 300);
+        assert_eq!(waiting_retry_after(100, holds, s(0), wt), 300);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
@@ -60,117 +61,110 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| Metrics::register(prometheus::default_registry()))
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+/// Registers one metric and hands it back. Definitions are constants: a failure here is
+/// a programming error that every test run catches.
+fn reg<M: Collector + Clone + 'static>(r: &Registry, made: prometheus::Result<M>) -> M {
+    let m = made.expect("valid metric definition");
     r.register(Box::new(m.clone()))
         .expect("metric registered once");
     m
 }
 
+fn histogram_opts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(buckets.to_vec())
+}
+
 impl Metrics {
     fn register(r: &Registry) -> Metrics {
-        // Definitions are constants: a failure here is a programming error caught by every test.
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric definition");
-            r.register(Box::new(g.clone()))
-                .expect("metric registered once");
-            g
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(r, IntCounterVec::new(Opts::new(name, help), labels))
         };
-        let queue_depth = gauge(
-            "labgate_queue_depth",
-            "Sessions in the queue, ACTIVE included.",
-        );
-        let queue_waiting = gauge("labgate_queue_waiting", "Sessions waiting for their turn.");
-        let active_hold_seconds = Gauge::new(
-            "labgate_active_hold_seconds",
-            "How long the current holder has held the lab; 0 when nobody does.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(active_hold_seconds.clone()))
-            .expect("metric registered once");
-        let sessions_created =
-            IntCounter::new("labgate_sessions_created_total", "Sessions created.")
-                .expect("valid metric definition");
-        r.register(Box::new(sessions_created.clone()))
-            .expect("metric registered once");
-        let sessions_ended = counter_vec(
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            reg(r, Histogram::with_opts(histogram_opts(name, help, buckets)))
+        };
+        let queue_depth = reg(
             r,
+            IntGauge::new(
+                "labgate_queue_depth",
+                "Sessions in the queue, ACTIVE included.",
+            ),
+        );
+        let queue_waiting = reg(
+            r,
+            IntGauge::new("labgate_queue_waiting", "Sessions waiting for their turn."),
+        );
+        let active_hold_seconds = reg(
+            r,
+            Gauge::new(
+                "labgate_active_hold_seconds",
+                "How long the current holder has held the lab; 0 when nobody does.",
+            ),
+        );
+        let sessions_created = reg(
+            r,
+            IntCounter::new("labgate_sessions_created_total", "Sessions created."),
+        );
+        let sessions_ended = counter_vec(
             "labgate_sessions_ended_total",
             "Sessions ended, by reason.",
             &["reason"],
         );
         let create_rejected = counter_vec(
-            r,
             "labgate_session_create_rejected_total",
             "POST /session refused, by reason.",
             &["reason"],
         );
         let gate_decisions = counter_vec(
-            r,
             "labgate_gate_decisions_total",
             "Gate decisions on /lab requests (invalid includes bad request targets).",
             &["decision"],
         );
-        let wait_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "labgate_wait_seconds",
-                "Time from session creation to ACTIVE.",
-            )
-            .buckets(WAIT_BUCKETS.to_vec()),
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(wait_seconds.clone()))
-            .expect("metric registered once");
+        let wait_seconds = histogram(
+            "labgate_wait_seconds",
+            "Time from session creation to ACTIVE.",
+            WAIT_BUCKETS,
+        );
         let upstream_requests = counter_vec(
-            r,
             "labgate_upstream_requests_total",
             "Requests forwarded to an upstream, by upstream and response status class.",
             &["upstream", "status"],
         );
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "labgate_upstream_request_duration_seconds",
-                "Duration of forwarded requests, from routing to the end of the response.",
-            )
-            .buckets(UPSTREAM_BUCKETS.to_vec()),
-            &["upstream"],
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(upstream_duration.clone()))
-            .expect("metric registered once");
-        let upstream_errors = counter_vec(
+        let upstream_duration = reg(
             r,
+            HistogramVec::new(
+                histogram_opts(
+                    "labgate_upstream_request_duration_seconds",
+                    "Duration of forwarded requests, from routing to the end of the response.",
+                    UPSTREAM_BUCKETS,
+                ),
+                &["upstream"],
+            ),
+        );
+        let upstream_errors = counter_vec(
             "labgate_upstream_errors_total",
             "Forwarded requests that failed at the upstream, by kind.",
             &["upstream", "kind"],
         );
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "labgate_build_info",
-                "labgate build; the value is always 1.",
+        let build_info = reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "labgate_build_info",
+                    "labgate build; the value is always 1.",
+                ),
+                &["version"],
             ),
-            &["version"],
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(build_info.clone()))
-            .expect("metric registered once");
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let connections_cut = IntCounter::new(
-            "labgate_connections_cut_total",
-            "Forwarded requests and upgraded connections cut because their session ended.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(connections_cut.clone()))
-            .expect("metric registered once");
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-                .expect("valid metric definition");
-            r.register(Box::new(h.clone()))
-                .expect("metric registered once");
-            h
-        };
+        let connections_cut = reg(
+            r,
+            IntCounter::new(
+                "labgate_connections_cut_total",
+                "Forwarded requests and upgraded connections cut because their session ended.",
+            ),
+        );
         let hold_seconds = histogram(
             "labgate_hold_seconds",
             "How long completed holds lasted (promotion to end).",

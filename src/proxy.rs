@@ -74,6 +74,10 @@ const SESSION_ENDED: ErrorType = ErrorType::Custom("session ended");
 #[derive(Default)]
 pub struct RequestCtx {
     started: Option<Instant>,
+    /// The TCP peer, and whether it is a trusted proxy.
+    peer: Option<IpAddr>,
+    peer_trusted: bool,
+    /// The address the request counts against (§4).
     client: Option<IpAddr>,
     decision: Option<&'static str>,
     session: Option<SessionId>,
@@ -214,13 +218,12 @@ impl ProxyHttp for LabGate {
         ctx.started = Some(now);
         let shared = &self.shared;
         let req = session.req_header();
+        let trusted_proxies = &shared.config.server.trusted_proxies;
         let peer = peer_ip(session);
+        ctx.peer_trusted = peer.is_some_and(|p| limits::is_trusted(p, trusted_proxies));
+        ctx.peer = peer;
         let client = peer.map(|p| {
-            limits::client_address(
-                p,
-                header_values(req, &X_FORWARDED_FOR),
-                &shared.config.server.trusted_proxies,
-            )
+            limits::client_address(p, header_values(req, &X_FORWARDED_FOR), trusted_proxies)
         });
         ctx.client = client;
 
@@ -351,16 +354,8 @@ impl ProxyHttp for LabGate {
 
         // X-Forwarded-*: a trusted proxy's chain is extended, anybody else's is replaced,
         // so the upstream never sees a hop the client made up.
-        let peer = peer_ip(session);
-        let trusted = peer.is_some_and(|p| {
-            self.shared
-                .config
-                .server
-                .trusted_proxies
-                .iter()
-                .any(|n| n.contains(&p))
-        });
-        let peer_text = peer.map(|p| p.to_string()).unwrap_or_default();
+        let trusted = ctx.peer_trusted;
+        let peer_text = ctx.peer.map(|p| p.to_string()).unwrap_or_default();
         let chain: Vec<String> = if trusted {
             req.headers
                 .get_all("x-forwarded-for")

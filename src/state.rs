@@ -565,10 +565,9 @@ impl Shared {
     /// `Retry-After` for a WAITING session at `position`, from recent holds.
     pub fn retry_after(&self, position: usize, now: Instant) -> u64 {
         let core = self.lock();
-        let holds: Vec<Duration> = core.recent_holds.iter().copied().collect();
         limits::waiting_retry_after(
             position,
-            &holds,
+            core.recent_holds.iter().copied(),
             core.queue.active_hold(now),
             self.config.queue.timeouts.waiting,
         )
@@ -622,11 +621,8 @@ impl Shared {
     /// What the public status page shows.
     pub fn lab_status(&self, now: Instant) -> LabStatus {
         let core = self.lock();
-        let median = |h: &VecDeque<Duration>| {
-            let mut v: Vec<Duration> = h.iter().copied().collect();
-            v.sort_unstable();
-            v.get(v.len() / 2).map(Duration::as_secs_f64)
-        };
+        let median =
+            |h: &VecDeque<Duration>| limits::median(h.iter().copied()).map(|d| d.as_secs_f64());
         let queue = core
             .queue
             .iter()

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,8 +22,6 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 // ------------------------------------------------------------------ the venv
 
@@ -248,26 +245,8 @@ const DEVICE: &str = r#"{"name":"r1","raw":{"box":"frr","mgmt":"10.0.0.1"}}"#;
 
 impl FakeLab {
     async fn start() -> FakeLab {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake lab");
-        let addr = listener.local_addr().expect("fake lab addr");
         let log: Arc<Mutex<Vec<LabRequest>>> = Arc::default();
-        let log2 = log.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let log = log2.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let log = log.clone();
-                        async move { Ok::<_, Infallible>(FakeLab::answer(req, log).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = serve_recording(log.clone(), FakeLab::answer).await;
         FakeLab { addr, log, task }
     }
 

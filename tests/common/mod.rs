@@ -993,28 +993,46 @@ pub struct Upstream {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Serves HTTP/1.1 on a fresh loopback port with `handler`, which gets every request
+/// and the shared `log` to record it in. Returns the address and the accept task.
+pub async fn serve_recording<T, B, F, Fut>(
+    log: Arc<Mutex<Vec<T>>>,
+    handler: F,
+) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    T: Send + 'static,
+    F: Fn(Request<Incoming>, Arc<Mutex<Vec<T>>>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind test server");
+    let addr = listener.local_addr().expect("test server addr");
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let fut = handler(req, log.clone());
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().expect("upstream addr");
         let log: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let log2 = log.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let log = log2.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let log = log.clone();
-                        async move { Ok::<_, Infallible>(handle(req, log).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = serve_recording(log.clone(), handle).await;
         Upstream { addr, log, task }
     }
 
