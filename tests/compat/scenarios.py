@@ -1,6 +1,6 @@
 """Drives the real neops-remote-lab 1.4.0 Python client against a running labgate.
 
-Run by tests/neops_compat.rs as `python scenarios.py SCENARIO` with REMOTE_LAB_URL set to
+Run by tests/it/neops_compat.rs as `python scenarios.py SCENARIO` with REMOTE_LAB_URL set to
 labgate's base URL. Each scenario asserts what the client sees and ends by printing one
 line `RESULT <json>` with the facts the Rust side cross-checks against what labgate and
 the recording upstream saw. Any failure exits non-zero with a message.

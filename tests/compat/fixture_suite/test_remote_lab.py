@@ -1,6 +1,6 @@
 """A pytest suite written the way neops-remote-lab's docs say to: the session-scoped
 `remote_lab_client` fixture and a lab fixture from `remote_lab_fixture`, both coming from
-the package's pytest11 plugin. tests/neops_compat.rs runs it against labgate."""
+the package's pytest11 plugin. tests/it/neops_compat.rs runs it against labgate."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
 //! Contract §4: the rate limit and the queue cap on `POST /session`, trusted proxies.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 
 async fn create_from(gw: &Gateway, forwarded_for: Option<&str>) -> RawResponse {
     let xff = forwarded_for

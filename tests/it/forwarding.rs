@@ -1,7 +1,5 @@
 //! Contract §5: what the upstream sees, streaming, WebSocket, upstream failures.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_strip_prefixes_longest_prefix_wins_and_query_is_kept() {

@@ -1,8 +1,6 @@
 //! Contract §1: the session API labgate answers itself, byte for byte.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 
 const NOT_FOUND_SESSION: &str = r#"{"detail":"Session not found"}"#;
 const MISSING_HEADER: &str = r#"{"detail":[{"type":"missing","loc":["header","X-Session-ID"],"msg":"Field required","input":null}]}"#;

@@ -7,13 +7,11 @@
 //! Never edits the files it checks: temporary copies go into a temp dir. The tools are
 //! required, not optional (`.ci/setup` installs them); a missing one fails the test.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::support::*;
 
 /// The exposure score `systemd-analyze security --offline=yes` gives the unit with
 /// systemd 252; docs/operations.md states it. A change that raises it fails here.

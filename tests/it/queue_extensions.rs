@@ -4,11 +4,9 @@
 //! `X-Lab-Hold-Remaining`), the fencing header `X-Lab-Session-Seq`, and the
 //! `labgate_hold_seconds` and `labgate_state_write_seconds` histograms.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 /// `GET /session/{id}{query}`: (status, headers, JSON body or Null).
 async fn get_with(

@@ -3,13 +3,11 @@
 //! restored sessions get a full idle timeout; memory-only mode forgets; a broken or
 //! locked store stops start-up with one clear line.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use proptest::prelude::{Rng, RngExt};
 use proptest::test_runner::{RngAlgorithm, TestRng};
 

@@ -1,10 +1,8 @@
 //! Contract §2: the gate on `/lab` and `/lab/*`, and the path check before it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 const MISSING_HEADER: &str = r#"{"detail":[{"type":"missing","loc":["header","X-Session-ID"],"msg":"Field required","input":null}]}"#;
 const NOT_FOUND_SESSION: &str = r#"{"detail":"Session not found"}"#;

@@ -4,8 +4,6 @@
 //! session server that can answer `?wait=` or ignore it (as neops-remote-lab does),
 //! and that may or may not send `X-Lab-Active-Timeout`.
 
-mod common;
-
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -18,7 +16,7 @@ use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use common::*;
+use crate::support::*;
 
 /// Upper bound for anything a test waits for (never reached when things work).
 const LONG: Duration = Duration::from_secs(30);
@@ -61,16 +59,9 @@ impl Client {
         Client::start(dir, name, &args, &[])
     }
 
-    fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    fn signal(&self, sig: i32) {
-        if self.child.is_some() {
-            // SAFETY: kill(2) on the pid of a child we started and have not reaped.
-            unsafe {
-                libc::kill(self.pid(), sig);
-            }
+    fn signal(&self, sig: Signal) {
+        if let Some(child) = &self.child {
+            send_signal(child, sig);
         }
     }
 
@@ -211,7 +202,12 @@ async fn cmd_exit_status_is_passed_through_and_the_session_ended() {
     assert_eq!(queue_depth(&gw).await, 0.0);
     // Killed by a signal: 128 + signal, as a shell reports it.
     let mut c = Client::run(dir.path(), "killed", &gw, &[], "kill -TERM $$");
-    assert_eq!(c.code().await, 128 + libc::SIGTERM, "{}", c.stderr());
+    assert_eq!(
+        c.code().await,
+        128 + Signal::SIGTERM as i32,
+        "{}",
+        c.stderr()
+    );
     let mut c = Client::run(dir.path(), "ok", &gw, &["--quiet"], "true");
     assert_eq!(c.code().await, 0);
     assert_eq!(c.stderr(), "", "--quiet prints nothing on success");
@@ -299,9 +295,14 @@ async fn sigterm_passes_to_cmd_and_promotes_the_next_waiter_at_once() {
     let (next, position) = create_session(&gw).await;
     assert_eq!(position, 1);
     let t0 = Instant::now();
-    c.signal(libc::SIGTERM);
+    c.signal(Signal::SIGTERM);
     // CMD (sleep) got the SIGTERM: its status is labgate's.
-    assert_eq!(c.code().await, 128 + libc::SIGTERM, "{}", c.stderr());
+    assert_eq!(
+        c.code().await,
+        128 + Signal::SIGTERM as i32,
+        "{}",
+        c.stderr()
+    );
     let promoted = eventually(Duration::from_secs(5), "next waiter promoted", || async {
         (active_session(&gw).await.as_deref() == Some(next.as_str())).then(|| t0.elapsed())
     })
@@ -323,7 +324,7 @@ async fn sigint_is_passed_on_and_cmd_decides_the_exit_status() {
     let script = "trap 'kill $!; exit 5' INT; sleep 60 & echo up > up.txt; wait";
     let mut c = Client::run(dir.path(), "int", &gw, &[], script);
     file_text(&dir.path().join("up.txt")).await;
-    c.signal(libc::SIGINT);
+    c.signal(Signal::SIGINT);
     assert_eq!(c.code().await, 5, "{}", c.stderr());
     assert_eq!(queue_depth(&gw).await, 0.0);
 }
@@ -338,8 +339,13 @@ async fn sigterm_while_waiting_ends_the_session_without_running_cmd() {
         (queue_depth(&gw).await == 2.0).then_some(())
     })
     .await;
-    c.signal(libc::SIGTERM);
-    assert_eq!(c.code().await, 128 + libc::SIGTERM, "{}", c.stderr());
+    c.signal(Signal::SIGTERM);
+    assert_eq!(
+        c.code().await,
+        128 + Signal::SIGTERM as i32,
+        "{}",
+        c.stderr()
+    );
     assert!(!dir.path().join("ran").exists(), "CMD must not run");
     assert_eq!(queue_depth(&gw).await, 1.0, "waiter's session ended");
     assert_eq!(active_session(&gw).await.as_deref(), Some(holder.as_str()));

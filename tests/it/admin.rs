@@ -2,13 +2,11 @@
 //! `labgate admin` CLI over it: the socket's mode, the queue listing, kick, drain and
 //! resume, the CLI's one-line errors, and that none of it answers on a TCP listener.
 
-mod common;
-
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 
 const SOCKET: &str = "admin.sock";
@@ -272,8 +270,7 @@ async fn kicking_the_holder_promotes_the_next_and_cuts_its_connections() {
     );
     let kicked = gw.audit_events("session_kicked");
     assert_eq!(kicked.len(), 1, "{kicked:#?}");
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    let uid = unsafe { libc::geteuid() };
+    let uid = euid();
     assert_eq!(kicked[0]["uid"], uid, "{:#}", kicked[0]);
     assert_eq!(kicked[0]["reason"], "holder hung over the weekend");
     // Logs name a session by its first 8 characters only.
@@ -433,8 +430,7 @@ async fn the_cli_says_in_one_line_when_the_socket_is_missing_stale_or_forbidden(
     // Another user may not connect. The socket's mode is all that stops them, so the
     // directory is opened up for the check.
     let socket = gw.admin_socket().to_path_buf();
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    let out = if unsafe { libc::geteuid() } == 0 {
+    let out = if euid() == 0 {
         std::fs::set_permissions(gw.dir(), std::fs::Permissions::from_mode(0o711))
             .expect("chmod dir");
         let mut cmd = Command::new("setpriv");

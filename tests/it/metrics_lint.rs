@@ -6,14 +6,12 @@
 //! Never leaves a process behind: the Prometheus server is stopped in `Drop`, like the
 //! gateway. Every wait is bounded by a deadline.
 
-mod common;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn live_metrics_pass_promtool_check_metrics() {
@@ -198,10 +196,7 @@ impl Drop for Prometheus {
         if std::thread::panicking() {
             eprintln!("--- prometheus log ---\n{}", self.log());
         }
-        // SAFETY: kill(2) on the pid of a child we started and still own.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
+        send_signal(&child, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {

@@ -3,11 +3,9 @@
 //! with the fields an auditor needs; the id-probing warning, once per window; and access
 //! lines that carry the request's facts but never a whole session id.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 
 const AUDIT: &str = "labgate::audit";
@@ -26,8 +24,7 @@ fn one_about(gw: &Gateway, event: &str, session: &str) -> Value {
 }
 
 fn uid() -> u32 {
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    unsafe { libc::geteuid() }
+    euid()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

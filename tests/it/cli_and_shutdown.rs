@@ -1,13 +1,11 @@
 //! The CLI (`check`, `--version`, `--help`), graceful shutdown on SIGTERM and SIGINT,
 //! and the metrics listener (contract §6).
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 fn labgate(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_labgate"))
@@ -124,7 +122,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     )
     .await;
     let signalled = Instant::now();
-    gw.signal(libc::SIGTERM);
+    gw.signal(Signal::SIGTERM);
     let status = gw
         .wait_exit(Duration::from_secs(10))
         .await
@@ -148,7 +146,7 @@ async fn sigint_exits_0() {
     let up = Upstream::start().await;
     let mut gw = Gateway::start(&Cfg::new(up.addr)).await;
     let _ = create_session(&gw).await;
-    gw.signal(libc::SIGINT);
+    gw.signal(Signal::SIGINT);
     let status = gw
         .wait_exit(Duration::from_secs(10))
         .await

@@ -1,10 +1,8 @@
 //! Contract §3: promotion, stale reaping, what refreshes a session and what does not.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 fn status_body(status: &str, position: u64) -> (u16, String) {
     (

@@ -9,19 +9,17 @@
 //! This file owns the venv and the fake lab; it must never vendor or commit any of the
 //! package's code, and never skip: without PyPI (first run) the tests fail and say why.
 
-mod common;
-
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use nix::fcntl::{Flock, FlockArg};
 
 // ------------------------------------------------------------------ the venv
 
@@ -113,13 +111,12 @@ fn venv_python() -> PathBuf {
 fn build_venv() -> Result<PathBuf, String> {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
-    let lock = std::fs::File::create(root.join("compat-venv.lock"))
+    let lock_file = std::fs::File::create(root.join("compat-venv.lock"))
         .map_err(|e| format!("venv lock file: {e}"))?;
     // Two test processes (e.g. nextest) must not build the same venv at once.
-    // SAFETY: flock(2) on a descriptor we own; released when `lock` is dropped on return.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(format!("flock: {}", std::io::Error::last_os_error()));
-    }
+    // Released when `_lock` is dropped on return.
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| format!("flock: {errno}"))?;
     let venv = root.join("compat-venv");
     let python = venv.join("bin/python");
     let stamp_path = venv.join(".labgate-compat-stamp");

@@ -3,13 +3,11 @@
 //! `POST /session` hands out; and the HTML page as headless Chromium renders it (text and
 //! a screenshot).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 

@@ -1,0 +1,299 @@
+//! The config builder: a labgate config with test-friendly defaults, changed one
+//! setting at a time, rendered to TOML through `serde` (so quoting and escaping are the
+//! `toml` crate's, never hand-written). Knows the file's shape only, never its meaning:
+//! labgate itself validates what a test renders.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// One `[[upstream]]`.
+#[derive(Clone, Debug)]
+pub struct UpstreamCfg {
+    pub name: String,
+    pub address: String,
+    pub routes: Vec<String>,
+    pub strip_prefix: bool,
+    pub connect_timeout: String,
+    pub read_timeout: String,
+    pub write_timeout: String,
+    /// Injected headers: (name, secret value); the value is written to a file.
+    pub headers: Vec<(String, String)>,
+}
+
+impl UpstreamCfg {
+    pub fn new(name: &str, addr: SocketAddr) -> Self {
+        UpstreamCfg {
+            name: name.to_string(),
+            address: addr.to_string(),
+            routes: vec!["/lab".to_string()],
+            strip_prefix: false,
+            connect_timeout: "2s".to_string(),
+            read_timeout: "30s".to_string(),
+            write_timeout: "30s".to_string(),
+            headers: Vec::new(),
+        }
+    }
+    pub fn routes(mut self, routes: &[&str]) -> Self {
+        self.routes = routes.iter().map(|r| r.to_string()).collect();
+        self
+    }
+    pub fn strip_prefix(mut self, strip: bool) -> Self {
+        self.strip_prefix = strip;
+        self
+    }
+    pub fn read_timeout(mut self, t: &str) -> Self {
+        self.read_timeout = t.to_string();
+        self
+    }
+    pub fn connect_timeout(mut self, t: &str) -> Self {
+        self.connect_timeout = t.to_string();
+        self
+    }
+    pub fn header(mut self, name: &str, secret: &str) -> Self {
+        self.headers.push((name.to_string(), secret.to_string()));
+        self
+    }
+}
+
+/// A labgate config with test-friendly defaults: long timeouts, a generous rate limit.
+#[derive(Clone, Debug)]
+pub struct Cfg {
+    pub threads: usize,
+    pub grace_period: String,
+    pub shutdown_timeout: String,
+    pub trusted_proxies: Vec<String>,
+    pub active_timeout: String,
+    pub waiting_timeout: String,
+    pub reap_interval: String,
+    pub max_sessions: usize,
+    pub burst: u32,
+    pub refill_every: String,
+    pub upstreams: Vec<UpstreamCfg>,
+    /// `[admin] socket`; a relative path is taken inside the gateway's temp dir.
+    pub admin_socket: Option<PathBuf>,
+    /// `[queue] max_hold`; `None` leaves the key out (no hold limit).
+    pub max_hold: Option<String>,
+    /// `[queue] state_path`; `None` leaves the key out (memory-only queue).
+    pub state_path: Option<PathBuf>,
+}
+
+impl Cfg {
+    /// Defaults; `upstream` gets route `/lab`.
+    pub fn new(upstream: SocketAddr) -> Self {
+        Cfg::bare().upstream(UpstreamCfg::new("lab", upstream))
+    }
+
+    /// Defaults and no upstream yet (add at least one).
+    pub fn bare() -> Self {
+        Cfg {
+            threads: 2,
+            grace_period: "10s".to_string(),
+            shutdown_timeout: "2s".to_string(),
+            trusted_proxies: Vec::new(),
+            active_timeout: "300s".to_string(),
+            waiting_timeout: "600s".to_string(),
+            reap_interval: "1s".to_string(),
+            max_sessions: 10_000,
+            burst: 10_000,
+            refill_every: "1ms".to_string(),
+            upstreams: Vec::new(),
+            admin_socket: None,
+            max_hold: None,
+            state_path: None,
+        }
+    }
+
+    pub fn upstream(mut self, u: UpstreamCfg) -> Self {
+        self.upstreams.push(u);
+        self
+    }
+
+    /// Short queue timeouts and a fast reaper.
+    pub fn timeouts(mut self, active: &str, waiting: &str) -> Self {
+        self.active_timeout = active.to_string();
+        self.waiting_timeout = waiting.to_string();
+        self.reap_interval = "50ms".to_string();
+        self
+    }
+
+    pub fn rate_limit(mut self, burst: u32, refill_every: &str) -> Self {
+        self.burst = burst;
+        self.refill_every = refill_every.to_string();
+        self
+    }
+
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = n;
+        self
+    }
+
+    pub fn trusted_proxies(mut self, p: &[&str]) -> Self {
+        self.trusted_proxies = p.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn grace_period(mut self, g: &str) -> Self {
+        self.grace_period = g.to_string();
+        self
+    }
+
+    /// Turns the admin API on at `path` (relative: inside the gateway's temp dir; see
+    /// [`Gateway::admin_socket`]).
+    pub fn admin_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.admin_socket = Some(path.into());
+        self
+    }
+
+    pub fn reap_interval(mut self, r: &str) -> Self {
+        self.reap_interval = r.to_string();
+        self
+    }
+
+    /// `[queue] max_hold`: the hold limit (contract §7).
+    pub fn max_hold(mut self, m: &str) -> Self {
+        self.max_hold = Some(m.to_string());
+        self
+    }
+
+    /// `[queue] state_path`: the durable queue store (contract §7).
+    pub fn state_path(mut self, p: &Path) -> Self {
+        self.state_path = Some(p.to_path_buf());
+        self
+    }
+
+    /// The TOML text; injected header secrets are written as files into `dir`.
+    pub fn render(&self, dir: &Path, listen: u16, metrics: u16) -> String {
+        let upstream = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let headers = u
+                    .headers
+                    .iter()
+                    .enumerate()
+                    .map(|(j, (name, secret))| {
+                        let file = dir.join(format!("secret-{i}-{j}"));
+                        std::fs::write(&file, format!("{secret}\n")).expect("write secret file");
+                        (name.clone(), SecretFile { file })
+                    })
+                    .collect();
+                UpstreamToml {
+                    name: &u.name,
+                    address: &u.address,
+                    routes: &u.routes,
+                    strip_prefix: u.strip_prefix,
+                    connect_timeout: &u.connect_timeout,
+                    read_timeout: &u.read_timeout,
+                    write_timeout: &u.write_timeout,
+                    headers,
+                }
+            })
+            .collect();
+        let file = FileToml {
+            server: ServerToml {
+                listen: vec![format!("127.0.0.1:{listen}")],
+                threads: self.threads,
+                grace_period: &self.grace_period,
+                shutdown_timeout: &self.shutdown_timeout,
+                trusted_proxies: &self.trusted_proxies,
+            },
+            metrics: MetricsToml {
+                listen: format!("127.0.0.1:{metrics}"),
+            },
+            queue: QueueToml {
+                active_timeout: &self.active_timeout,
+                waiting_timeout: &self.waiting_timeout,
+                reap_interval: &self.reap_interval,
+                max_sessions: self.max_sessions,
+                max_hold: self.max_hold.as_deref(),
+                state_path: self.state_path.as_deref(),
+            },
+            rate_limit: RateLimitToml {
+                burst: self.burst,
+                refill_every: &self.refill_every,
+            },
+            admin: self.admin_socket.as_ref().map(|socket| AdminToml {
+                socket: dir.join(socket),
+            }),
+            upstream,
+        };
+        toml::to_string(&file).expect("a test config renders as TOML")
+    }
+}
+
+// The file as labgate reads it. Field order is the order in the rendered text; the
+// tables (`admin`, `upstream`) must come after every plain value of their parent.
+
+#[derive(Serialize)]
+struct FileToml<'a> {
+    server: ServerToml<'a>,
+    metrics: MetricsToml,
+    queue: QueueToml<'a>,
+    rate_limit: RateLimitToml<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin: Option<AdminToml>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    upstream: Vec<UpstreamToml<'a>>,
+}
+
+#[derive(Serialize)]
+struct ServerToml<'a> {
+    listen: Vec<String>,
+    threads: usize,
+    grace_period: &'a str,
+    shutdown_timeout: &'a str,
+    trusted_proxies: &'a [String],
+}
+
+#[derive(Serialize)]
+struct MetricsToml {
+    listen: String,
+}
+
+#[derive(Serialize)]
+struct QueueToml<'a> {
+    active_timeout: &'a str,
+    waiting_timeout: &'a str,
+    reap_interval: &'a str,
+    max_sessions: usize,
+    /// Left out when `None`: no hold limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_hold: Option<&'a str>,
+    /// Left out when `None`: a memory-only queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_path: Option<&'a Path>,
+}
+
+#[derive(Serialize)]
+struct RateLimitToml<'a> {
+    burst: u32,
+    refill_every: &'a str,
+}
+
+#[derive(Serialize)]
+struct AdminToml {
+    socket: PathBuf,
+}
+
+#[derive(Serialize)]
+struct UpstreamToml<'a> {
+    name: &'a str,
+    address: &'a str,
+    routes: &'a [String],
+    strip_prefix: bool,
+    connect_timeout: &'a str,
+    read_timeout: &'a str,
+    write_timeout: &'a str,
+    /// `[upstream.headers]`: header name -> `{ file = ... }`. Left out when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    headers: BTreeMap<String, SecretFile>,
+}
+
+#[derive(Serialize)]
+struct SecretFile {
+    file: PathBuf,
+}

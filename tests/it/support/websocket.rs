@@ -1,0 +1,110 @@
+//! WebSockets: an in-process echo upstream that counts its connections, and a client
+//! WebSocket through labgate that retries only the known pingora upgrade bug.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+
+use super::Gateway;
+
+/// A WebSocket echo server that counts the connections it accepted.
+pub struct WsUpstream {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WsUpstream {
+    pub async fn start() -> WsUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+        let addr = listener.local_addr().expect("ws addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let c2 = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c2.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() || msg.is_binary() {
+                            if ws.send(msg).await.is_err() {
+                                break;
+                            }
+                        } else if msg.is_close() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        WsUpstream {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for WsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A client WebSocket through labgate.
+pub type ClientWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How often [`open_echo_ws`] opens a WebSocket again after pingora tore it down.
+pub const WS_UPGRADE_ATTEMPTS: usize = 5;
+
+/// Opens a WebSocket to `path` for session `id` through an echo upstream and proves it
+/// works with one round trip. pingora 0.9.1 sometimes ends an upgraded connection right
+/// after the `101` (it reads the upstream's `101` before the upgrade request's empty body
+/// end: cloudflare/pingora#946, fix proposed in #947). That is a known pingora bug, not
+/// what the calling test checks, so such an attempt is printed and made again, at most
+/// [`WS_UPGRADE_ATTEMPTS`] times; any other failure fails the test.
+pub async fn open_echo_ws(gw: &Gateway, path: &str, id: &str) -> ClientWs {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    for attempt in 1..=WS_UPGRADE_ATTEMPTS {
+        let mut req = format!("ws://127.0.0.1:{}{path}", gw.port)
+            .into_client_request()
+            .expect("ws request");
+        req.headers_mut()
+            .insert("X-Session-ID", id.parse().expect("header value"));
+        let (mut socket, resp) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(req),
+        )
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+        assert_eq!(resp.status().as_u16(), 101);
+        let _ = socket.send(Message::text("probe")).await;
+        match tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("probe echo in time")
+        {
+            Some(Ok(m)) => {
+                assert_eq!(m, Message::text("probe"), "the echo upstream answers the probe");
+                return socket;
+            }
+            None | Some(Err(_)) => println!(
+                "pingora#946: WebSocket torn down right after its 101; attempt {attempt} of {WS_UPGRADE_ATTEMPTS}"
+            ),
+        }
+    }
+    panic!("no WebSocket to {path} survived its upgrade in {WS_UPGRADE_ATTEMPTS} attempts");
+}
