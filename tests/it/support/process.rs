@@ -85,6 +85,7 @@ pub fn free_port() -> u16 {
     let l = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
 }
+
 /// The path of an external tool the deployment tests run (`promtool`, `prometheus`,
 /// `systemd-analyze`). A missing tool is a failure, not a skip: `.ci/setup` installs them.
 pub fn require_tool(name: &str) -> PathBuf {
