@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::queue::SessionId;
-use crate::state::{SessionRow, Shared, StoreFailed, AUDIT};
+use crate::state::{Shared, AUDIT};
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 16 * 1024;
@@ -138,6 +138,48 @@ struct KickRequest {
 }
 
 /// `GET /v1/queue`.
+/// One session as an operator sees it (`labgate admin queue`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub state: String,
+    pub position: usize,
+    pub seq: u64,
+    /// Unix seconds.
+    pub created: f64,
+    pub last_seen_secs_ago: f64,
+    pub client: Option<String>,
+    pub requests_in_flight: u32,
+    pub hold_secs: Option<f64>,
+}
+
+impl SessionRow {
+    /// Every session, in order. O(n) by nature.
+    pub fn all(shared: &Shared, now: Instant) -> Vec<SessionRow> {
+        let picture = shared.picture(usize::MAX, now);
+        picture
+            .sessions
+            .into_iter()
+            .map(|s| SessionRow {
+                id: s.view.id.to_string(),
+                state: s.view.status.as_str().to_string(),
+                position: s.view.position,
+                seq: s.view.seq,
+                created: s.created_ms.map_or(0.0, |ms| ms as f64 / 1000.0),
+                last_seen_secs_ago: now
+                    .saturating_duration_since(s.view.last_seen)
+                    .as_secs_f64(),
+                client: s.client.map(|c| c.to_string()),
+                requests_in_flight: s.view.inflight,
+                hold_secs: s
+                    .view
+                    .promoted_at
+                    .map(|p| now.saturating_duration_since(p).as_secs_f64()),
+            })
+            .collect()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct QueueListing {
     pub draining: bool,
@@ -167,7 +209,7 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
             tracing::info!(target: AUDIT, event = "admin_queue", uid);
             let listing = QueueListing {
                 draining: shared.is_draining(),
-                sessions: shared.queue_rows(Instant::now()),
+                sessions: SessionRow::all(shared, Instant::now()),
             };
             reply(
                 StatusCode::OK,
@@ -197,9 +239,7 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
                     json!({ "kicked": session.to_string(), "reason": reason, "connections_cut": cut }),
                 ),
                 Ok(None) => detail(StatusCode::NOT_FOUND, "Session not found"),
-                Err(StoreFailed) => {
-                    detail(StatusCode::SERVICE_UNAVAILABLE, "Session store unavailable")
-                }
+                Err(_) => detail(StatusCode::SERVICE_UNAVAILABLE, "Session store unavailable"),
             }
         }
         (Method::POST, ["v1", action @ ("drain" | "resume")]) => {

@@ -12,10 +12,10 @@ use bytes::Bytes;
 use http::Method;
 use serde::Serialize;
 
-use crate::gate::{Decision, SessionHeader};
+use crate::gate::{Denied, SessionHeader};
 use crate::limits::CreateRefusal;
 use crate::queue::{EndReason, SessionId, Status};
-use crate::state::{CreateFailure, Shared, StoreFailed};
+use crate::state::{CreateFailure, Shared};
 use crate::status;
 
 /// An answer labgate gives itself.
@@ -190,11 +190,11 @@ pub async fn handle(
                 },
             )
             .with_header(ACTIVE_TIMEOUT_HEADER, active_timeout)
-            .with_header(TAG_HEADER, status::tag(&id)),
+            .with_header(TAG_HEADER, id.tag()),
             Err(CreateFailure::Refused(refusal)) => create_refused(refusal),
             Err(CreateFailure::Draining) => Reply::detail(503, "Lab is draining")
                 .with_header("Retry-After", DRAINING_RETRY_AFTER_SECS),
-            Err(CreateFailure::Store) => store_unavailable(),
+            Err(CreateFailure::Store(_)) => store_unavailable(),
         },
         Endpoint::GetSession(id) => {
             let wait = match wait_param(query) {
@@ -235,7 +235,7 @@ pub async fn handle(
                     shared.note_unknown_id(client, now);
                     session_not_found()
                 }
-                Err(StoreFailed) => store_unavailable(),
+                Err(_) => store_unavailable(),
             }
         }
         Endpoint::Heartbeat => match session_header {
@@ -265,10 +265,10 @@ pub async fn handle(
             None => Reply::detail(404, "No active session"),
         },
         Endpoint::Healthz => Reply::empty(204),
-        Endpoint::Status => Reply::html(200, status::html(&shared.lab_status(now)))
+        Endpoint::Status => Reply::html(200, status::html(&status::lab_status(shared, now)))
             .with_header("Cache-Control", "no-store"),
         Endpoint::StatusJson => Reply {
-            body: Some(Bytes::from(status::json(&shared.lab_status(now)))),
+            body: Some(Bytes::from(status::json(&status::lab_status(shared, now)))),
             ..Reply::empty(200)
         }
         .with_header("Cache-Control", "no-store"),
@@ -336,18 +336,17 @@ struct BadQueryItem<'a> {
     input: &'a str,
 }
 
-/// The answer to a request the gate refused; `None` for `Allow`. A WAITING session
-/// learns its place and when to ask again (§7 queue hints).
-pub fn refused(decision: Decision, shared: &Shared, now: Instant) -> Option<Reply> {
-    Some(match decision {
-        Decision::Allow { .. } => return None,
-        Decision::Missing => missing_header(),
-        Decision::Duplicate => duplicate_header(),
-        Decision::Unknown => session_not_found(),
-        Decision::Waiting { position } => not_active()
+/// The answer to a request the gate refused. A WAITING session learns its place and
+/// when to ask again (§7 queue hints).
+pub fn refused(denied: Denied, shared: &Shared, now: Instant) -> Reply {
+    match denied {
+        Denied::Missing => missing_header(),
+        Denied::Duplicate => duplicate_header(),
+        Denied::Unknown => session_not_found(),
+        Denied::Waiting { position } => not_active()
             .with_header("X-Queue-Position", position)
             .with_header("Retry-After", shared.retry_after(position, now)),
-    })
+    }
 }
 
 /// `423`: the session is not (or no longer) the holder.

@@ -356,22 +356,6 @@ fn positive(d: &Spanned<Dur>, what: &str) -> Result<Duration, Problem> {
     Ok(d.get_ref().0)
 }
 
-/// Headers that would break framing, routing or the gate if an operator injected them.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "x-session-id",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-];
-
 impl RawConfig {
     fn validate(self) -> Result<Config, Problem> {
         let server = self.server.validate()?;
@@ -567,7 +551,7 @@ impl RawUpstream {
                     format!("invalid header name {:?}", key.get_ref()),
                 )
             })?;
-            if RESERVED_HEADERS.contains(&header.as_str()) {
+            if crate::forward::is_managed(header.as_str()) {
                 return problem(
                     span_of(key),
                     format!(

@@ -27,12 +27,79 @@ pub enum Decision {
 impl Decision {
     /// The `decision` label of `labgate_gate_decisions_total`.
     pub fn label(&self) -> &'static str {
+        self.verdict().as_str()
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        match self.allowed() {
+            Ok(_) => Verdict::Allowed,
+            Err(denied) => denied.verdict(),
+        }
+    }
+
+    /// The one allowed outcome, or why not: callers match once.
+    pub fn allowed(self) -> Result<(SessionId, u64), Denied> {
         match self {
-            Decision::Allow { .. } => "allowed",
-            Decision::Missing => "missing",
-            Decision::Duplicate => "invalid",
-            Decision::Unknown => "unknown",
-            Decision::Waiting { .. } => "waiting",
+            Decision::Allow { id, seq } => Ok((id, seq)),
+            Decision::Missing => Err(Denied::Missing),
+            Decision::Duplicate => Err(Denied::Duplicate),
+            Decision::Unknown => Err(Denied::Unknown),
+            Decision::Waiting { position } => Err(Denied::Waiting { position }),
+        }
+    }
+}
+
+/// Why the gate refused a `/lab` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No `X-Session-ID` header: 422.
+    Missing,
+    /// More than one `X-Session-ID` header: 400.
+    Duplicate,
+    /// Empty, malformed or unknown id: 404.
+    Unknown,
+    /// A WAITING session: 423.
+    Waiting { position: usize },
+}
+
+impl Denied {
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Denied::Missing => Verdict::Missing,
+            Denied::Duplicate => Verdict::Invalid,
+            Denied::Unknown => Verdict::Unknown,
+            Denied::Waiting { .. } => Verdict::Waiting,
+        }
+    }
+}
+
+/// The `decision` label of `labgate_gate_decisions_total` (§6); `Invalid` also counts
+/// request targets that fail the path check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Missing,
+    Unknown,
+    Waiting,
+    Invalid,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 5] = [
+        Verdict::Allowed,
+        Verdict::Missing,
+        Verdict::Unknown,
+        Verdict::Waiting,
+        Verdict::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Missing => "missing",
+            Verdict::Unknown => "unknown",
+            Verdict::Waiting => "waiting",
+            Verdict::Invalid => "invalid",
         }
     }
 }

@@ -29,9 +29,39 @@ pub enum CreateRefusal {
 impl CreateRefusal {
     /// The `reason` label of `labgate_session_create_rejected_total`.
     pub fn label(&self) -> &'static str {
+        self.reason().as_str()
+    }
+
+    pub fn reason(&self) -> CreateRejection {
         match self {
-            CreateRefusal::RateLimited { .. } => "rate_limited",
-            CreateRefusal::QueueFull { .. } => "queue_full",
+            CreateRefusal::RateLimited { .. } => CreateRejection::RateLimited,
+            CreateRefusal::QueueFull { .. } => CreateRejection::QueueFull,
+        }
+    }
+}
+
+/// Why `POST /session` was refused, as the `reason` label of
+/// `labgate_session_create_rejected_total` (§6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateRejection {
+    RateLimited,
+    QueueFull,
+    /// An operator is draining the lab.
+    Draining,
+}
+
+impl CreateRejection {
+    pub const ALL: [CreateRejection; 3] = [
+        CreateRejection::RateLimited,
+        CreateRejection::QueueFull,
+        CreateRejection::Draining,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreateRejection::RateLimited => "rate_limited",
+            CreateRejection::QueueFull => "queue_full",
+            CreateRejection::Draining => "draining",
         }
     }
 }
@@ -39,34 +69,6 @@ impl CreateRefusal {
 /// How long a client told "queue full" should wait: a slot frees when a holder ends,
 /// and holds are minutes long, so asking again sooner than this only adds load.
 pub const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 30;
-
-/// What a hold is assumed to last before labgate has seen any.
-pub const DEFAULT_HOLD_GUESS: Duration = Duration::from_secs(60);
-
-/// `Retry-After` for a WAITING session at `position` (§7 queue hints): the typical hold
-/// (median of `recent_holds`) less what the current holder has used, plus a typical
-/// hold for each session in between. At least 1 s; at most half `waiting_timeout`, so a
-/// client that obeys it is never reaped for obeying.
-pub fn waiting_retry_after(
-    position: usize,
-    recent_holds: impl IntoIterator<Item = Duration>,
-    current_hold: Duration,
-    waiting_timeout: Duration,
-) -> u64 {
-    let typical = median(recent_holds).unwrap_or(DEFAULT_HOLD_GUESS);
-    let ahead = u32::try_from(position.saturating_sub(1)).unwrap_or(u32::MAX);
-    let estimate = typical
-        .saturating_sub(current_hold)
-        .saturating_add(typical.saturating_mul(ahead));
-    ceil_secs(estimate.min(waiting_timeout / 2))
-}
-
-/// The median (the upper one of an even count); `None` without samples.
-pub fn median(samples: impl IntoIterator<Item = Duration>) -> Option<Duration> {
-    let mut sorted: Vec<Duration> = samples.into_iter().collect();
-    sorted.sort_unstable();
-    sorted.get(sorted.len() / 2).copied()
-}
 
 /// Unknown session ids one client may name per window before it is warn-logged.
 pub const PROBE_THRESHOLD: u32 = 20;
@@ -294,22 +296,6 @@ mod tests {
         clock.advance(Duration::from_secs(10));
         l.forget_idle();
         assert_eq!(l.tracked_clients(), 0);
-    }
-
-    #[test]
-    fn retry_after_follows_recent_holds_and_position() {
-        let s = Duration::from_secs;
-        let wt = s(600);
-        // No history: the default guess.
-        assert_eq!(waiting_retry_after(1, Vec::new(), s(0), wt), 60);
-        let holds = [s(100), s(20), s(40)];
-        // Median 40 s; the holder has used 10 s.
-        assert_eq!(waiting_retry_after(1, holds, s(10), wt), 30);
-        assert_eq!(waiting_retry_after(3, holds, s(10), wt), 30 + 80);
-        // An overdue holder: never 0.
-        assert_eq!(waiting_retry_after(1, holds, s(500), wt), 1);
-        // Never beyond half the waiting timeout.
-        assert_eq!(waiting_retry_after(100, holds, s(0), wt), 300);
     }
 
     #[test]

@@ -14,14 +14,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+use crate::forward::UpstreamError;
+use crate::gate::Verdict;
+use crate::limits::CreateRejection;
 use crate::queue::{Change, EndReason};
-
-/// Gate decisions, as the `decision` label (§6).
-pub const DECISIONS: [&str; 5] = ["allowed", "missing", "unknown", "waiting", "invalid"];
-/// Reasons `POST /session` is refused, as the `reason` label.
-pub const CREATE_REJECTIONS: [&str; 3] = ["rate_limited", "queue_full", "draining"];
-/// Upstream failure kinds, as the `kind` label.
-pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "io"];
 
 pub struct Metrics {
     pub queue_depth: IntGauge,
@@ -181,11 +177,11 @@ impl Metrics {
         for reason in EndReason::ALL {
             sessions_ended.with_label_values(&[reason.as_str()]);
         }
-        for reason in CREATE_REJECTIONS {
-            create_rejected.with_label_values(&[reason]);
+        for reason in CreateRejection::ALL {
+            create_rejected.with_label_values(&[reason.as_str()]);
         }
-        for decision in DECISIONS {
-            gate_decisions.with_label_values(&[decision]);
+        for verdict in Verdict::ALL {
+            gate_decisions.with_label_values(&[verdict.as_str()]);
         }
 
         Metrics {
@@ -209,13 +205,32 @@ impl Metrics {
 
     /// Creates the per-upstream series for each configured upstream.
     pub fn init_upstream(&self, name: &str) {
-        for kind in UPSTREAM_ERROR_KINDS {
-            self.upstream_errors.with_label_values(&[name, kind]);
+        for kind in UpstreamError::ALL {
+            self.upstream_errors
+                .with_label_values(&[name, kind.as_str()]);
         }
         for class in ["2xx", "3xx", "4xx", "5xx"] {
             self.upstream_requests.with_label_values(&[name, class]);
         }
         self.upstream_duration.with_label_values(&[name]);
+    }
+
+    pub fn count_decision(&self, verdict: Verdict) {
+        self.gate_decisions
+            .with_label_values(&[verdict.as_str()])
+            .inc();
+    }
+
+    pub fn count_create_rejected(&self, reason: CreateRejection) {
+        self.create_rejected
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    pub fn count_upstream_error(&self, upstream: &str, kind: UpstreamError) {
+        self.upstream_errors
+            .with_label_values(&[upstream, kind.as_str()])
+            .inc();
     }
 
     /// Records what a queue operation did.

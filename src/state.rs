@@ -13,7 +13,7 @@
 //! a minute on a lab, not thousands of times a second. Metrics and logs are recorded
 //! after the lock is released.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,31 +24,48 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::cut::{self, Ticket};
-use crate::gate::{self, Decision, SessionHeader};
-use crate::limits::{self, CreateRefusal, SessionLimiter};
+use crate::gate::{self, Denied, SessionHeader, Verdict};
+use crate::history::History;
+use crate::limits::{self, CreateRefusal, CreateRejection, SessionLimiter};
 use crate::metrics::{metrics, Metrics};
-use crate::queue::{Change, EndReason, Queue, SessionId, Status};
+use crate::queue::{Change, EndReason, Queue, QueueError, SessionId, SessionView, Status};
 use crate::store::{Store, StoreError, StoredSession};
 
 /// Audit events go to their own target so operators can route them separately.
 pub const AUDIT: &str = "labgate::audit";
 
-/// How many completed holds the `Retry-After` estimate looks at.
-const HOLD_HISTORY: usize = 32;
-
 /// Why `POST /session` did not create a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum CreateFailure {
+    #[error("refused: {}", .0.label())]
     Refused(CreateRefusal),
     /// An operator is draining the lab.
+    #[error("the lab is draining")]
     Draining,
-    /// The durable store could not record it; nothing was created.
-    Store,
+    /// Nothing was created.
+    #[error(transparent)]
+    Store(#[from] StoreFailed),
 }
 
-/// The durable store failed; the operation was not done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreFailed;
+/// The session could not be recorded (or its end could not); the operation was not
+/// done. Callers answer `503`; the cause is logged where it happened and kept here.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailed {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The queue refused the record: an id collision or exhausted sequence numbers.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// A `/lab` request the gate let through: the session, its fencing number and the
+/// ticket that must be handed back to [`Shared::end_request`].
+#[derive(Debug)]
+pub struct Allowed {
+    pub id: SessionId,
+    pub seq: u64,
+    pub ticket: Ticket,
+}
 
 /// Facts about a session that the queue does not need.
 struct Meta {
@@ -63,56 +80,30 @@ struct Core {
     /// Removals the store has not yet recorded (a failed write is retried later).
     unsaved_removals: Vec<u64>,
     meta: HashMap<SessionId, Meta>,
-    recent_holds: VecDeque<Duration>,
-    recent_waits: VecDeque<Duration>,
+    history: History,
 }
 
-fn remember(history: &mut VecDeque<Duration>, sample: Duration) {
-    if history.len() == HOLD_HISTORY {
-        history.pop_front();
-    }
-    history.push_back(sample);
+/// One session with where it came from, as [`Shared::picture`] reports it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub view: SessionView,
+    pub client: Option<IpAddr>,
+    /// Creation time, Unix ms; `None` when unknown.
+    pub created_ms: Option<u64>,
 }
 
-/// One session as an operator sees it (`labgate admin queue`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SessionRow {
-    pub id: String,
-    pub state: String,
-    pub position: usize,
-    pub seq: u64,
-    /// Unix seconds.
-    pub created: f64,
-    pub last_seen_secs_ago: f64,
-    pub client: Option<String>,
-    pub requests_in_flight: u32,
-    pub hold_secs: Option<f64>,
-}
-
-/// The public picture of the lab (status page): never a session id.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LabStatus {
-    pub held: bool,
-    pub hold_secs: f64,
+/// The queue at one moment, read under one lock. The views built from it (admin rows,
+/// the status page) live with their modules.
+#[derive(Debug, Clone)]
+pub struct Picture {
+    /// The first sessions, in order, as many as asked for.
+    pub sessions: Vec<SessionInfo>,
+    pub len: usize,
     pub waiting: usize,
-    pub typical_wait_secs: Option<f64>,
-    pub typical_hold_secs: Option<f64>,
-    pub draining: bool,
-    pub max_hold_secs: Option<f64>,
-    /// The first sessions in order: (position, tag, state, seconds in state).
-    pub queue: Vec<QueueEntry>,
+    pub active_hold: Duration,
+    pub typical_wait: Option<Duration>,
+    pub typical_hold: Option<Duration>,
 }
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct QueueEntry {
-    pub position: usize,
-    pub tag: String,
-    pub state: &'static str,
-    pub secs: f64,
-}
-
-/// How many queue entries the status page lists.
-const STATUS_ROWS: usize = 20;
 
 pub struct Shared {
     pub config: Config,
@@ -183,11 +174,11 @@ impl Core {
             cut += self.conns.cut(&e.id);
             self.meta.remove(&e.id);
             if let Some(held) = e.held {
-                remember(&mut self.recent_holds, held);
+                self.history.hold_ended(held);
             }
         }
         if let Some(p) = &change.promoted {
-            remember(&mut self.recent_waits, p.waited);
+            self.history.promoted(p.waited);
         }
         Outcome {
             snapshot: self.snapshot(now),
@@ -254,8 +245,7 @@ impl Shared {
                 store,
                 unsaved_removals: Vec::new(),
                 meta,
-                recent_holds: VecDeque::new(),
-                recent_waits: VecDeque::new(),
+                history: History::default(),
             }),
             draining: AtomicBool::new(false),
             probes: Mutex::new(limits::ProbeDetector::default()),
@@ -321,18 +311,13 @@ impl Shared {
         now: Instant,
     ) -> Result<(SessionId, usize), CreateFailure> {
         let refused = |r: CreateRefusal| {
-            self.metrics
-                .create_rejected
-                .with_label_values(&[r.label()])
-                .inc();
+            self.metrics.count_create_rejected(r.reason());
             tracing::info!(target: AUDIT, event = "session_refused", client = %client, reason = r.label());
             CreateFailure::Refused(r)
         };
         if self.is_draining() {
             self.metrics
-                .create_rejected
-                .with_label_values(&["draining"])
-                .inc();
+                .count_create_rejected(CreateRejection::Draining);
             return Err(CreateFailure::Draining);
         }
         self.limiter.check(client).map_err(refused)?;
@@ -352,14 +337,14 @@ impl Shared {
                 };
                 store_time = Some(store.insert(&record, seq.saturating_add(1)).map_err(|e| {
                     tracing::error!(error = %e, "cannot record a new session; refusing it");
-                    CreateFailure::Store
+                    StoreFailed::from(e)
                 })?);
             }
             // A v4 collision is not a realistic event; were it to happen, the caller
             // gets a 503 rather than a silently shared session.
             let (position, promoted) = core.queue.create(id, now).map_err(|e| {
                 tracing::error!(error = %e, "cannot create a session");
-                CreateFailure::Store
+                StoreFailed::from(e)
             })?;
             core.meta.insert(
                 id,
@@ -452,7 +437,7 @@ impl Shared {
                 tracing::error!(error = %e, session = %id.short(), "cannot record the end of a session; keeping it");
                 // Not ended: do not leave the seq pending, it would end it later.
                 core.unsaved_removals.retain(|s| *s != seq);
-                StoreFailed
+                StoreFailed::from(e)
             })?;
             let Some(change) = core.queue.remove(id, reason, now) else {
                 return Ok(None);
@@ -489,48 +474,50 @@ impl Shared {
         self.lock().queue.active().map(|v| v.id)
     }
 
-    /// The gate. An `Allow` comes with a [`Ticket`] and must be paired with
+    /// The gate, counted. What it allows must be handed back to
     /// [`Shared::end_request`].
-    pub fn gate(&self, header: SessionHeader, now: Instant) -> (Decision, Option<Ticket>) {
-        let (decision, ticket) = {
+    pub fn gate(&self, header: SessionHeader, now: Instant) -> Result<Allowed, Denied> {
+        let decided = {
             let mut core = self.lock();
-            let decision = gate::decide(header, &mut core.queue, now);
-            let ticket = match decision {
-                Decision::Allow { id, .. } => Some(core.conns.begin(id)),
-                _ => None,
-            };
-            (decision, ticket)
+            gate::decide(header, &mut core.queue, now)
+                .allowed()
+                .map(|(id, seq)| Allowed {
+                    id,
+                    seq,
+                    ticket: core.conns.begin(id),
+                })
         };
-        self.count_decision(decision.label());
-        if ticket.is_some() {
-            self.forwarded_in_flight.fetch_add(1, Ordering::SeqCst);
+        match &decided {
+            Ok(_) => {
+                self.count_decision(Verdict::Allowed);
+                self.forwarded_in_flight.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(denied) => self.count_decision(denied.verdict()),
         }
-        (decision, ticket)
+        decided
     }
 
-    pub fn count_decision(&self, label: &str) {
-        self.metrics
-            .gate_decisions
-            .with_label_values(&[label])
-            .inc();
+    pub fn count_decision(&self, verdict: Verdict) {
+        self.metrics.count_decision(verdict);
     }
 
     /// Records the upstream socket of an allowed request, so it can be cut.
     pub fn attach_upstream(
         &self,
-        id: &SessionId,
-        ticket: &Ticket,
+        allowed: &Allowed,
         fd: std::os::fd::RawFd,
     ) -> Result<(), cut::AlreadyCut> {
-        self.lock().conns.attach(id, ticket.token, fd)
+        self.lock()
+            .conns
+            .attach(&allowed.id, allowed.ticket.token, fd)
     }
 
-    /// A forwarded request (or upgraded connection) of `id` is over.
-    pub fn end_request(&self, id: &SessionId, ticket: &Ticket, now: Instant) {
+    /// A forwarded request (or upgraded connection) the gate allowed is over.
+    pub fn end_request(&self, allowed: &Allowed, now: Instant) {
         {
             let mut core = self.lock();
-            core.queue.end_request(id, now);
-            core.conns.end(id, ticket.token);
+            core.queue.end_request(&allowed.id, now);
+            core.conns.end(&allowed.id, allowed.ticket.token);
         }
         self.forwarded_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
@@ -565,9 +552,8 @@ impl Shared {
     /// `Retry-After` for a WAITING session at `position`, from recent holds.
     pub fn retry_after(&self, position: usize, now: Instant) -> u64 {
         let core = self.lock();
-        limits::waiting_retry_after(
+        core.history.retry_after(
             position,
-            core.recent_holds.iter().copied(),
             core.queue.active_hold(now),
             self.config.queue.timeouts.waiting,
         )
@@ -594,57 +580,30 @@ impl Shared {
         self.draining.swap(draining, Ordering::SeqCst)
     }
 
-    /// Every session, in order, for operators. O(n) by nature.
-    pub fn queue_rows(&self, now: Instant) -> Vec<SessionRow> {
+    /// The first `limit` sessions in order, with the queue's figures, under one lock.
+    /// O(limit).
+    pub fn picture(&self, limit: usize, now: Instant) -> Picture {
         let core = self.lock();
-        core.queue
-            .iter()
-            .map(|v| {
-                let meta = core.meta.get(&v.id);
-                SessionRow {
-                    id: v.id.to_string(),
-                    state: v.status.as_str().to_string(),
-                    position: v.position,
-                    seq: v.seq,
-                    created: meta.map_or(0.0, |m| m.created_ms as f64 / 1000.0),
-                    last_seen_secs_ago: now.saturating_duration_since(v.last_seen).as_secs_f64(),
-                    client: meta.and_then(|m| m.client).map(|c| c.to_string()),
-                    requests_in_flight: v.inflight,
-                    hold_secs: v
-                        .promoted_at
-                        .map(|p| now.saturating_duration_since(p).as_secs_f64()),
-                }
-            })
-            .collect()
-    }
-
-    /// What the public status page shows.
-    pub fn lab_status(&self, now: Instant) -> LabStatus {
-        let core = self.lock();
-        let median =
-            |h: &VecDeque<Duration>| limits::median(h.iter().copied()).map(|d| d.as_secs_f64());
-        let queue = core
+        let sessions = core
             .queue
             .iter()
-            .take(STATUS_ROWS)
-            .map(|v| QueueEntry {
-                position: v.position,
-                tag: crate::status::tag(&v.id),
-                state: v.status.as_str(),
-                secs: now
-                    .saturating_duration_since(v.promoted_at.unwrap_or(v.created))
-                    .as_secs_f64(),
+            .take(limit)
+            .map(|view| {
+                let meta = core.meta.get(&view.id);
+                SessionInfo {
+                    client: meta.and_then(|m| m.client),
+                    created_ms: meta.map(|m| m.created_ms),
+                    view,
+                }
             })
             .collect();
-        LabStatus {
-            held: !core.queue.is_empty(),
-            hold_secs: core.queue.active_hold(now).as_secs_f64(),
+        Picture {
+            sessions,
+            len: core.queue.len(),
             waiting: core.queue.waiting(),
-            typical_wait_secs: median(&core.recent_waits),
-            typical_hold_secs: median(&core.recent_holds),
-            draining: self.is_draining(),
-            max_hold_secs: self.config.queue.max_hold.map(|d| d.as_secs_f64()),
-            queue,
+            active_hold: core.queue.active_hold(now),
+            typical_wait: core.history.typical_wait(),
+            typical_hold: core.history.typical_hold(),
         }
     }
 }

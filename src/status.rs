@@ -1,21 +1,67 @@
 //! The public status page: `GET /status` (HTML) and `GET /status.json`.
 //!
-//! Owns rendering only; the figures come from `Shared::lab_status`. It must never show a
-//! session id, which is the gate credential: sessions appear as a short tag, the first
-//! 8 hex digits of a SHA-256 of the id, which cannot be turned back into the id. The
-//! page is server-rendered, has no script, and refreshes itself.
+//! Owns the public view of the lab ([`LabStatus`], built from `Shared::picture`) and its
+//! rendering. It must never show a session id, which is the gate credential: sessions
+//! appear as their public tag (`SessionId::tag`), which cannot be turned back into the
+//! id. The page is server-rendered, has no script, and refreshes itself.
 
-use sha2::{Digest, Sha256};
+use std::time::Instant;
 
-use crate::state::LabStatus;
+use crate::state::Shared;
 
 /// How often the page reloads itself.
 const REFRESH_SECS: u32 = 5;
 
-/// The public, non-reversible tag of a session.
-pub fn tag(id: &crate::queue::SessionId) -> String {
-    let digest = Sha256::digest(id.as_uuid().as_bytes());
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+/// How many queue entries the status page lists.
+const STATUS_ROWS: usize = 20;
+
+/// The public picture of the lab (status page): never a session id.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LabStatus {
+    pub held: bool,
+    pub hold_secs: f64,
+    pub waiting: usize,
+    pub typical_wait_secs: Option<f64>,
+    pub typical_hold_secs: Option<f64>,
+    pub draining: bool,
+    pub max_hold_secs: Option<f64>,
+    /// The first sessions in order: (position, tag, state, seconds in state).
+    pub queue: Vec<QueueEntry>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueEntry {
+    pub position: usize,
+    pub tag: String,
+    pub state: &'static str,
+    pub secs: f64,
+}
+
+/// What the public status page shows.
+pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
+    let picture = shared.picture(STATUS_ROWS, now);
+    let queue = picture
+        .sessions
+        .iter()
+        .map(|s| QueueEntry {
+            position: s.view.position,
+            tag: s.view.id.tag(),
+            state: s.view.status.as_str(),
+            secs: now
+                .saturating_duration_since(s.view.promoted_at.unwrap_or(s.view.created))
+                .as_secs_f64(),
+        })
+        .collect();
+    LabStatus {
+        held: picture.len > 0,
+        hold_secs: picture.active_hold.as_secs_f64(),
+        waiting: picture.waiting,
+        typical_wait_secs: picture.typical_wait.map(|d| d.as_secs_f64()),
+        typical_hold_secs: picture.typical_hold.map(|d| d.as_secs_f64()),
+        draining: shared.is_draining(),
+        max_hold_secs: shared.config.queue.max_hold.map(|d| d.as_secs_f64()),
+        queue,
+    }
 }
 
 /// "3 s", "4 min 10 s", "2 h 5 min".
@@ -97,7 +143,6 @@ table{{border-collapse:collapse;width:100%}} td,th{{text-align:left;padding:.25r
 mod tests {
     use super::*;
     use crate::queue::SessionId;
-    use crate::state::QueueEntry;
 
     fn status() -> LabStatus {
         LabStatus {
@@ -120,11 +165,11 @@ mod tests {
     #[test]
     fn tags_are_short_stable_and_not_the_id() {
         let id = SessionId::random();
-        let t = tag(&id);
+        let t = id.tag();
         assert_eq!(t.len(), 8);
-        assert_eq!(t, tag(&id));
+        assert_eq!(t, id.tag());
         assert!(!id.to_string().contains(&t));
-        assert_ne!(t, tag(&SessionId::random()));
+        assert_ne!(t, SessionId::random().tag());
     }
 
     #[test]

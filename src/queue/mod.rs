@@ -63,6 +63,14 @@ impl SessionId {
         s
     }
 
+    /// The public, non-reversible tag (status page, `X-Lab-Session-Tag`): the first 8
+    /// hex digits of a SHA-256 of the id's 16 bytes. The id itself is the gate credential.
+    pub fn tag(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.0.as_bytes());
+        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     pub fn from_uuid(u: Uuid) -> Self {
         SessionId(u)
     }

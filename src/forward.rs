@@ -1,0 +1,513 @@
+//! Forwarding policy (contract §5): what the upstream sees of a request, and what the
+//! client is told when forwarding fails.
+//!
+//! Owns the one list of headers labgate manages ([`MANAGED`]), hop-by-hop removal, the
+//! `X-Forwarded-*` chain, the fencing number, configured header injection, and the
+//! failure-to-answer table. Pure: it works on `http` types and returns the edits to make
+//! and the answer to give; the pingora adapter applies them. Must never trust a header a
+//! client sent more than its peer proves (only a trusted proxy extends a chain), and
+//! must never let a configured header replace one of labgate's own.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::api::{self, Reply};
+
+/// The gate credential (§2); forwarded as the client sent it (§5).
+pub const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The fencing number forwarded with every request (§7).
+pub const X_LAB_SESSION_SEQ: HeaderName = HeaderName::from_static("x-lab-session-seq");
+
+/// What labgate knows about one forwarded request's hop, for the headers it sets.
+pub struct Hop<'a> {
+    /// The TCP peer (`None` only for non-IP peers, which labgate does not listen for).
+    pub peer: Option<IpAddr>,
+    /// Whether the peer is a configured trusted proxy.
+    pub peer_trusted: bool,
+    /// A WebSocket (or other) upgrade handshake: `Upgrade` survives.
+    pub upgrade: bool,
+    /// The upstream's `host:port`, sent as `Host`.
+    pub authority: &'a str,
+    /// The session's sequence number, the fencing token.
+    pub seq: u64,
+    /// The operator's `[upstream.headers]`, never a managed name (config checks it).
+    pub configured: &'a [(HeaderName, HeaderValue)],
+}
+
+/// What labgate does with one managed header.
+#[derive(Clone, Copy)]
+pub enum Role {
+    /// Message framing: pingora's to manage; never configurable.
+    Framing,
+    /// Connection-level (RFC 9110 §7.6.1): never forwarded; `Upgrade` and `Connection`
+    /// are rebuilt for an upgrade handshake.
+    HopByHop,
+    /// The client's own, forwarded as sent; labgate never sets it.
+    Passed,
+    /// labgate's value from the hop; any client copy is dropped first. `None`: sent
+    /// without one.
+    Own(fn(&Hop) -> Option<HeaderValue>),
+    /// A proxy chain: given the values a trusted proxy sent (empty from anybody else),
+    /// the value to send; `None` keeps the trusted proxy's values as they are.
+    Chain(fn(&Hop, &[&HeaderValue]) -> Option<HeaderValue>),
+}
+
+/// One header labgate manages.
+pub struct Managed {
+    /// Lower case, as `HeaderName::from_static` wants it (a test checks).
+    pub name: &'static str,
+    pub role: Role,
+}
+
+impl Managed {
+    pub fn name(&self) -> HeaderName {
+        // Static names: no allocation, no parsing.
+        HeaderName::from_static(self.name)
+    }
+}
+
+const fn managed(name: &'static str, role: Role) -> Managed {
+    Managed { name, role }
+}
+
+/// Every header labgate manages, one line each: a client's copy never reaches the
+/// upstream unchecked, and an operator cannot configure one (`[upstream.headers]`).
+pub const MANAGED: &[Managed] = &[
+    managed("content-length", Role::Framing),
+    managed("transfer-encoding", Role::Framing),
+    managed("trailer", Role::Framing),
+    managed("connection", Role::HopByHop),
+    managed("keep-alive", Role::HopByHop),
+    managed("proxy-connection", Role::HopByHop),
+    managed("te", Role::HopByHop),
+    managed("upgrade", Role::HopByHop),
+    managed("proxy-authenticate", Role::HopByHop),
+    managed("proxy-authorization", Role::HopByHop),
+    managed("x-session-id", Role::Passed),
+    managed("x-forwarded-for", Role::Chain(forwarded_for)),
+    managed("x-forwarded-proto", Role::Chain(forwarded_proto)),
+    managed("host", Role::Own(host)),
+    managed("x-lab-session-seq", Role::Own(session_seq)),
+];
+
+/// Is `name` (any case) a header labgate manages? Config validation refuses these.
+pub fn is_managed(name: &str) -> bool {
+    MANAGED.iter().any(|m| m.name.eq_ignore_ascii_case(name))
+}
+
+fn host(hop: &Hop) -> Option<HeaderValue> {
+    // The authority is a validated host:port; it always makes a header value.
+    HeaderValue::from_str(hop.authority).ok()
+}
+
+fn session_seq(hop: &Hop) -> Option<HeaderValue> {
+    Some(HeaderValue::from(hop.seq))
+}
+
+/// A trusted proxy's chain is extended, anybody else's replaced, so the upstream never
+/// sees a hop the client made up.
+fn forwarded_for(hop: &Hop, trusted: &[&HeaderValue]) -> Option<HeaderValue> {
+    let peer = hop.peer.map(|p| p.to_string()).unwrap_or_default();
+    let chain: Vec<&str> = trusted.iter().filter_map(|v| v.to_str().ok()).collect();
+    let value = if chain.is_empty() {
+        peer
+    } else {
+        format!("{}, {peer}", chain.join(", "))
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+/// labgate listens on plain HTTP; a trusted proxy in front knows better.
+fn forwarded_proto(_hop: &Hop, trusted: &[&HeaderValue]) -> Option<HeaderValue> {
+    trusted
+        .is_empty()
+        .then_some(HeaderValue::from_static("http"))
+}
+
+/// One change to a request's headers, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    Remove(HeaderName),
+    /// Replaces every value of the name.
+    Insert(HeaderName, HeaderValue),
+}
+
+/// The hop-by-hop headers a message carries, including those its `Connection` header
+/// names: one pass over the headers, so a request without any costs no removal.
+pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
+    let named: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("content-length")
+                && !t.eq_ignore_ascii_case("transfer-encoding")
+        })
+        .collect();
+    let mut found: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let hop = MANAGED
+            .iter()
+            .any(|m| matches!(m.role, Role::HopByHop) && m.name == name.as_str())
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_str()));
+        if hop && !found.contains(name) {
+            found.push(name.clone());
+        }
+    }
+    found
+}
+
+/// The edits that turn the client's request headers into what the upstream sees (§5):
+/// hop-by-hop headers out (the upgrade handshake rebuilt), configured headers in (a
+/// client's copy dropped first), then labgate's own values, last so nothing overrides
+/// them.
+pub fn request_edits(headers: &HeaderMap, hop: &Hop) -> Vec<Edit> {
+    let mut edits = Vec::new();
+    let removed = hop_by_hop(headers);
+    for name in &removed {
+        edits.push(Edit::Remove(name.clone()));
+    }
+    if let (true, Some(value)) = (hop.upgrade, headers.get(header::UPGRADE)) {
+        edits.push(Edit::Insert(header::UPGRADE, value.clone()));
+        edits.push(Edit::Insert(
+            header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        ));
+    }
+    for (name, value) in hop.configured {
+        edits.push(Edit::Remove(name.clone()));
+        edits.push(Edit::Insert(name.clone(), value.clone()));
+    }
+    for m in MANAGED {
+        match m.role {
+            Role::Own(value) => {
+                edits.push(Edit::Remove(m.name()));
+                if let Some(v) = value(hop) {
+                    edits.push(Edit::Insert(m.name(), v));
+                }
+            }
+            Role::Chain(value) => {
+                let name = m.name();
+                let trusted: Vec<&HeaderValue> = if hop.peer_trusted && !removed.contains(&name) {
+                    headers.get_all(&name).iter().collect()
+                } else {
+                    Vec::new()
+                };
+                if let Some(v) = value(hop, &trusted) {
+                    edits.push(Edit::Insert(name, v));
+                }
+            }
+            Role::Framing | Role::HopByHop | Role::Passed => {}
+        }
+    }
+    edits
+}
+
+/// Hop-by-hop headers dropped from an upstream's response, except a `101`'s, whose
+/// `Upgrade`/`Connection` complete the handshake. pingora manages the rest.
+pub fn response_removals(status: u16) -> &'static [&'static str] {
+    const DROPPED: &[&str] = &["keep-alive", "proxy-connection", "proxy-authenticate"];
+    if status == 101 {
+        &[]
+    } else {
+        DROPPED
+    }
+}
+
+/// Why forwarding failed, as labgate classifies pingora's error types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    ConnectTimedOut,
+    ReadTimedOut,
+    WriteTimedOut,
+    /// Refused, no route, a socket or bind error: nothing to talk to.
+    Connect,
+    /// A read or write failed, or the peer closed.
+    Closed,
+    /// A status pingora decided to answer with (a bad request head, say).
+    Status(u16),
+    Other,
+}
+
+/// Which side of the proxy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Upstream,
+    Downstream,
+    Unknown,
+}
+
+/// Upstream failure kinds, the `kind` label of `labgate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Timeout,
+    Io,
+}
+
+impl UpstreamError {
+    pub const ALL: [UpstreamError; 3] = [
+        UpstreamError::Connect,
+        UpstreamError::Timeout,
+        UpstreamError::Io,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Io => "io",
+        }
+    }
+}
+
+/// What to do about a failed request: the answer (`None`: nobody to answer, or a
+/// close says it all) and, for an upstream failure, its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reply: Option<Reply>,
+    pub upstream: Option<UpstreamError>,
+}
+
+/// The failure-to-answer table (§5). `cut`: the request's session ended under it,
+/// which is not an upstream failure.
+pub fn on_failure(kind: FailureKind, side: Side, cut: bool) -> Failure {
+    use FailureKind as K;
+    let (reply, upstream) = match (kind, side) {
+        // Say so if we still can; the connection is closed either way.
+        _ if cut => (Some(api::not_active()), None),
+        (K::ConnectTimedOut, _) | (K::ReadTimedOut | K::WriteTimedOut, Side::Upstream) => (
+            Some(api::upstream_timed_out()),
+            Some(UpstreamError::Timeout),
+        ),
+        (K::Connect, _) => (
+            Some(api::upstream_unavailable()),
+            Some(UpstreamError::Connect),
+        ),
+        (_, Side::Upstream) => (Some(api::upstream_unavailable()), Some(UpstreamError::Io)),
+        (K::Status(code), _) => (Some(Reply::detail(code, "Request failed")), None),
+        // The client went away or sent garbage: nobody to answer, or a plain 400.
+        (K::Closed | K::ReadTimedOut, Side::Downstream) => (None, None),
+        (_, Side::Downstream) => (Some(Reply::detail(400, "Bad request")), None),
+        _ => (Some(Reply::detail(500, "Internal error")), None),
+    };
+    Failure { reply, upstream }
+}
+
+/// The request path as logged: at most 256 characters, and a session id in
+/// `/session/{id}` cut to 8 characters, because the id is the gate credential.
+pub fn loggable_path(raw: &[u8]) -> String {
+    let path = String::from_utf8_lossy(raw);
+    let path: String = match path.strip_prefix("/session/") {
+        Some(rest) if rest.len() > 8 && rest != "heartbeat" => {
+            let cut: String = rest.chars().take(8).collect();
+            format!("/session/{cut}…")
+        }
+        _ => path.into_owned(),
+    };
+    path.chars().take(256).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_paths_never_carry_a_whole_session_id() {
+        let id = "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11";
+        assert_eq!(
+            loggable_path(format!("/session/{id}").as_bytes()),
+            "/session/0b9f7a0e…"
+        );
+        assert_eq!(
+            loggable_path(format!("/session/{id}?wait=5").as_bytes()),
+            "/session/0b9f7a0e…"
+        );
+        assert_eq!(loggable_path(b"/session/heartbeat"), "/session/heartbeat");
+        assert_eq!(loggable_path(b"/session"), "/session");
+        assert_eq!(loggable_path(b"/lab/devices"), "/lab/devices");
+        assert_eq!(loggable_path(&[b'a'; 300]).len(), 256);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-session-id", HeaderValue::from_static("abc"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        for name in hop_by_hop(&h) {
+            h.remove(name);
+        }
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["content-length", "x-session-id"]);
+    }
+
+    /// Applies edits the way the adapter does.
+    fn apply(mut h: HeaderMap, hop: &Hop) -> HeaderMap {
+        for e in request_edits(&h.clone(), hop) {
+            match e {
+                Edit::Remove(n) => {
+                    h.remove(n);
+                }
+                Edit::Insert(n, v) => {
+                    h.insert(n, v);
+                }
+            }
+        }
+        h
+    }
+
+    fn hop(trusted: bool, configured: &[(HeaderName, HeaderValue)]) -> Hop<'_> {
+        Hop {
+            peer: Some([10, 0, 0, 1].into()),
+            peer_trusted: trusted,
+            upgrade: false,
+            authority: "lab:9000",
+            seq: 7,
+            configured,
+        }
+    }
+
+    fn client_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(X_LAB_SESSION_SEQ, HeaderValue::from_static("999"));
+        h.insert(header::HOST, HeaderValue::from_static("evil"));
+        h.insert(X_SESSION_ID, HeaderValue::from_static("abc"));
+        h
+    }
+
+    #[test]
+    fn labgate_sets_its_own_headers_and_keeps_the_credential() {
+        let h = apply(client_headers(), &hop(false, &[]));
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_LAB_SESSION_SEQ], "7");
+        assert_eq!(h[header::HOST], "lab:9000");
+        assert_eq!(h[X_SESSION_ID], "abc");
+        let h = apply(client_headers(), &hop(true, &[]));
+        assert_eq!(h[X_FORWARDED_FOR], "6.6.6.6, 10.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_LAB_SESSION_SEQ], "7");
+    }
+
+    #[test]
+    fn configured_headers_replace_the_clients_but_never_labgates() {
+        let configured = [
+            (header::AUTHORIZATION, HeaderValue::from_static("Bearer s")),
+            // Config refuses this; even so, labgate's value is set last.
+            (X_LAB_SESSION_SEQ, HeaderValue::from_static("1")),
+        ];
+        let mut client = client_headers();
+        client.insert(header::AUTHORIZATION, HeaderValue::from_static("forged"));
+        let h = apply(client, &hop(false, &configured));
+        assert_eq!(h[header::AUTHORIZATION], "Bearer s");
+        assert_eq!(h[X_LAB_SESSION_SEQ], "7");
+    }
+
+    #[test]
+    fn managed_names_are_valid_static_names() {
+        for m in MANAGED {
+            assert_eq!(m.name(), m.name, "{}", m.name);
+        }
+        for name in [
+            X_SESSION_ID,
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_LAB_SESSION_SEQ,
+        ] {
+            assert!(is_managed(name.as_str()), "{name}");
+        }
+    }
+
+    #[test]
+    fn managed_names_match_in_any_case() {
+        assert!(is_managed("X-Lab-Session-Seq"));
+        assert!(is_managed("host"));
+        assert!(!is_managed("Authorization"));
+    }
+
+    #[test]
+    fn config_refuses_managed_headers_with_their_location() {
+        let minimal =
+            "[[upstream]]\nname = \"r1\"\naddress = \"127.0.0.1:9000\"\nroutes = [\"/lab\"]\n";
+        for name in [
+            "X-Lab-Session-Seq",
+            "x-forwarded-for",
+            "Host",
+            "Proxy-Connection",
+        ] {
+            let text = format!("{minimal}[upstream.headers]\n{name} = {{ env = \"PATH\" }}\n");
+            let e = match crate::config::Config::parse(&text, "t.toml") {
+                Ok(_) => panic!("{name} accepted as a configured header"),
+                Err(e) => e,
+            };
+            assert!(e.message.contains("managed by labgate"), "{e}");
+            assert_eq!((e.line, e.column), (6, 1), "{e}");
+            assert!(e.to_string().starts_with("t.toml:6:1: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn failures_map_to_answers() {
+        let status = |f: Failure| f.reply.map(|r| r.status);
+        let f = on_failure(FailureKind::ConnectTimedOut, Side::Unknown, false);
+        assert_eq!(
+            (status(f.clone()), f.upstream),
+            (Some(504), Some(UpstreamError::Timeout))
+        );
+        let f = on_failure(FailureKind::Connect, Side::Unknown, false);
+        assert_eq!(
+            (status(f.clone()), f.upstream),
+            (Some(502), Some(UpstreamError::Connect))
+        );
+        let f = on_failure(FailureKind::Closed, Side::Upstream, false);
+        assert_eq!(
+            (status(f.clone()), f.upstream),
+            (Some(502), Some(UpstreamError::Io))
+        );
+        let f = on_failure(FailureKind::Connect, Side::Upstream, true);
+        assert_eq!((status(f.clone()), f.upstream), (Some(423), None));
+        assert_eq!(
+            status(on_failure(FailureKind::Closed, Side::Downstream, false)),
+            None
+        );
+        assert_eq!(
+            status(on_failure(FailureKind::Other, Side::Downstream, false)),
+            Some(400)
+        );
+        assert_eq!(
+            status(on_failure(
+                FailureKind::Status(413),
+                Side::Downstream,
+                false
+            )),
+            Some(413)
+        );
+        assert_eq!(
+            status(on_failure(FailureKind::Other, Side::Unknown, false)),
+            Some(500)
+        );
+        assert_eq!(
+            status(on_failure(
+                FailureKind::ReadTimedOut,
+                Side::Downstream,
+                false
+            )),
+            None
+        );
+    }
+}
