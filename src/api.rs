@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::Method;
 use serde::Serialize;
 
+use crate::forward::Answer;
 use crate::gate::{Denied, SessionHeader};
 use crate::limits::CreateRefusal;
 use crate::queue::{EndReason, SessionId, Status};
@@ -368,6 +369,18 @@ pub fn not_found() -> Reply {
 
 pub fn invalid_path() -> Reply {
     Reply::fixed(400, br#"{"detail":"Invalid path"}"#)
+}
+
+/// The exact answer to a request whose forwarding failed (§5).
+pub fn failed(answer: Answer) -> Reply {
+    match answer {
+        Answer::NotActive => not_active(),
+        Answer::UpstreamUnavailable => upstream_unavailable(),
+        Answer::UpstreamTimedOut => upstream_timed_out(),
+        Answer::Status(code) => Reply::detail(code, "Request failed"),
+        Answer::BadRequest => Reply::detail(400, "Bad request"),
+        Answer::Internal => Reply::detail(500, "Internal error"),
+    }
 }
 
 pub fn upstream_unavailable() -> Reply {

@@ -12,8 +12,6 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::api::{self, Reply};
-
 /// The gate credential (§2); forwarded as the client sent it (§5).
 pub const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -266,11 +264,28 @@ impl UpstreamError {
     }
 }
 
+/// The answer a failed request gets; `api` has the exact bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `423`: its session ended under it.
+    NotActive,
+    /// `502`.
+    UpstreamUnavailable,
+    /// `504`.
+    UpstreamTimedOut,
+    /// The status pingora chose, `{"detail":"Request failed"}`.
+    Status(u16),
+    /// `400`: the client sent something pingora could not read.
+    BadRequest,
+    /// `500`.
+    Internal,
+}
+
 /// What to do about a failed request: the answer (`None`: nobody to answer, or a
 /// close says it all) and, for an upstream failure, its kind.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failure {
-    pub reply: Option<Reply>,
+    pub answer: Option<Answer>,
     pub upstream: Option<UpstreamError>,
 }
 
@@ -278,25 +293,24 @@ pub struct Failure {
 /// which is not an upstream failure.
 pub fn on_failure(kind: FailureKind, side: Side, cut: bool) -> Failure {
     use FailureKind as K;
-    let (reply, upstream) = match (kind, side) {
+    let (answer, upstream) = match (kind, side) {
         // Say so if we still can; the connection is closed either way.
-        _ if cut => (Some(api::not_active()), None),
-        (K::ConnectTimedOut, _) | (K::ReadTimedOut | K::WriteTimedOut, Side::Upstream) => (
-            Some(api::upstream_timed_out()),
-            Some(UpstreamError::Timeout),
-        ),
+        _ if cut => (Some(Answer::NotActive), None),
+        (K::ConnectTimedOut, _) | (K::ReadTimedOut | K::WriteTimedOut, Side::Upstream) => {
+            (Some(Answer::UpstreamTimedOut), Some(UpstreamError::Timeout))
+        }
         (K::Connect, _) => (
-            Some(api::upstream_unavailable()),
+            Some(Answer::UpstreamUnavailable),
             Some(UpstreamError::Connect),
         ),
-        (_, Side::Upstream) => (Some(api::upstream_unavailable()), Some(UpstreamError::Io)),
-        (K::Status(code), _) => (Some(Reply::detail(code, "Request failed")), None),
+        (_, Side::Upstream) => (Some(Answer::UpstreamUnavailable), Some(UpstreamError::Io)),
+        (K::Status(code), _) => (Some(Answer::Status(code)), None),
         // The client went away or sent garbage: nobody to answer, or a plain 400.
         (K::Closed | K::ReadTimedOut, Side::Downstream) => (None, None),
-        (_, Side::Downstream) => (Some(Reply::detail(400, "Bad request")), None),
-        _ => (Some(Reply::detail(500, "Internal error")), None),
+        (_, Side::Downstream) => (Some(Answer::BadRequest), None),
+        _ => (Some(Answer::Internal), None),
     };
-    Failure { reply, upstream }
+    Failure { answer, upstream }
 }
 
 /// The request path as logged: at most 256 characters, and a session id in
@@ -463,51 +477,47 @@ mod tests {
 
     #[test]
     fn failures_map_to_answers() {
-        let status = |f: Failure| f.reply.map(|r| r.status);
-        let f = on_failure(FailureKind::ConnectTimedOut, Side::Unknown, false);
-        assert_eq!(
-            (status(f.clone()), f.upstream),
-            (Some(504), Some(UpstreamError::Timeout))
-        );
-        let f = on_failure(FailureKind::Connect, Side::Unknown, false);
-        assert_eq!(
-            (status(f.clone()), f.upstream),
-            (Some(502), Some(UpstreamError::Connect))
-        );
-        let f = on_failure(FailureKind::Closed, Side::Upstream, false);
-        assert_eq!(
-            (status(f.clone()), f.upstream),
-            (Some(502), Some(UpstreamError::Io))
-        );
-        let f = on_failure(FailureKind::Connect, Side::Upstream, true);
-        assert_eq!((status(f.clone()), f.upstream), (Some(423), None));
-        assert_eq!(
-            status(on_failure(FailureKind::Closed, Side::Downstream, false)),
-            None
+        use Answer as A;
+        use FailureKind as K;
+        let f = |kind, side, cut| {
+            let f = on_failure(kind, side, cut);
+            (f.answer, f.upstream)
+        };
+        let (timeout, connect, io) = (
+            Some(UpstreamError::Timeout),
+            Some(UpstreamError::Connect),
+            Some(UpstreamError::Io),
         );
         assert_eq!(
-            status(on_failure(FailureKind::Other, Side::Downstream, false)),
-            Some(400)
+            f(K::ConnectTimedOut, Side::Unknown, false),
+            (Some(A::UpstreamTimedOut), timeout)
         );
         assert_eq!(
-            status(on_failure(
-                FailureKind::Status(413),
-                Side::Downstream,
-                false
-            )),
-            Some(413)
+            f(K::ReadTimedOut, Side::Upstream, false),
+            (Some(A::UpstreamTimedOut), timeout)
         );
         assert_eq!(
-            status(on_failure(FailureKind::Other, Side::Unknown, false)),
-            Some(500)
+            f(K::Connect, Side::Unknown, false),
+            (Some(A::UpstreamUnavailable), connect)
         );
         assert_eq!(
-            status(on_failure(
-                FailureKind::ReadTimedOut,
-                Side::Downstream,
-                false
-            )),
-            None
+            f(K::Closed, Side::Upstream, false),
+            (Some(A::UpstreamUnavailable), io)
         );
+        assert_eq!(
+            f(K::Connect, Side::Upstream, true),
+            (Some(A::NotActive), None)
+        );
+        assert_eq!(f(K::Closed, Side::Downstream, false), (None, None));
+        assert_eq!(f(K::ReadTimedOut, Side::Downstream, false), (None, None));
+        assert_eq!(
+            f(K::WriteTimedOut, Side::Downstream, false),
+            (Some(A::BadRequest), None)
+        );
+        assert_eq!(
+            f(K::Status(413), Side::Downstream, false),
+            (Some(A::Status(413)), None)
+        );
+        assert_eq!(f(K::Other, Side::Unknown, false), (Some(A::Internal), None));
     }
 }

@@ -313,7 +313,7 @@ impl ProxyHttp for LabGate {
             }
         }
         let mut code = 0;
-        if let Some(reply) = failure.reply {
+        if let Some(reply) = failure.answer.map(api::failed) {
             // Once the response head went out, the only honest signal left is closing.
             if session.response_written().is_none() {
                 code = reply.status;
