@@ -12,6 +12,10 @@
 //! (one fsync) therefore runs under the lock; sessions are created and ended a few times
 //! a minute on a lab, not thousands of times a second. Metrics and logs are recorded
 //! after the lock is released.
+//!
+//! It exposes operations and one raw [`Picture`] of the queue; the views built from it
+//! (the admin listing, the status page) live with their modules, which import this one
+//! and never the other way round. Must never render anything.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
