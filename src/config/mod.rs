@@ -1,0 +1,201 @@
+//! The configuration file -> the validated [`Config`] the rest of labgate sees.
+//!
+//! Owns loading in one fallible step ([`Config::load`], [`Config::parse`]) through three
+//! stages, as river goes `config/toml.rs` -> `config/internal.rs`:
+//! - [`raw`]: serde types mirroring the TOML, with the defaults (`deny_unknown_fields`);
+//! - [`validate`]: every rule on the file's meaning, pure;
+//! - [`resolve`]: the only I/O, upstream addresses and secret header values.
+//!
+//! This module holds the final types and turns a stage's problem into a [`ConfigError`]
+//! naming the file, line and column. Must never panic on bad input, and nothing outside
+//! `config` may see a raw or half-checked value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use toml::Spanned;
+
+use crate::path::RouteTable;
+use crate::queue::Timeouts;
+
+mod raw;
+mod resolve;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+/// A configuration problem, located in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the problem has no position (the file cannot be read).
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub metrics: MetricsConfig,
+    pub queue: QueueConfig,
+    pub rate_limit: RateLimitConfig,
+    pub upstreams: Vec<Upstream>,
+    /// Route prefix -> index into `upstreams`.
+    pub routes: RouteTable<usize>,
+    pub demo_lab: Option<DemoLabConfig>,
+    /// The operator API's Unix socket; `None` disables it.
+    pub admin_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub timeouts: Timeouts,
+    pub reap_interval: Duration,
+    pub max_sessions: usize,
+    /// Hold limit (§7): `None` means holders are never expired.
+    pub max_hold: Option<Duration>,
+    /// The durable store; `None` keeps the queue in memory only.
+    pub state_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub burst: NonZeroU32,
+    pub refill_every: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoLabConfig {
+    pub listen: SocketAddr,
+}
+
+/// One lab endpoint.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// The address as written (`host:port`); sent as the `Host` header.
+    pub authority: String,
+    /// Resolved once at start-up.
+    pub addr: SocketAddr,
+    pub strip_prefix: bool,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Injected into every forwarded request, replacing any client-sent header of the name.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.addr)
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let at = |span: Option<Span>, message: String| {
+            let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
+            ConfigError {
+                file: file.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|e| at(e.span(), one_line(e.message())))?;
+        validate::validate(raw)
+            .and_then(resolve::resolve)
+            .map_err(|(span, msg)| at(span, msg))
+    }
+}
+
+/// toml's messages may span lines; an error is one line in a log or a terminal.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// A byte range in the file.
+type Span = std::ops::Range<usize>;
+
+/// A stage's error: where in the file (if anywhere) and what is wrong.
+type Problem = (Option<Span>, String);
+
+fn problem<T>(span: impl Into<Option<Span>>, msg: impl Into<String>) -> Result<T, Problem> {
+    Err((span.into(), msg.into()))
+}
+
+fn span_of<T>(s: &Spanned<T>) -> Option<Span> {
+    let span = s.span();
+    // Defaults carry an empty span: they are not in the file.
+    (!span.is_empty()).then_some(span)
+}

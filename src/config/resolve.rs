@@ -1,0 +1,92 @@
+//! Resolution: the only part of loading a config that looks outside the file.
+//!
+//! Owns turning checked settings into the final [`Config`]: upstream host names become
+//! socket addresses (once, at start-up, because pingora's `HttpPeer::new` resolves on the
+//! request path, blocking, and panics when resolution fails) and injected header values
+//! are read from the environment or a secret file. Runs only after `validate` passed.
+//! Must never add a rule on the file's meaning (that is `validate`) and never echo a
+//! secret in an error.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use http::HeaderValue;
+
+use super::validate::{Checked, CheckedHeader, CheckedUpstream, SecretSource};
+use super::{Config, Problem, Upstream};
+
+/// Resolves every upstream of a checked configuration, in file order.
+pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
+    let upstreams = c
+        .upstreams
+        .into_iter()
+        .map(resolve_upstream)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Config {
+        server: c.server,
+        metrics: c.metrics,
+        queue: c.queue,
+        rate_limit: c.rate_limit,
+        upstreams,
+        routes: c.routes,
+        demo_lab: c.demo_lab,
+        admin_socket: c.admin_socket,
+    })
+}
+
+fn resolve_upstream(u: CheckedUpstream) -> Result<Upstream, Problem> {
+    let addr = resolve_addr(&u.authority).map_err(|msg| (u.authority_span.clone(), msg))?;
+    let headers = u
+        .headers
+        .into_iter()
+        .map(|h| {
+            let value = read_secret(&h).map_err(|msg| (h.span.clone(), msg))?;
+            Ok((h.name, value))
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(Upstream {
+        name: u.name,
+        authority: u.authority,
+        addr,
+        strip_prefix: u.strip_prefix,
+        connect_timeout: u.connect_timeout,
+        read_timeout: u.read_timeout,
+        write_timeout: u.write_timeout,
+        headers,
+    })
+}
+
+fn resolve_addr(authority: &str) -> Result<SocketAddr, String> {
+    let mut addrs = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve upstream address {authority:?}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("upstream address {authority:?} resolves to nothing"))
+}
+
+fn read_secret(h: &CheckedHeader) -> Result<HeaderValue, String> {
+    let header = &h.written;
+    let (raw, from) = match &h.source {
+        SecretSource::Env(var) => (
+            std::env::var(var).map_err(|_| {
+                format!("header {header:?}: environment variable {var} is not set (or not UTF-8)")
+            })?,
+            format!("environment variable {var}"),
+        ),
+        SecretSource::File(file) => (
+            std::fs::read_to_string(file)
+                .map_err(|e| format!("header {header:?}: cannot read {file}: {e}"))?,
+            format!("file {file}"),
+        ),
+    };
+    // Files usually end with a newline that is not part of the secret.
+    let value = raw.trim_end_matches(['\r', '\n']);
+    if value.is_empty() {
+        return Err(format!("header {header:?}: {from} is empty"));
+    }
+    let mut value = HeaderValue::from_str(value).map_err(|_| {
+        format!("header {header:?}: {from} holds characters not allowed in a header")
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}

@@ -1,0 +1,235 @@
+//! Loading configs: defaults, every error located, every shipped file parsing.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[[upstream]]
+name = "r1"
+address = "127.0.0.1:9000"
+routes = ["/lab"]
+"#;
+
+fn err(text: &str) -> ConfigError {
+    match Config::parse(text, "t.toml") {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(c.queue.timeouts.active, Duration::from_secs(300));
+    assert_eq!(c.queue.timeouts.waiting, Duration::from_secs(600));
+    assert_eq!(c.queue.max_sessions, 10_000);
+    assert_eq!(c.rate_limit.burst.get(), 10);
+    assert_eq!(c.upstreams[0].read_timeout, Duration::from_secs(60));
+    assert_eq!(c.routes.lookup("/lab/x").map(|(_, i)| *i), Some(0));
+}
+
+#[test]
+fn unknown_field_is_located() {
+    let e = err("[server]\nlisten = [\"127.0.0.1:1\"]\nthredas = 3\n");
+    assert_eq!((e.line, e.column), (3, 1), "{e}");
+    assert!(e.message.contains("thredas"), "{e}");
+    assert!(e.to_string().starts_with("t.toml:3:1: "), "{e}");
+}
+
+#[test]
+fn syntax_errors_are_one_line() {
+    let e = err("[server\nthreads = 1\n");
+    assert_eq!(e.line, 1, "{e}");
+    assert!(!e.to_string().contains('\n'), "{e}");
+}
+
+#[test]
+fn bad_duration_is_located() {
+    let e = err(&format!(
+        "[queue]\nactive_timeout = \"5 parsecs\"\n{MINIMAL}"
+    ));
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains("invalid duration"), "{e}");
+}
+
+#[test]
+fn durations_accept_humantime() {
+    let c = Config::parse(
+        &format!("[queue]\nactive_timeout = \"10m\"\nwaiting_timeout = \"1h\"\nreap_interval = \"250ms\"\n{MINIMAL}"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.queue.timeouts.active, Duration::from_secs(600));
+    assert_eq!(c.queue.reap_interval, Duration::from_millis(250));
+}
+
+#[test]
+fn optional_queue_settings() {
+    let c = Config::parse(MINIMAL, "t").unwrap();
+    assert_eq!((c.queue.max_hold, c.queue.state_path), (None, None));
+    let c = Config::parse(
+        &format!(
+            "[queue]\nmax_hold = \"30m\"\nstate_path = \"/var/lib/labgate/q.redb\"\n{MINIMAL}"
+        ),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.queue.max_hold, Some(Duration::from_secs(1800)));
+    assert_eq!(
+        c.queue.state_path,
+        Some(PathBuf::from("/var/lib/labgate/q.redb"))
+    );
+    assert_eq!(
+        err(&format!("[queue]\nmax_hold = \"0s\"\n{MINIMAL}")).line,
+        2
+    );
+    assert_eq!(
+        err(&format!("[queue]\nstate_path = \" \"\n{MINIMAL}")).line,
+        2
+    );
+}
+
+#[test]
+fn zero_values_are_rejected() {
+    assert!(err(&format!("[queue]\nmax_sessions = 0\n{MINIMAL}"))
+        .message
+        .contains("max_sessions"));
+    assert!(err(&format!("[queue]\nreap_interval = \"0s\"\n{MINIMAL}"))
+        .message
+        .contains("reap_interval"));
+    assert!(err(&format!("[rate_limit]\nburst = 0\n{MINIMAL}"))
+        .message
+        .contains("burst"));
+    assert!(err(&format!("[server]\nthreads = 0\n{MINIMAL}"))
+        .message
+        .contains("threads"));
+}
+
+#[test]
+fn missing_upstream_is_an_error() {
+    assert!(err("").message.contains("[[upstream]]"));
+}
+
+#[test]
+fn routes_must_be_under_lab_and_plain() {
+    for (route, why) in [
+        ("/api", "below"),
+        ("/labx", "below"),
+        ("/lab/", "trailing"),
+        ("/lab/../x", "invalid route"),
+        ("/lab?x=1", "plain"),
+        ("lab", "invalid route"),
+    ] {
+        let text = format!(
+            "[[upstream]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nroutes = [\"{route}\"]\n"
+        );
+        let e = err(&text);
+        assert_eq!(e.line, 4, "{route}: {e}");
+        assert!(e.message.contains(why), "{route}: {e}");
+    }
+}
+
+#[test]
+fn duplicate_routes_and_names_are_rejected() {
+    let dup_route = format!("{MINIMAL}\n[[upstream]]\nname = \"r2\"\naddress = \"127.0.0.1:9001\"\nroutes = [\"/lab\"]\n");
+    assert!(err(&dup_route).message.contains("already routed"));
+    let dup_name = format!("{MINIMAL}\n[[upstream]]\nname = \"r1\"\naddress = \"127.0.0.1:9001\"\nroutes = [\"/lab/x\"]\n");
+    assert!(err(&dup_name).message.contains("duplicate upstream name"));
+}
+
+#[test]
+fn longest_route_wins() {
+    let text = format!("{MINIMAL}\n[[upstream]]\nname = \"r2\"\naddress = \"127.0.0.1:9001\"\nroutes = [\"/lab/r2\", \"/lab/r2/deep\"]\nstrip_prefix = true\n");
+    let c = Config::parse(&text, "t").unwrap();
+    assert_eq!(
+        c.routes.lookup("/lab/r2/deep/x").map(|(p, i)| (p, *i)),
+        Some(("/lab/r2/deep", 1))
+    );
+    assert_eq!(c.routes.lookup("/lab/r20").map(|(_, i)| *i), Some(0));
+}
+
+#[test]
+fn bad_addresses_are_errors_not_panics() {
+    for addr in [
+        "nonsense",
+        "http://127.0.0.1:80",
+        "127.0.0.1",
+        "no-such-host.invalid:80",
+        "127.0.0.1:99999",
+    ] {
+        let text =
+            format!("[[upstream]]\nname = \"a\"\naddress = \"{addr}\"\nroutes = [\"/lab\"]\n");
+        let e = err(&text);
+        assert_eq!(e.line, 3, "{addr}: {e}");
+    }
+    let e = err(&format!("[server]\nlisten = [\"localhost\"]\n{MINIMAL}"));
+    assert_eq!(e.line, 2, "{e}");
+}
+
+#[test]
+fn header_values_come_from_env_or_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, "Bearer s3cret\n").unwrap();
+    let text = format!(
+        "{MINIMAL}[upstream.headers]\nAuthorization = {{ file = \"{}\" }}\n",
+        secret.display()
+    );
+    let c = Config::parse(&text, "t").unwrap();
+    assert_eq!(c.upstreams[0].headers[0].0, "authorization");
+    assert_eq!(c.upstreams[0].headers[0].1, "Bearer s3cret");
+
+    let e = err(&format!(
+        "{MINIMAL}[upstream.headers]\nX-Key = {{ env = \"LABGATE_TEST_SURELY_UNSET_VAR\" }}\n"
+    ));
+    assert!(e.message.contains("not set"), "{e}");
+    assert_eq!(e.line, 7, "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[upstream.headers]\nX-Key = \"literal\"\n"
+    ));
+    assert_eq!(e.line, 7, "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[upstream.headers]\nX-Key = {{ env = \"A\", file = \"/b\" }}\n"
+    ));
+    assert!(e.message.contains("exactly one"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[upstream.headers]\nX-Session-ID = {{ env = \"PATH\" }}\n"
+    ));
+    assert!(e.message.contains("managed by labgate"), "{e}");
+}
+
+#[test]
+fn trusted_proxies_take_ips_and_cidrs() {
+    let c = Config::parse(
+        &format!("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"::1\"]\n{MINIMAL}"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.server.trusted_proxies.len(), 3);
+    let e = err(&format!(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n{MINIMAL}"
+    ));
+    assert_eq!((e.line, e.column), (2, 20), "{e}");
+}
+
+#[test]
+fn listeners_must_not_collide() {
+    let e = err(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:8080\"\n{MINIMAL}"
+    ));
+    assert!(e.message.contains("metrics.listen"), "{e}");
+}
+
+#[test]
+fn every_shipped_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no config files in {}", dir.display());
+}
