@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
-        action: AdminAction,
+        action: labgate::admin::Action,
     },
     /// Hold the lab for exactly the length of one command: labgate run --url URL -- CMD...
     Run(labgate::client::RunArgs),
@@ -57,24 +57,6 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
-}
-
-#[derive(Subcommand)]
-enum AdminAction {
-    /// List the queue: every session with its state, client, requests in flight, hold.
-    Queue,
-    /// End a session now (reason `kicked`), cutting its connections.
-    Kick {
-        /// The session id.
-        id: String,
-        /// Why: written to the audit log.
-        #[arg(long)]
-        reason: String,
-    },
-    /// Refuse new sessions (503 "Lab is draining"); the queue goes on.
-    Drain,
-    /// Accept new sessions again.
-    Resume,
 }
 
 const DEFAULT_CONFIG: &str = "/etc/labgate/labgate.toml";
@@ -151,24 +133,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             socket,
             json,
             action,
-        }) => labgate::admin::run_cli(&socket, json, action.into()),
+        }) => labgate::admin::run_cli(&socket, json, action),
         Some(Command::DemoLab { listen, log }) => {
             init_logging(log.log_format);
             labgate::server::run_demo_lab(listen)
         }
         Some(Command::Run(_) | Command::Session(_)) => unreachable!("handled in main"),
-    }
-}
-
-impl From<AdminAction> for labgate::admin::Action {
-    fn from(a: AdminAction) -> Self {
-        use labgate::admin::Action;
-        match a {
-            AdminAction::Queue => Action::Queue,
-            AdminAction::Kick { id, reason } => Action::Kick { id, reason },
-            AdminAction::Drain => Action::Drain,
-            AdminAction::Resume => Action::Resume,
-        }
     }
 }
 

@@ -1,16 +1,13 @@
-//! The operator plane: a small JSON-over-HTTP API on a Unix domain socket, and the client
-//! the `labgate admin` command uses.
+//! The server half of the admin API: a small JSON-over-HTTP API on a Unix domain socket.
 //!
 //! Access control is the filesystem alone: the socket is created with mode 0600 (owner
 //! only), so only labgate's user and root can connect. It is never served on a TCP
 //! listener, because behind a reverse proxy a loopback peer can be anybody. Every action
 //! is audit-logged with the caller's uid, read from the socket (SO_PEERCRED).
 //!
-//! Routes: `GET /v1/queue`, `POST /v1/sessions/{id}/kick` (`{"reason": "..."}`),
-//! `POST /v1/drain`, `POST /v1/resume`. The server is a pingora background service (it
-//! stops on shutdown and removes its socket); it uses hyper directly because pingora
-//! cannot tell who is on the other end of a Unix socket. Must never hold policy:
-//! kicking, draining and listing are `Shared`'s.
+//! The server is a pingora background service (it stops on shutdown and removes its
+//! socket); it uses hyper directly because pingora cannot tell who is on the other end of
+//! a Unix socket. Must never hold policy: kicking, draining and listing are `Shared`'s.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener as StdUnixListener;
@@ -27,9 +24,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
+use super::{Drained, KickRequest, Kicked, QueueListing, SessionRow};
 use crate::queue::SessionId;
 use crate::state::{Shared, AUDIT};
 
@@ -132,27 +130,6 @@ async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::UnixStream) {
     }
 }
 
-#[derive(Deserialize)]
-struct KickRequest {
-    reason: String,
-}
-
-/// `GET /v1/queue`.
-/// One session as an operator sees it (`labgate admin queue`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionRow {
-    pub id: String,
-    pub state: String,
-    pub position: usize,
-    pub seq: u64,
-    /// Unix seconds.
-    pub created: f64,
-    pub last_seen_secs_ago: f64,
-    pub client: Option<String>,
-    pub requests_in_flight: u32,
-    pub hold_secs: Option<f64>,
-}
-
 impl SessionRow {
     /// Every session, in order. O(n) by nature.
     pub fn all(shared: &Shared, now: Instant) -> Vec<SessionRow> {
@@ -180,12 +157,6 @@ impl SessionRow {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct QueueListing {
-    pub draining: bool,
-    pub sessions: Vec<SessionRow>,
-}
-
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
@@ -194,6 +165,10 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+fn answer(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    reply(status, serde_json::to_value(body).unwrap_or_default())
 }
 
 fn detail(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
@@ -211,10 +186,7 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
                 draining: shared.is_draining(),
                 sessions: SessionRow::all(shared, Instant::now()),
             };
-            reply(
-                StatusCode::OK,
-                serde_json::to_value(listing).unwrap_or_default(),
-            )
+            answer(StatusCode::OK, &listing)
         }
         (Method::POST, ["v1", "sessions", id, "kick"]) => {
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -234,9 +206,13 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
                 return detail(StatusCode::NOT_FOUND, "Session not found");
             };
             match shared.kick(&session, uid, &reason, Instant::now()) {
-                Ok(Some(cut)) => reply(
+                Ok(Some(cut)) => answer(
                     StatusCode::OK,
-                    json!({ "kicked": session.to_string(), "reason": reason, "connections_cut": cut }),
+                    &Kicked {
+                        connections_cut: cut,
+                        kicked: session.to_string(),
+                        reason,
+                    },
                 ),
                 Ok(None) => detail(StatusCode::NOT_FOUND, "Session not found"),
                 Err(_) => detail(StatusCode::SERVICE_UNAVAILABLE, "Session store unavailable"),
@@ -246,9 +222,12 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
             let draining = *action == "drain";
             let was = shared.set_draining(draining);
             tracing::warn!(target: AUDIT, event = "admin_drain", uid, draining, was_draining = was);
-            reply(
+            answer(
                 StatusCode::OK,
-                json!({ "draining": draining, "was_draining": was }),
+                &Drained {
+                    draining,
+                    was_draining: was,
+                },
             )
         }
         (
@@ -257,151 +236,6 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
         ) => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         _ => detail(StatusCode::NOT_FOUND, "Not Found"),
     }
-}
-
-/// One admin call from the CLI: `(status, JSON body)`. Errors name the socket and say
-/// what to do in one line.
-pub async fn call(
-    socket: &Path,
-    method: Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> anyhow::Result<(u16, serde_json::Value)> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| connect_error(socket, e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("admin handshake failed")?;
-    tokio::spawn(conn);
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, "labgate-admin")
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(payload)))
-        .context("building the admin request")?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .context("the admin API did not answer")?;
-    let status = resp.status().as_u16();
-    let bytes = Limited::new(resp.into_body(), 64 * 1024 * 1024)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the admin answer: {e}"))?
-        .to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .context("the admin API answered something that is not JSON")?;
-    Ok((status, value))
-}
-
-fn connect_error(socket: &Path, e: std::io::Error) -> anyhow::Error {
-    let path = socket.display();
-    match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow::anyhow!(
-            "no admin socket at {path}: is labgate running, with [admin] socket set to this path?"
-        ),
-        std::io::ErrorKind::PermissionDenied => {
-            anyhow::anyhow!("permission denied on {path}: run as labgate's user or root")
-        }
-        std::io::ErrorKind::ConnectionRefused => {
-            anyhow::anyhow!("nothing listens on {path}: labgate is not running (stale socket)")
-        }
-        _ => anyhow::anyhow!("cannot connect to {path}: {e}"),
-    }
-}
-
-/// What `labgate admin` was asked to do.
-pub enum Action {
-    Queue,
-    Kick { id: String, reason: String },
-    Drain,
-    Resume,
-}
-
-/// Runs one `labgate admin` command; prints a table (or JSON) on success, returns a
-/// one-line error otherwise.
-pub fn run_cli(socket: &Path, json_out: bool, action: Action) -> anyhow::Result<()> {
-    let (method, path, body) = match &action {
-        Action::Queue => (Method::GET, "/v1/queue".to_string(), None),
-        Action::Kick { id, reason } => {
-            if reason.trim().is_empty() {
-                anyhow::bail!("give a reason: --reason TEXT");
-            }
-            (
-                Method::POST,
-                format!("/v1/sessions/{id}/kick"),
-                Some(json!({ "reason": reason })),
-            )
-        }
-        Action::Drain => (Method::POST, "/v1/drain".to_string(), None),
-        Action::Resume => (Method::POST, "/v1/resume".to_string(), None),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")?;
-    let (status, value) = runtime.block_on(call(socket, method, &path, body))?;
-    if !(200..300).contains(&status) {
-        let why = value
-            .get("detail")
-            .and_then(|d| d.as_str())
-            .unwrap_or("the admin API refused");
-        anyhow::bail!("{why} (HTTP {status})");
-    }
-    if json_out {
-        println!("{value}");
-        return Ok(());
-    }
-    match action {
-        Action::Queue => {
-            let listing: QueueListing =
-                serde_json::from_value(value).context("unexpected queue listing")?;
-            print!("{}", render_table(&listing));
-        }
-        Action::Kick { id, .. } => {
-            let cut = value
-                .get("connections_cut")
-                .and_then(|c| c.as_u64())
-                .unwrap_or(0);
-            println!("kicked {id} ({cut} connection(s) cut)");
-        }
-        Action::Drain => println!("draining: new sessions are refused; the queue goes on"),
-        Action::Resume => println!("resumed: new sessions are accepted"),
-    }
-    Ok(())
-}
-
-/// The queue as a readable table.
-pub fn render_table(listing: &QueueListing) -> String {
-    let mut out = String::new();
-    if listing.draining {
-        out.push_str("labgate is DRAINING: new sessions are refused.\n");
-    }
-    if listing.sessions.is_empty() {
-        out.push_str("The queue is empty.\n");
-        return out;
-    }
-    out.push_str(&format!(
-        "{:>4}  {:<7}  {:<36}  {:>6}  {:<15}  {:>9}  {:>9}  {:>9}\n",
-        "POS", "STATE", "SESSION", "SEQ", "CLIENT", "IN FLIGHT", "HELD", "IDLE"
-    ));
-    for s in &listing.sessions {
-        out.push_str(&format!(
-            "{:>4}  {:<7}  {:<36}  {:>6}  {:<15}  {:>9}  {:>9}  {:>9}\n",
-            s.position,
-            s.state,
-            s.id,
-            s.seq,
-            s.client.as_deref().unwrap_or("-"),
-            s.requests_in_flight,
-            s.hold_secs.map_or("-".to_string(), crate::status::human),
-            crate::status::human(s.last_seen_secs_ago),
-        ));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -424,32 +258,5 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a socket"));
-    }
-
-    #[test]
-    fn table_lists_sessions_in_order() {
-        let listing = QueueListing {
-            draining: true,
-            sessions: vec![SessionRow {
-                id: "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11".into(),
-                state: "active".into(),
-                position: 0,
-                seq: 7,
-                created: 0.0,
-                last_seen_secs_ago: 3.0,
-                client: Some("127.0.0.1".into()),
-                requests_in_flight: 2,
-                hold_secs: Some(125.0),
-            }],
-        };
-        let t = render_table(&listing);
-        assert!(t.starts_with("labgate is DRAINING"));
-        assert!(t.contains("0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11"));
-        assert!(t.contains("2 min 5 s"));
-        assert!(render_table(&QueueListing {
-            draining: false,
-            sessions: vec![]
-        })
-        .contains("empty"));
     }
 }

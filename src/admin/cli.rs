@@ -1,0 +1,185 @@
+//! The CLI half of the admin API: what `labgate admin` sends and how it shows the answer.
+//!
+//! Owns connecting to the admin socket, one request per command, and the human output
+//! (a table, one line per action, or the API's JSON). Errors are one line naming the
+//! socket and what to do. Must never decide anything itself: the server does.
+
+use std::path::Path;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+
+use super::{Action, KickRequest, Kicked, QueueListing};
+
+/// One admin call from the CLI: `(status, JSON body)`. Errors name the socket and say
+/// what to do in one line.
+pub async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| connect_error(socket, e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("admin handshake failed")?;
+    tokio::spawn(conn);
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "labgate-admin")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(payload)))
+        .context("building the admin request")?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .context("the admin API did not answer")?;
+    let status = resp.status().as_u16();
+    let bytes = Limited::new(resp.into_body(), 64 * 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the admin answer: {e}"))?
+        .to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .context("the admin API answered something that is not JSON")?;
+    Ok((status, value))
+}
+
+fn connect_error(socket: &Path, e: std::io::Error) -> anyhow::Error {
+    let path = socket.display();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "no admin socket at {path}: is labgate running, with [admin] socket set to this path?"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("permission denied on {path}: run as labgate's user or root")
+        }
+        std::io::ErrorKind::ConnectionRefused => {
+            anyhow::anyhow!("nothing listens on {path}: labgate is not running (stale socket)")
+        }
+        _ => anyhow::anyhow!("cannot connect to {path}: {e}"),
+    }
+}
+
+/// Runs one `labgate admin` command; prints a table (or JSON) on success, returns a
+/// one-line error otherwise.
+pub fn run_cli(socket: &Path, json_out: bool, action: Action) -> anyhow::Result<()> {
+    let (method, path, body) = match &action {
+        Action::Queue => (Method::GET, "/v1/queue".to_string(), None),
+        Action::Kick { id, reason } => {
+            if reason.trim().is_empty() {
+                anyhow::bail!("give a reason: --reason TEXT");
+            }
+            let body = KickRequest {
+                reason: reason.clone(),
+            };
+            (
+                Method::POST,
+                format!("/v1/sessions/{id}/kick"),
+                Some(serde_json::to_value(body).context("encoding the kick request")?),
+            )
+        }
+        Action::Drain => (Method::POST, "/v1/drain".to_string(), None),
+        Action::Resume => (Method::POST, "/v1/resume".to_string(), None),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let (status, value) = runtime.block_on(call(socket, method, &path, body))?;
+    if !(200..300).contains(&status) {
+        let why = value
+            .get("detail")
+            .and_then(|d| d.as_str())
+            .unwrap_or("the admin API refused");
+        anyhow::bail!("{why} (HTTP {status})");
+    }
+    if json_out {
+        println!("{value}");
+        return Ok(());
+    }
+    match action {
+        Action::Queue => {
+            let listing: QueueListing =
+                serde_json::from_value(value).context("unexpected queue listing")?;
+            print!("{}", render_table(&listing));
+        }
+        Action::Kick { id, .. } => {
+            let kicked: Kicked = serde_json::from_value(value).context("unexpected kick answer")?;
+            println!("kicked {id} ({} connection(s) cut)", kicked.connections_cut);
+        }
+        Action::Drain => println!("draining: new sessions are refused; the queue goes on"),
+        Action::Resume => println!("resumed: new sessions are accepted"),
+    }
+    Ok(())
+}
+
+/// The queue as a readable table.
+pub fn render_table(listing: &QueueListing) -> String {
+    let mut out = String::new();
+    if listing.draining {
+        out.push_str("labgate is DRAINING: new sessions are refused.\n");
+    }
+    if listing.sessions.is_empty() {
+        out.push_str("The queue is empty.\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "{:>4}  {:<7}  {:<36}  {:>6}  {:<15}  {:>9}  {:>9}  {:>9}\n",
+        "POS", "STATE", "SESSION", "SEQ", "CLIENT", "IN FLIGHT", "HELD", "IDLE"
+    ));
+    for s in &listing.sessions {
+        out.push_str(&format!(
+            "{:>4}  {:<7}  {:<36}  {:>6}  {:<15}  {:>9}  {:>9}  {:>9}\n",
+            s.position,
+            s.state,
+            s.id,
+            s.seq,
+            s.client.as_deref().unwrap_or("-"),
+            s.requests_in_flight,
+            s.hold_secs.map_or("-".to_string(), crate::status::human),
+            crate::status::human(s.last_seen_secs_ago),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::SessionRow;
+
+    #[test]
+    fn table_lists_sessions_in_order() {
+        let listing = QueueListing {
+            draining: true,
+            sessions: vec![SessionRow {
+                id: "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11".into(),
+                state: "active".into(),
+                position: 0,
+                seq: 7,
+                created: 0.0,
+                last_seen_secs_ago: 3.0,
+                client: Some("127.0.0.1".into()),
+                requests_in_flight: 2,
+                hold_secs: Some(125.0),
+            }],
+        };
+        let t = render_table(&listing);
+        assert!(t.starts_with("labgate is DRAINING"));
+        assert!(t.contains("0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11"));
+        assert!(t.contains("2 min 5 s"));
+        assert!(render_table(&QueueListing {
+            draining: false,
+            sessions: vec![]
+        })
+        .contains("empty"));
+    }
+}

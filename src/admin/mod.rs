@@ -1,0 +1,78 @@
+//! The operator plane: the admin API on a Unix socket and the `labgate admin` command.
+//!
+//! Owns the one model both halves share: the commands ([`Action`], which is also the
+//! CLI's clap definition, so a new command is added once), the routes and the JSON
+//! bodies. [`server`] answers on the socket; [`cli`] calls it and prints the answer.
+//! Routes: `GET /v1/queue`, `POST /v1/sessions/{id}/kick` (`{"reason": "..."}`),
+//! `POST /v1/drain`, `POST /v1/resume`. Must never hold policy: kicking, draining and
+//! listing are `Shared`'s.
+
+use serde::{Deserialize, Serialize};
+
+pub mod cli;
+pub mod server;
+
+pub use cli::{call, render_table, run_cli};
+pub use server::{bind, AdminService};
+
+/// What `labgate admin` is asked to do: the subcommands of `labgate admin`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Action {
+    /// List the queue: every session with its state, client, requests in flight, hold.
+    Queue,
+    /// End a session now (reason `kicked`), cutting its connections.
+    Kick {
+        /// The session id.
+        id: String,
+        /// Why: written to the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Refuse new sessions (503 "Lab is draining"); the queue goes on.
+    Drain,
+    /// Accept new sessions again.
+    Resume,
+}
+
+/// `POST /v1/sessions/{id}/kick` request body.
+#[derive(Serialize, Deserialize)]
+pub struct KickRequest {
+    pub reason: String,
+}
+
+/// `POST /v1/sessions/{id}/kick` answer.
+#[derive(Serialize, Deserialize)]
+pub struct Kicked {
+    pub connections_cut: usize,
+    pub kicked: String,
+    pub reason: String,
+}
+
+/// `POST /v1/drain` and `POST /v1/resume` answer.
+#[derive(Serialize, Deserialize)]
+pub struct Drained {
+    pub draining: bool,
+    pub was_draining: bool,
+}
+
+/// One session as an operator sees it (`labgate admin queue`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub state: String,
+    pub position: usize,
+    pub seq: u64,
+    /// Unix seconds.
+    pub created: f64,
+    pub last_seen_secs_ago: f64,
+    pub client: Option<String>,
+    pub requests_in_flight: u32,
+    pub hold_secs: Option<f64>,
+}
+
+/// `GET /v1/queue` answer.
+#[derive(Serialize, Deserialize)]
+pub struct QueueListing {
+    pub draining: bool,
+    pub sessions: Vec<SessionRow>,
+}
