@@ -1,28 +1,59 @@
 //! labgate: a FIFO session gate for shared lab hardware, built on pingora.
 //!
 //! Clients open a session and wait in a queue; only the oldest (ACTIVE) session's
-//! requests to `/lab/*` reach the lab's upstream endpoints. The HTTP contract is
-//! `shared/contract.md`; the README is the user's guide.
+//! requests to `/lab/*` reach the lab's upstream endpoints. What labgate promises is
+//! `docs/contract.md` (the code cites it as `§N`); the README is the user's guide.
 //!
 //! # Layout
-//! Pure core (no I/O, every time-dependent call takes `now`):
-//! - [`queue`]: the FIFO session state machine.
-//! - [`path`]: request-target check and normalisation, route table.
-//! - [`gate`]: `X-Session-ID` + queue -> gate decision.
-//! - [`limits`]: rate limit, queue cap, client address behind trusted proxies.
-//! - [`api`]: endpoint routing and the exact answers of the session API.
-//! - [`config`]: TOML -> validated [`config::Config`].
+//! Pure core (no I/O, no clock, no pingora: every time-dependent call takes `now`):
+//! - [`queue`]: the FIFO session state machine; `queue::id` the session id, its exact
+//!   spelling and log form; `queue::treap` the order index; its tests and model test.
+//! - [`path`]: request-target check and normalisation, the longest-prefix route table.
+//! - [`gate`]: `X-Session-ID` values + queue -> the gate's decision.
+//! - [`limits`]: the `POST /session` token bucket, the queue cap, which client address
+//!   counts behind trusted proxies.
 //!
-//! Adapters:
-//! - [`state`]: the shared handle (queue lock, metrics and audit around each operation).
-//! - [`proxy`]: `impl ProxyHttp`, the thin pingora adapter.
-//! - [`reaper`]: background service reaping stale sessions.
-//! - [`metrics`]: every Prometheus metric.
+//! Edges around the core (I/O or shared state, no pingora types where avoidable):
+//! - [`config`]: TOML -> [`config::Config`]: `raw` (serde mirror, defaults) -> `validate`
+//!   (pure rules) -> `resolve` (the only I/O: addresses, secret header values).
+//! - [`api`]: the session API: which endpoint, and each answer's exact status, headers
+//!   and body, computed against [`state::Shared`].
+//! - [`state`]: the shared handle: one lock around the queue, and around each operation
+//!   the store write, cutting, metrics and the audit trail.
+//! - [`store`]: the durable queue in redb (sessions and the seq counter).
+//! - [`cut`]: the registry of in-flight requests and upgrades, and cutting them when a
+//!   session's turn ends.
+//! - [`metrics`]: every Prometheus metric, its name, help, labels and buckets.
+//! - [`status`]: the public status page (HTML and JSON), sessions by tag only.
+//!
+//! Adapters and processes:
+//! - [`proxy`]: `impl ProxyHttp`, the thin pingora adapter calling the modules above.
+//! - [`reaper`]: the background service reaping stale and expired sessions on a tick.
+//! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::cli` for
+//!   `labgate admin`, one command model ([`admin::Action`]) for both.
+//! - [`server`]: assembles and runs the pingora server; start-up and shutdown.
 //! - [`demo`]: a fake lab API for trying labgate without hardware.
-//! - [`server`]: assembles and runs the pingora server.
 //!
 //! Client (`labgate run`, `labgate session`):
-//! - [`client`]: holds the lab for one command over the session API.
+//! - [`client`]: holds the lab for one command, or scripts a session, over the HTTP API.
+//!
+//! # Where to add...
+//! - **An upstream option**: the key and its default in `config::raw::RawUpstream`, its
+//!   rule in `config::validate` (errors carry the key's span), the typed field on
+//!   [`config::Upstream`] (filled in `config::resolve`), its use in [`proxy`]; a test in
+//!   `src/config/tests.rs`, the key in `config/labgate.toml` and the README.
+//! - **A metric**: a field of [`metrics::Metrics`] registered in `Metrics::register` (label
+//!   values as an enum with `ALL` and `as_str`, so every series exists from the start),
+//!   recorded where the fact happens ([`state`] for queue events, [`proxy`]'s `logging`
+//!   for requests); a row in `docs/contract.md` §6; `tests/it/metrics_lint.rs` runs
+//!   promtool over it.
+//! - **An admin command**: a variant of [`admin::Action`] (its doc comment is the CLI
+//!   help), its route in `admin::server`, its request and output in `admin::cli`, any
+//!   body type in `admin`, the operation itself on [`state::Shared`]; a test in
+//!   `tests/it/admin.rs`.
+//! - **A test**: a unit test beside the code (`#[cfg(test)] mod tests`, time passed as
+//!   `now`, never slept); an end-to-end test in `tests/it/<area>.rs` (one test binary,
+//!   `tests/it/main.rs`, with shared helpers in `tests/it/support/`).
 
 pub mod admin;
 pub mod api;

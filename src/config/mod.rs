@@ -2,9 +2,9 @@
 //!
 //! Owns loading in one fallible step ([`Config::load`], [`Config::parse`]) through three
 //! stages, as river goes `config/toml.rs` -> `config/internal.rs`:
-//! - [`raw`]: serde types mirroring the TOML, with the defaults (`deny_unknown_fields`);
-//! - [`validate`]: every rule on the file's meaning, pure;
-//! - [`resolve`]: the only I/O, upstream addresses and secret header values.
+//! - `raw`: serde types mirroring the TOML, with the defaults (`deny_unknown_fields`);
+//! - `validate`: every rule on the file's meaning, pure;
+//! - `resolve`: the only I/O, upstream addresses and secret header values.
 //!
 //! This module holds the final types and turns a stage's problem into a [`ConfigError`]
 //! naming the file, line and column. Must never panic on bad input, and nothing outside

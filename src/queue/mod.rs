@@ -279,7 +279,7 @@ impl Queue {
         self.next_seq
     }
 
-    /// Appends; returns (position, Option<Promoted>) -- Some when the queue was empty and it became ACTIVE at once (waited = 0).
+    /// Appends; returns `(position, Option<Promoted>)` -- Some when the queue was empty and it became ACTIVE at once (waited = 0).
     pub fn create(
         &mut self,
         id: SessionId,
