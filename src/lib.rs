@@ -7,11 +7,15 @@
 //! # Layout
 //! Pure core (no I/O, no clock, no pingora: every time-dependent call takes `now`):
 //! - [`queue`]: the FIFO session state machine; `queue::id` the session id, its exact
-//!   spelling and log form; `queue::treap` the order index; its tests and model test.
+//!   spelling, log form and public tag; `queue::treap` the order index; its example
+//!   tests and model test.
 //! - [`path`]: request-target check and normalisation, the longest-prefix route table.
 //! - [`gate`]: `X-Session-ID` values + queue -> the gate's decision.
 //! - [`limits`]: the `POST /session` token bucket, the queue cap, which client address
 //!   counts behind trusted proxies.
+//! - [`forward`]: forwarding policy: the one list of headers labgate manages, hop-by-hop
+//!   removal, `X-Forwarded-*`, fencing, injected headers, upstream failure -> answer.
+//! - [`history`]: recent hold and wait times and the `Retry-After` estimate from them.
 //!
 //! Edges around the core (I/O or shared state, no pingora types where avoidable):
 //! - [`config`]: TOML -> [`config::Config`]: `raw` (serde mirror, defaults) -> `validate`
@@ -24,10 +28,12 @@
 //! - [`cut`]: the registry of in-flight requests and upgrades, and cutting them when a
 //!   session's turn ends.
 //! - [`metrics`]: every Prometheus metric, its name, help, labels and buckets.
-//! - [`status`]: the public status page (HTML and JSON), sessions by tag only.
+//! - [`status`]: the public view of the lab and its page (HTML and JSON), sessions by
+//!   tag only.
 //!
 //! Adapters and processes:
-//! - [`proxy`]: `impl ProxyHttp`, the thin pingora adapter calling the modules above.
+//! - [`proxy`]: `impl ProxyHttp`, the thin pingora adapter calling the modules above;
+//!   `proxy::ctx` the per-request context, `proxy::wire` pingora <-> `http` translation.
 //! - [`reaper`]: the background service reaping stale and expired sessions on a tick.
 //! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::cli` for
 //!   `labgate admin`, one command model ([`admin::Action`]) for both.
