@@ -233,3 +233,16 @@ fn every_shipped_config_parses() {
     }
     assert!(seen > 0, "no config files in {}", dir.display());
 }
+
+#[test]
+fn the_fencing_header_cannot_be_configured() {
+    // Configured headers are set last: accepting this would let an operator overwrite
+    // the fencing number every forwarded request carries (§7).
+    for name in ["X-Lab-Session-Seq", "x-lab-session-seq"] {
+        let e = err(&format!(
+            "{MINIMAL}[upstream.headers]\n{name} = {{ env = \"PATH\" }}\n"
+        ));
+        assert!(e.message.contains("managed by labgate"), "{e}");
+        assert_eq!((e.line, e.column), (7, 1), "{e}");
+    }
+}
