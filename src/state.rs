@@ -33,7 +33,7 @@ use crate::history::History;
 use crate::limits::{self, CreateRefusal, CreateRejection, SessionLimiter};
 use crate::metrics::{metrics, Metrics};
 use crate::queue::{Change, EndReason, Queue, QueueError, SessionId, SessionView, Status};
-use crate::store::{Store, StoreError, StoredSession};
+use crate::store::{self, Store, StoreError, StoredSession};
 
 /// Audit events go to their own target so operators can route them separately.
 pub const AUDIT: &str = "labgate::audit";
@@ -200,7 +200,11 @@ impl Shared {
         let now = Instant::now();
         let wall_now = SystemTime::now();
         let (queue, store, meta) = match &config.queue.state_path {
-            None => (Queue::new(config.queue.timeouts), None, HashMap::new()),
+            None => (
+                Queue::with_next_seq(config.queue.timeouts, store::seq_floor(None, wall_now)),
+                None,
+                HashMap::new(),
+            ),
             Some(path) => {
                 let (store, restored) = Store::open(path)?;
                 let mut meta = HashMap::new();
@@ -220,8 +224,13 @@ impl Shared {
                         (s.id, s.seq, now.checked_sub(age).unwrap_or(now))
                     })
                     .collect();
-                let queue = Queue::restore(config.queue.timeouts, restored.next_seq, sessions, now)
-                    .with_context(|| format!("cannot restore the queue from {}", path.display()))?;
+                let queue = Queue::restore(
+                    config.queue.timeouts,
+                    store::seq_floor(Some(restored.next_seq), wall_now),
+                    sessions,
+                    now,
+                )
+                .with_context(|| format!("cannot restore the queue from {}", path.display()))?;
                 tracing::info!(
                     target: AUDIT,
                     event = "queue_restored",
