@@ -7,7 +7,10 @@
 //!
 //! Must never: do I/O, log, panic on any input, allocate when nothing needs decoding,
 //! or let a target through that an upstream could resolve outside the checked path
-//! (dot segments, encoded separators, network-path references, double encoding).
+//! (dot segments, encoded separators, network-path references, double encoding,
+//! invalid UTF-8 such as overlong `%c0%ae`, Unicode lookalikes such as fullwidth `．`)
+//! or route differently from the route chosen here (`;` path parameters, fullwidth
+//! letters that a normalising upstream folds to ASCII).
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
@@ -36,6 +39,12 @@ pub enum InvalidPath {
     DoubleEncoded,
     #[error("path holds a '.' or '..' segment")]
     DotSegment,
+    #[error("path is not valid UTF-8 once percent-decoded")]
+    InvalidUtf8,
+    #[error("path holds an encoded character an upstream may read as ASCII")]
+    Lookalike,
+    #[error("path holds a ';' parameter")]
+    PathParameter,
 }
 
 /// A request target that passed [`check`].
@@ -99,6 +108,8 @@ pub fn check(raw: &[u8]) -> Result<Target<'_>, InvalidPath> {
     if path.split('/').any(is_dot_segment) {
         return Err(InvalidPath::DotSegment);
     }
+    reject_non_ascii_tricks(&path)?;
+    reject_parameters(&path)?;
     // The query is opaque to labgate, but a NUL in it still reaches C-string code upstream.
     if query.is_some_and(|q| q.contains("%00")) {
         return Err(InvalidPath::EncodedNul);
@@ -178,6 +189,74 @@ fn is_dot_segment(segment: &str) -> bool {
         .find([';', '%'])
         .map_or(segment, |end| &segment[..end]);
     name == "." || name == ".."
+}
+
+/// Refuses a path whose percent-decoded bytes are not UTF-8 (overlong `%c0%ae` is a
+/// `.` to some decoders) or hold a character that an upstream may turn into ASCII:
+/// anything whose compatibility form (NFKC) holds ASCII (fullwidth `%ef%bc%8e` is `．`,
+/// NFKC `.`; fullwidth letters fold to the route names they imitate), and the few
+/// lookalikes of `.`, `/` and `\` that NFKC keeps but URL parsers (IDNA maps `。` to
+/// `.`) or Windows "best fit" code pages (`¥` and `₩` become `\`) do not.
+///
+/// Raw non-ASCII bytes never get here ([`check`] refuses them), so this only looks at
+/// escapes of bytes >= 0x80 and allocates only when there are some.
+fn reject_non_ascii_tricks(path: &str) -> Result<(), InvalidPath> {
+    let has_high_escape = path
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!(w[1], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'));
+    if !has_high_escape {
+        return Ok(());
+    }
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .map_err(|_| InvalidPath::InvalidUtf8)?;
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    for c in decoded.chars().filter(|c| !c.is_ascii()) {
+        let folds_to_ascii = nfkc
+            .normalize_iter(std::iter::once(c))
+            .any(|n| n.is_ascii());
+        if folds_to_ascii || LOOKALIKES.contains(&c) {
+            return Err(InvalidPath::Lookalike);
+        }
+    }
+    Ok(())
+}
+
+/// Lookalikes of `.`, `/` and `\` whose NFKC form is not ASCII.
+const LOOKALIKES: &[char] = &[
+    '\u{2215}', // DIVISION SLASH
+    '\u{2044}', // FRACTION SLASH
+    '\u{29F8}', // BIG SOLIDUS
+    '\u{29F5}', // REVERSE SOLIDUS OPERATOR
+    '\u{29F9}', // BIG REVERSE SOLIDUS
+    '\u{2216}', // SET MINUS
+    '\u{3002}', // IDEOGRAPHIC FULL STOP (IDNA: '.')
+    '\u{FF61}', // HALFWIDTH IDEOGRAPHIC FULL STOP (IDNA: '.')
+    '\u{00A5}', // YEN SIGN (best fit to '\\' in code page 932)
+    '\u{20A9}', // WON SIGN (best fit to '\\' in code page 949)
+];
+
+/// Refuses `;` in the path, raw or encoded (the query may hold it).
+///
+/// Why refuse rather than route around them: Tomcat, Jetty and Spring cut `;...` off
+/// every segment before routing, so `/lab/r2;x/y` is `/lab/r2/y` to them, while labgate
+/// (like RFC 3986) sees a segment named `r2;x` and picks the `/lab` catch-all route with
+/// its upstream's secret. Routing on the parameter-free path instead would send the
+/// parameters to upstreams that keep them (nginx, Go, Python), which then see a path
+/// labgate did not route. No lab API needs them (neops-remote-lab never sends one), so
+/// the only path that routes the same everywhere is one without them. The encoded `%3b`
+/// goes too: an upstream that decodes before it cuts parameters makes it a `;`
+/// (Spring Security's strict firewall refuses both for the same reason).
+fn reject_parameters(path: &str) -> Result<(), InvalidPath> {
+    let bytes = path.as_bytes();
+    let encoded = bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'3' && w[2].eq_ignore_ascii_case(&b'b'));
+    if bytes.contains(&b';') || encoded {
+        return Err(InvalidPath::PathParameter);
+    }
+    Ok(())
 }
 
 fn hex_value(byte: u8) -> Option<u8> {
@@ -356,6 +435,55 @@ mod tests {
             (b"/lab/\xff", ForbiddenByte),
             (b"/lab/x?q=a b", ForbiddenByte),
             (b"/lab/x?q=\xc3\xa9", ForbiddenByte),
+            // Raw fullwidth '.', '/' and '\\' (U+FF0E, U+FF0F, U+FF3C) are bytes
+            // outside visible ASCII.
+            (b"/lab/\xef\xbc\x8e\xef\xbc\x8e/x", ForbiddenByte),
+            (b"/lab/r1\xef\xbc\x8fx", ForbiddenByte),
+            (b"/lab/\xef\xbc\xbcx", ForbiddenByte),
+            // Invalid UTF-8 once decoded (issue 10 #13): overlong '.' and '/' (which
+            // some decoders accept), lone and truncated sequences, surrogates.
+            (b"/lab/%c0%ae%c0%ae/x", InvalidUtf8),
+            (b"/lab/%C0%AE", InvalidUtf8),
+            (b"/lab/x%c0%afy", InvalidUtf8),
+            (b"/lab/%e0%80%ae", InvalidUtf8),
+            (b"/lab/%f0%80%80%ae", InvalidUtf8),
+            (b"/lab/%c1%9c", InvalidUtf8),
+            (b"/lab/%ae", InvalidUtf8),
+            (b"/lab/%c3", InvalidUtf8),
+            (b"/lab/%c3x", InvalidUtf8),
+            (b"/lab/%ed%a0%80", InvalidUtf8),
+            (b"/lab/%ff", InvalidUtf8),
+            // Characters an upstream may read as ASCII: fullwidth and small forms of
+            // '.', '/', '\\', ';', '%', '?', '#'; one-dot leader; fullwidth letters that
+            // fold to a route name; and lookalikes NFKC keeps.
+            (b"/lab/%ef%bc%8e%ef%bc%8e/x", Lookalike),
+            (b"/lab/%EF%BC%8E", Lookalike),
+            (b"/lab/r1%ef%bc%8fx", Lookalike),
+            (b"/lab/%ef%bc%bcx", Lookalike),
+            (b"/lab/%ef%b9%92", Lookalike),
+            (b"/lab/%e2%80%a4%e2%80%a4", Lookalike),
+            (b"/lab/%e2%80%a5", Lookalike),
+            (b"/lab/x%ef%bc%9by", Lookalike),
+            (b"/lab/x%cd%bey", Lookalike),
+            (b"/lab/x%ef%bc%85%32%65", Lookalike),
+            (b"/lab/x%ef%bc%9fy", Lookalike),
+            (b"/lab/x%ef%bc%83y", Lookalike),
+            (b"/lab/%ef%bd%92%ef%bc%92/x", Lookalike),
+            (b"/lab/x%c2%a0", Lookalike),
+            (b"/lab/%e2%88%95x", Lookalike),
+            (b"/lab/%e2%81%84x", Lookalike),
+            (b"/lab/%e3%80%82%e3%80%82", Lookalike),
+            (b"/lab/%c2%a5x", Lookalike),
+            // Path parameters (issue 10 #13): a Tomcat-style upstream routes
+            // `/lab/r2;x/y` as `/lab/r2/y`; raw or encoded, anywhere in the path.
+            (b"/lab/r2;x/y", PathParameter),
+            (b"/lab/r2;/y", PathParameter),
+            (b"/lab;x/r2", PathParameter),
+            (b"/lab/x;v=1", PathParameter),
+            (b"/lab/x;v=..", PathParameter),
+            (b"/lab/r2%3bx/y", PathParameter),
+            (b"/lab/%3Bx", PathParameter),
+            (b"/lab/x;", PathParameter),
         ];
         assert!(rows.len() >= 40);
         for &(raw, want) in rows {
@@ -390,7 +518,10 @@ mod tests {
             ("/lab/%2ehidden", "/lab/.hidden", None),
             ("/lab/a%20b", "/lab/a%20b", None),
             ("/lab/a%2Bb%2bc", "/lab/a%2Bb%2bc", None),
-            ("/lab/%3Bx", "/lab/%3Bx", None),
+            ("/lab/x?a=;b&c=%3b", "/lab/x", Some("a=;b&c=%3b")),
+            ("/lab/caf%C3%A9", "/lab/caf%C3%A9", None),
+            ("/lab/%e6%97%a5%e6%9c%ac", "/lab/%e6%97%a5%e6%9c%ac", None),
+            ("/lab/x?q=%c0%ae", "/lab/x", Some("q=%c0%ae")),
             ("/lab//x", "/lab//x", None),
             ("/lab/x//", "/lab/x//", None),
             ("/lab/.hidden", "/lab/.hidden", None),
@@ -398,8 +529,6 @@ mod tests {
             ("/lab/x..", "/lab/x..", None),
             ("/lab/...", "/lab/...", None),
             ("/lab/x.y/z", "/lab/x.y/z", None),
-            ("/lab/x;v=1", "/lab/x;v=1", None),
-            ("/lab/x;v=..", "/lab/x;v=..", None),
             ("/lab/100%25", "/lab/100%25", None),
             ("/lab/%2541", "/lab/%2541", None),
             ("/lab/%25%32%61", "/lab/%252a", None),
@@ -434,6 +563,7 @@ mod tests {
                 b'\\' => assert_eq!(result, Err(Backslash)),
                 b'%' => assert_eq!(result, Err(BadEscape)),
                 b'.' => assert_eq!(result, Err(DotSegment)),
+                b';' => assert_eq!(result, Err(PathParameter)),
                 0x21..=0x7e => assert!(result.is_ok(), "byte {byte:#04x}"),
                 _ => assert_eq!(result, Err(ForbiddenByte), "byte {byte:#04x}"),
             }
@@ -601,7 +731,8 @@ mod tests {
         const PIECES: &[&str] = &[
             "/", "/", ".", ".", "..", "a", "x", ";", "?", "%2e", "%2E", "%25", "%2f", "%5c", "%00",
             "%3b", "%32", "%65", "%66", "2e", "2f", "5c", "00", "25", "3b", "%20", "%41", "%",
-            "\\", "=", "~", "%7e",
+            "\\", "=", "~", "%7e", "%c0", "%ae", "%af", "%ef", "%bc", "%8e", "%8f", "%c3", "%a9",
+            "%e2", "%80", "%a4", "%3B", "r2",
         ];
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
@@ -623,6 +754,21 @@ mod tests {
             accepted += 1;
             let forwarded = target.to_request_target();
             assert_eq!(check(forwarded.as_bytes()), Ok(target.clone()), "{raw:?}");
+
+            // Routed as an upstream would route it: no parameters, and the decoded
+            // path is UTF-8 without a character that folds to ASCII.
+            assert!(!target.path.contains(';'), "{raw:?}");
+            let decoded = percent_encoding::percent_decode_str(&target.path).decode_utf8();
+            let decoded = decoded.unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+            let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+            let folded = nfkc.normalize(&decoded);
+            let ascii_in = |s: &str| s.chars().filter(char::is_ascii).count();
+            assert_eq!(
+                ascii_in(&folded),
+                ascii_in(&decoded),
+                "{raw:?} folds to {folded:?}"
+            );
+            assert!(!folded.contains(';'), "{raw:?}");
 
             let slashes = target.path.matches('/').count();
             let mut level = target.path.as_bytes().to_vec();
