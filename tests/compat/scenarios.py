@@ -338,7 +338,31 @@ def scenario_wire() -> dict:
     return {"compared": len(want)}
 
 
+def scenario_demo() -> dict:
+    """The README's flow against labgate serving the shipped config/labgate.toml, whose
+    built-in demo lab stands in for the lab: the client's whole lab flow succeeds."""
+    logs = capture_client_logs()
+    c = new_client()
+    sid = c.session_id
+    devices = c.acquire(TOPOLOGY, reuse=False)
+    names = [d.name for d in devices]
+    check(names == ["r1", "r2", "sw1"], f"acquire() devices {devices}")
+    check(all(d.raw.get("demo") is True for d in devices), f"not marked demo: {devices}")
+    r = c._session.get(c._url("/lab/devices"), timeout=10)
+    check(r.status_code == 200, f"GET /lab/devices: {r.status_code} {r.text}")
+    listed = [DeviceInfoDto(**d) for d in r.json()]
+    check(listed == devices, f"listed {listed} != acquired {devices}")
+    c.release()
+    c.destroy(force=True)
+    errors = [i for i in logs.items if i[1].startswith("Failed to")]
+    check(not errors, f"release/destroy logged errors: {errors}")
+    c.close()
+    check(active_session_id() is None, "queue not empty after close")
+    return {"session": sid, "devices": names}
+
+
 SCENARIOS = {
+    "demo": scenario_demo,
     "queue": scenario_queue,
     "lab": scenario_lab,
     "heartbeat": scenario_heartbeat,

@@ -175,13 +175,18 @@ fn build_venv() -> Result<PathBuf, String> {
 /// async runtime (the fake lab upstream keeps serving meanwhile). Panics unless it
 /// exits 0; returns its stdout.
 async fn python(gw: &Gateway, args: &[&str]) -> String {
+    python_at(&gw.base_url(), args).await
+}
+
+/// [`python`] against any labgate base URL.
+async fn python_at(base_url: &str, args: &[&str]) -> String {
     let py = tokio::task::spawn_blocking(venv_python)
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let mut cmd = Command::new(py);
     cmd.args(args)
         .current_dir(compat_dir())
-        .env("REMOTE_LAB_URL", gw.base_url())
+        .env("REMOTE_LAB_URL", base_url)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
         .env("NO_PROXY", "127.0.0.1,localhost")
@@ -206,7 +211,11 @@ async fn python(gw: &Gateway, args: &[&str]) -> String {
 
 /// Runs one scenario of `tests/compat/scenarios.py` and returns its RESULT object.
 async fn scenario(gw: &Gateway, name: &str) -> serde_json::Value {
-    let out = python(gw, &["scenarios.py", name]).await;
+    scenario_at(&gw.base_url(), name).await
+}
+
+async fn scenario_at(base_url: &str, name: &str) -> serde_json::Value {
+    let out = python_at(base_url, &["scenarios.py", name]).await;
     println!("{out}");
     let line = out
         .lines()
@@ -501,4 +510,119 @@ async fn session_api_answers_match_neops_fastapi_server_byte_for_byte() {
     let (_lab, gw) = lab_and_gateway().await;
     let r = scenario(&gw, "wire").await;
     assert_eq!(r["compared"].as_u64(), Some(20), "{r}");
+}
+
+// ------------------------------------------------------------------ the shipped demo lab
+
+/// labgate serving `config/labgate.toml` as shipped, except for what a test must own:
+/// run-time ports (the demo lab's listener and the upstream pointing at it move
+/// together) and the admin socket. Killed on drop.
+struct ShippedGateway {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl ShippedGateway {
+    async fn start() -> ShippedGateway {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/labgate.toml");
+        let text = std::fs::read_to_string(&shipped).expect("read the shipped config");
+        let mut cfg: toml::Table = text.parse().expect("the shipped config is TOML");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, metrics, demo) = (free_port(), free_port(), free_port());
+        let demo_was = cfg["demo_lab"]["listen"].clone();
+        let set = |t: &mut toml::Table, path: &[&str], v: toml::Value| {
+            let (last, parents) = path.split_last().expect("path");
+            let mut at = t;
+            for p in parents {
+                at = at[*p].as_table_mut().expect("table");
+            }
+            at.insert(last.to_string(), v);
+        };
+        let local = |p: u16| toml::Value::String(format!("127.0.0.1:{p}"));
+        set(
+            &mut cfg,
+            &["server", "listen"],
+            toml::Value::Array(vec![local(port)]),
+        );
+        set(&mut cfg, &["metrics", "listen"], local(metrics));
+        set(&mut cfg, &["demo_lab", "listen"], local(demo));
+        let sock = dir.path().join("admin.sock").display().to_string();
+        set(&mut cfg, &["admin", "socket"], toml::Value::String(sock));
+        let upstreams = cfg["upstream"].as_array_mut().expect("[[upstream]]");
+        let fronted: Vec<&mut toml::Value> = upstreams
+            .iter_mut()
+            .filter(|u| u["address"] == demo_was)
+            .collect();
+        assert_eq!(
+            fronted.len(),
+            1,
+            "the shipped config must front its demo lab"
+        );
+        for u in fronted {
+            u.as_table_mut()
+                .expect("upstream table")
+                .insert("address".to_string(), local(demo));
+        }
+        let path = dir.path().join("labgate.toml");
+        std::fs::write(&path, toml::to_string(&cfg).expect("render")).expect("write config");
+        let log = std::fs::File::create(dir.path().join("labgate.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_labgate"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn labgate");
+        let mut gw = ShippedGateway {
+            child,
+            port,
+            _dir: dir,
+        };
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(
+                gw.child.try_wait().expect("try_wait").is_none(),
+                "labgate exited at start-up with the shipped config"
+            );
+            let up = raw(
+                addr,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .is_ok_and(|r| r.status == 204);
+            let lab = std::net::TcpStream::connect(("127.0.0.1", demo)).is_ok();
+            if up && lab {
+                return gw;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "labgate with the shipped config not up"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ShippedGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 10 ("Also"): a newcomer who points `RemoteLabClient` at the shipped config gets
+/// through its whole lab flow; the demo lab used to answer 404 to the topology upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_lab_client_runs_its_lab_flow_against_the_shipped_demo_lab() {
+    let gw = ShippedGateway::start().await;
+    let r = scenario_at(&gw.base_url(), "demo").await;
+    assert!(is_uuid_v4(&id(&r, "session")), "{r}");
+    assert_eq!(r["devices"], serde_json::json!(["r1", "r2", "sw1"]), "{r}");
 }
