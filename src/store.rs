@@ -619,9 +619,6 @@ mod tests {
                 Err(e) => {
                     let line = e.to_string();
                     assert!(!matches!(e, StoreError::Unsafe { .. }), "{line}");
-                    if matches!(e, StoreError::Panicked { .. }) {
-                        println!("caught: {line}");
-                    }
                     assert!(line.contains(&path.display().to_string()), "{line}");
                     assert!(!line.contains('\n'), "{line}");
                     false

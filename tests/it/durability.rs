@@ -45,6 +45,16 @@ fn durable(up: &Upstream, store: &Path) -> Cfg {
     Cfg::new(up.addr).state_path(&store.join("queue.redb"))
 }
 
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_the_queue_in_order_and_seqs_keep_growing() {
     let up = Upstream::start().await;
@@ -187,6 +197,7 @@ async fn a_garbage_store_stops_start_up_with_one_clear_line() {
     )
     .expect("write garbage");
     let cfg = durable(&up, store.path());
+    chmod(&path, 0o600);
     let (status, stderr) = Gateway::start_expecting_exit(&cfg, Duration::from_secs(15)).await;
     assert!(!status.success(), "started on a garbage store:\n{stderr}");
     let line = start_up_error(&stderr, &path);
@@ -211,6 +222,148 @@ async fn a_second_labgate_on_the_same_store_fails_clearly() {
     // The first one is unharmed.
     assert_eq!(place(&gw, &a).await, Some(("active".to_string(), 0)));
     assert_eq!(create_session(&gw).await.1, 1);
+}
+
+/// Issue 10 #7: the store holds every session id (the gate credential). labgate creates
+/// it 0600 whatever the umask, and refuses with one line (exit status 1) a store file or
+/// directory that other users can read or write, as an older labgate left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_is_private_and_a_store_others_can_read_stops_start_up() {
+    let up = Upstream::start().await;
+    let store = tempfile::tempdir().expect("tempdir");
+    let path = store.path().join("queue.redb");
+    let cfg = Cfg::new(up.addr).state_path(&path);
+    // tempfile's directory is 0755: readable by everyone.
+    chmod(store.path(), 0o755);
+    let (status, stderr) = Gateway::start_expecting_exit(&cfg, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = start_up_error(&stderr, &path);
+    assert!(line.contains("chmod 700"), "{line}");
+    assert!(!path.exists(), "a store was created in a shared directory");
+
+    chmod(store.path(), 0o700);
+    let mut gw = Gateway::start(&cfg).await;
+    let (a, _) = create_session(&gw).await;
+    assert_eq!(mode(&path), 0o600, "the store must be private");
+    gw.terminate().await.expect("labgate stops");
+
+    // What an older labgate left behind (umask 022): refused, untouched.
+    chmod(&path, 0o644);
+    let (status, stderr) = Gateway::start_expecting_exit(&cfg, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = start_up_error(&stderr, &path);
+    assert!(
+        line.contains("0644") && line.contains("chmod 600"),
+        "{line}"
+    );
+    assert_eq!(mode(&path), 0o644);
+
+    // The fix the line names brings the queue back.
+    chmod(&path, 0o600);
+    let gw = Gateway::start(&cfg).await;
+    assert_eq!(place(&gw, &a).await, Some(("active".to_string(), 0)));
+}
+
+/// Issue 10 #11: single-byte corruptions that made redb panic at start-up (exit status
+/// 101, found by the store's corruption test) are one clear line and exit status 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_damaged_where_redb_used_to_panic_stops_start_up_with_status_1() {
+    use labgate::queue::SessionId;
+    use labgate::store::{Store, StoredSession};
+    let up = Upstream::start().await;
+    let store = tempfile::tempdir().expect("tempdir");
+    let cfg = durable(&up, store.path());
+    let path = store.path().join("queue.redb");
+    {
+        // The same history as the store's unit test, so the same pages sit at the same
+        // offsets: 40 sessions, every third one ended.
+        let (s, _) = Store::open(&path).expect("open");
+        for seq in 1..=40u64 {
+            let rec = StoredSession {
+                id: SessionId::random(),
+                seq,
+                created_ms: 1_700_000_000_000 + seq,
+            };
+            s.insert(&rec, seq + 1).expect("insert");
+        }
+        let gone: Vec<u64> = (1..=40).filter(|s| s % 3 == 0).collect();
+        s.remove(&gone).expect("remove");
+    }
+    let pristine = std::fs::read(&path).expect("read store");
+    // (offset, xor): each panicked inside redb 4.6 when opened without checks.
+    for (at, xor) in [
+        (24383, 144u8),
+        (20779, 158),
+        (32787, 151),
+        (28691, 156),
+        (20544, 149),
+    ] {
+        let mut bytes = pristine.clone();
+        assert!(
+            at < bytes.len(),
+            "store layout changed: {} bytes",
+            bytes.len()
+        );
+        bytes[at] ^= xor;
+        std::fs::write(&path, &bytes).expect("write damaged store");
+        let (status, stderr) = Gateway::start_expecting_exit(&cfg, Duration::from_secs(15)).await;
+        assert_eq!(status.code(), Some(1), "byte {at}: {stderr}");
+        let line = start_up_error(&stderr, &path);
+        assert!(line.contains("cannot open the queue store"), "{line}");
+        assert!(line.contains("move it aside"), "{line}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(
+            std::fs::read(&path).expect("still there"),
+            bytes,
+            "the store was changed"
+        );
+    }
+    // The documented recovery: move it aside, start with an empty queue.
+    std::fs::rename(&path, store.path().join("queue.redb.damaged")).expect("move aside");
+    let gw = Gateway::start(&cfg).await;
+    assert_eq!(create_session(&gw).await.1, 0);
+}
+
+/// Issue 10 #12: losing the store used to restart the fencing counter at 1, below the
+/// numbers a device had already seen. It now never starts below the wall clock in ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_store_does_not_reset_the_fencing_counter() {
+    let up = Upstream::start().await;
+    let store = tempfile::tempdir().expect("tempdir");
+    let cfg = durable(&up, store.path());
+    let path = store.path().join("queue.redb");
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64
+    };
+    let before = unix_ms();
+    let mut gw = Gateway::start(&cfg).await;
+    let (a, _) = create_session(&gw).await;
+    let seq_a = seq_of(&gw, &up, &a).await;
+    assert!(
+        seq_a >= before,
+        "first seq {seq_a} is below the clock {before}"
+    );
+    gw.terminate().await.expect("labgate stops");
+
+    std::fs::remove_file(&path).expect("lose the store");
+    let mut gw = Gateway::start(&cfg).await;
+    let (b, _) = create_session(&gw).await;
+    let seq_b = seq_of(&gw, &up, &b).await;
+    println!("seq before losing the store {seq_a}, after {seq_b}");
+    assert!(
+        seq_b > seq_a,
+        "seq {seq_b} after a lost store, {seq_a} before"
+    );
+    gw.terminate().await.expect("labgate stops");
+
+    // Memory-only, the same.
+    let gw = Gateway::start(&Cfg::new(up.addr)).await;
+    let (c, _) = create_session(&gw).await;
+    let seq_c = seq_of(&gw, &up, &c).await;
+    assert!(seq_c > seq_b, "memory-only seq {seq_c} after {seq_b}");
 }
 
 // ------------------------------------------------------------------ the crash loop

@@ -160,6 +160,13 @@ impl Cfg {
 
     /// `[queue] state_path`: the durable queue store (contract §7).
     pub fn state_path(mut self, p: &Path) -> Self {
+        // labgate refuses a store directory that others can reach, and tempfile creates
+        // directories 0777 & umask (usually 0755): make it private, as an operator would.
+        if let Some(dir) = p.parent().filter(|d| d.is_dir()) {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .expect("chmod 700 the store directory");
+        }
         self.state_path = Some(p.to_path_buf());
         self
     }
