@@ -164,6 +164,19 @@ async fn hostile_targets_and_header_tricks_never_reach_the_upstream() {
         ("lab/x", Want::Rejected400),
         ("*", Want::Rejected400),
         ("/lab/x/%2e%2e/%2e%2e/session", Want::Invalid),
+        // Issue 10 #13: invalid UTF-8 once decoded (overlong '.' and '/'), Unicode
+        // lookalikes of '.' and '/' (fullwidth, encoded or raw), ';' path parameters.
+        ("/lab/%c0%ae%c0%ae/x", Want::Invalid),
+        ("/lab/%C0%AE%C0%AE/session", Want::Invalid),
+        ("/lab/x%c0%af..%c0%afsession", Want::Invalid),
+        ("/lab/%ef%bc%8e%ef%bc%8e/x", Want::Invalid),
+        ("/lab/r1%ef%bc%8f..%ef%bc%8fsession", Want::Invalid),
+        ("/lab/%e2%80%a4%e2%80%a4/x", Want::Invalid),
+        ("/lab/\u{ff0e}\u{ff0e}/x", Want::Rejected400),
+        ("/lab/r1\u{ff0f}x", Want::Rejected400),
+        ("/lab/r2;x/y", Want::Invalid),
+        ("/lab/r2%3bx/y", Want::Invalid),
+        ("/lab;x/y", Want::Invalid),
         ("/LAB/x", Want::NotFound),
         ("/Lab", Want::NotFound),
         ("/labx", Want::NotFound),
@@ -275,6 +288,51 @@ async fn hostile_targets_and_header_tricks_never_reach_the_upstream() {
     let r = raw(addr, &lab_request("/lab/ok", &id)).await.expect("raw");
     assert_eq!(r.status, 200);
     assert_eq!(up.only().target, "/lab/ok");
+}
+
+/// Issue 10 #13: `/lab/r2;x/y` used to be routed to the `/lab` catch-all (with its
+/// upstream's secret) while a Tomcat-style upstream serves it as `/lab/r2/y`. Refused
+/// now: neither upstream sees it, and the plain path still routes to `/lab/r2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_parameter_cannot_steer_a_request_to_another_route() {
+    let catch_all = Upstream::start().await;
+    let r2 = Upstream::start().await;
+    let cfg = Cfg::bare()
+        .upstream(
+            UpstreamCfg::new("lab", catch_all.addr)
+                .routes(&["/lab"])
+                .header("X-Lab-Key", "catch-all-secret"),
+        )
+        .upstream(UpstreamCfg::new("r2", r2.addr).routes(&["/lab/r2"]));
+    let gw = Gateway::start(&cfg).await;
+    let (a, _) = create_session(&gw).await;
+    let id = format!("X-Session-ID: {a}\r\n");
+    for target in [
+        "/lab/r2;x/y",
+        "/lab/r2;/y",
+        "/lab/r2%3Bx/y",
+        "/lab/r2;jsessionid=1",
+    ] {
+        let r = raw(gw.addr(), &lab_request(target, &id))
+            .await
+            .expect("raw");
+        assert_eq!(
+            (r.status, r.text()),
+            (400, INVALID_PATH.to_string()),
+            "{target}"
+        );
+    }
+    assert_eq!(
+        catch_all.count() + r2.count(),
+        0,
+        "a path parameter reached an upstream"
+    );
+    let r = raw(gw.addr(), &lab_request("/lab/r2/y", &id))
+        .await
+        .expect("raw");
+    assert_eq!(r.status, 200);
+    assert_eq!(r2.only().target, "/lab/r2/y");
+    assert_eq!(catch_all.count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
