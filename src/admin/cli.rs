@@ -132,12 +132,12 @@ pub fn render_table(listing: &QueueListing) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{:>4}  {:<7}  {:<36}  {:>6}  {:<15}  {:>9}  {:>9}  {:>9}\n",
+        "{:>4}  {:<7}  {:<36}  {:>13}  {:<15}  {:>9}  {:>9}  {:>9}\n",
         "POS", "STATE", "SESSION", "SEQ", "CLIENT", "IN FLIGHT", "HELD", "IDLE"
     ));
     for s in &listing.sessions {
         out.push_str(&format!(
-            "{:>4}  {:<7}  {:<36}  {:>6}  {:<15}  {:>9}  {:>9}  {:>9}\n",
+            "{:>4}  {:<7}  {:<36}  {:>13}  {:<15}  {:>9}  {:>9}  {:>9}\n",
             s.position,
             s.state,
             s.id,
