@@ -420,6 +420,9 @@ mod tests {
         let e = Store::open(&path).err().expect("garbage must be refused");
         assert!(e.to_string().contains("cannot open"), "{e}");
         assert!(e.to_string().contains("move it aside"), "{e}");
+        // The cause is kept as the error's source, not flattened into a string.
+        let cause = std::error::Error::source(&e).expect("the cause is kept");
+        assert!(cause.to_string().contains("Not a redb database"), "{cause}");
     }
 
     /// Issue 10 #7: the file holds every session id, so it is created 0600 whatever the
