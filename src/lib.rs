@@ -24,7 +24,8 @@
 //!   and body, computed against [`state::Shared`].
 //! - [`state`]: the shared handle: one lock around the queue, and around each operation
 //!   the store write, cutting, metrics and the audit trail.
-//! - [`store`]: the durable queue in redb (sessions and the seq counter).
+//! - [`store`]: the durable queue in redb (sessions and the seq counter), its file kept
+//!   private, and the wall-clock floor of the seq counter.
 //! - [`cut`]: the registry of in-flight requests and upgrades, and cutting them when a
 //!   session's turn ends.
 //! - [`metrics`]: every Prometheus metric, its name, help, labels and buckets.
@@ -38,7 +39,8 @@
 //! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::cli` for
 //!   `labgate admin`, one command model ([`admin::Action`]) for both.
 //! - [`server`]: assembles and runs the pingora server; start-up and shutdown.
-//! - [`demo`]: a fake lab API for trying labgate without hardware.
+//! - [`demo`]: a fake lab (the lab half of the neops-remote-lab API) for trying labgate
+//!   without hardware.
 //!
 //! Client (`labgate run`, `labgate session`):
 //! - [`client`]: holds the lab for one command, or scripts a session, over the HTTP API.
