@@ -1,5 +1,6 @@
-//! Assembles the pingora server from a [`Config`]: the gateway listener, the metrics
-//! listener, the reaper, the optional demo lab, and a shutdown watch that drains.
+//! Assembles the pingora server from a [`Config`]: the gateway listener (plain HTTP, or
+//! HTTPS whose material SIGHUP reloads), the metrics listener, the reaper, the optional
+//! demo lab, and a shutdown watch that drains.
 //!
 //! Owns start-up and shutdown only. On SIGTERM or SIGINT it waits until no forwarded
 //! request is in flight (at most `grace_period`), then lets pingora stop its runtimes;
@@ -9,13 +10,15 @@
 //! thread and keep the process running without it.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::background::background_service;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::{self, AdminService};
@@ -24,6 +27,7 @@ use crate::demo::DemoLab;
 use crate::proxy::LabGate;
 use crate::reaper::Reaper;
 use crate::state::Shared;
+use crate::tls::listener::ListenerTls;
 
 /// How often a draining shutdown looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -113,6 +117,51 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     });
     tracing::info!("labgate stopped");
     Ok(())
+}
+
+/// Adds the gateway's listeners: HTTPS when `tls` is given, plain HTTP otherwise.
+fn add_gateway_listeners<A: Send + Sync + 'static>(
+    service: &mut Service<A>,
+    listen: &[SocketAddr],
+    tls: Option<&Arc<ListenerTls>>,
+) {
+    for addr in listen {
+        match tls {
+            Some(tls) => service.add_tls_with_settings(&addr.to_string(), None, tls.settings()),
+            None => service.add_tcp(&addr.to_string()),
+        }
+    }
+}
+
+/// On SIGHUP, re-reads the listener's certificate, key, client CA and CRL. New
+/// handshakes use them; open connections keep what they were accepted with. A reload
+/// that fails keeps the old material and says why in the log.
+struct TlsReloader {
+    tls: Arc<ListenerTls>,
+}
+
+#[async_trait]
+impl BackgroundService for TlsReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot install the SIGHUP handler; TLS files will not be reloaded");
+            return;
+        };
+        loop {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+                _ = hup.recv() => match self.tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the files loaded before"),
+                },
+            }
+        }
+    }
 }
 
 /// Runs only the demo lab until SIGTERM or SIGINT.
