@@ -74,6 +74,7 @@ pub mod identity;
 pub mod identity_config;
 pub mod limits;
 pub mod metrics;
+pub mod ownership;
 pub mod path;
 pub mod proxy;
 pub mod queue;
