@@ -178,6 +178,59 @@ pub fn from_header<'a>(
     Identity::parse(first).ok_or(HeaderRefusal::Malformed)
 }
 
+/// How the identity of a request is established (the `[identity] source`).
+#[derive(Debug, Clone, Copy)]
+pub enum Mode<'a> {
+    /// No identity mode: session ids are bearer tokens.
+    Off,
+    /// The TLS listener verified a client certificate and pinned its identity to the
+    /// connection.
+    Mtls,
+    /// A trusted proxy names the user in this header.
+    Header(&'a http::HeaderName),
+}
+
+/// Why a request gets `401` in identity mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// mtls mode, yet the connection carries no identity (cannot happen when the
+    /// listener requires client certificates; refused anyway, fail closed).
+    #[error("no client certificate identity")]
+    NoCertificate,
+    #[error(transparent)]
+    Header(#[from] HeaderRefusal),
+}
+
+impl Refusal {
+    /// The `reason` of the audit line and metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::NoCertificate => "no_certificate",
+            Refusal::Header(HeaderRefusal::UntrustedPeer) => "untrusted_peer",
+            Refusal::Header(HeaderRefusal::Missing) => "missing",
+            Refusal::Header(HeaderRefusal::Ambiguous) => "ambiguous",
+            Refusal::Header(HeaderRefusal::Malformed) => "malformed",
+        }
+    }
+}
+
+/// The identity of one request: `None` when identity mode is off, the identity when it
+/// is established, a refusal (`401`, nothing forwarded) otherwise. `connection` is what
+/// the TLS listener pinned to the connection; `headers` every value of the mode's header.
+pub fn of_request<'a>(
+    mode: Mode<'_>,
+    connection: Option<&Identity>,
+    peer: Option<IpAddr>,
+    trusted: &[IpNet],
+    headers: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<Identity>, Refusal> {
+    match mode {
+        Mode::Off => Ok(None),
+        Mode::Mtls => connection.cloned().map(Some).ok_or(Refusal::NoCertificate),
+        Mode::Header(_) => Ok(Some(from_header(peer, trusted, headers)?)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +311,35 @@ mod tests {
             from_certificate(b"not a certificate", CertField::Cn),
             Err(CertIdentityError::Unparseable)
         );
+    }
+
+    #[test]
+    fn each_mode_takes_the_identity_from_its_own_source() {
+        let alice = Identity::parse(b"alice").unwrap();
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        let peer = Some("127.0.0.1".parse().unwrap());
+        let name = http::HeaderName::from_static("x-forwarded-user");
+        let bob = || [&b"bob"[..]].into_iter();
+        assert_eq!(of_request(Mode::Off, Some(&alice), peer, &trusted, bob()), Ok(None));
+        // mtls ignores any header; no pinned identity is refused.
+        assert_eq!(
+            of_request(Mode::Mtls, Some(&alice), peer, &trusted, bob()),
+            Ok(Some(alice.clone()))
+        );
+        assert_eq!(
+            of_request(Mode::Mtls, None, peer, &trusted, bob()),
+            Err(Refusal::NoCertificate)
+        );
+        // header mode ignores the connection.
+        assert_eq!(
+            of_request(Mode::Header(&name), Some(&alice), peer, &trusted, bob())
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "bob"
+        );
+        let r = of_request(Mode::Header(&name), None, None, &trusted, bob()).unwrap_err();
+        assert_eq!(r.label(), "untrusted_peer");
     }
 
     #[test]
