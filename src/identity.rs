@@ -114,8 +114,7 @@ pub enum CertIdentityError {
 /// Reads the identity from a client certificate (DER) that the TLS layer has already
 /// verified. Exactly one value of `field` must be present: none or several refuse.
 pub fn from_certificate(der: &[u8], field: CertField) -> Result<Identity, CertIdentityError> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|_| CertIdentityError::Unparseable)?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| CertIdentityError::Unparseable)?;
     let mut values: Vec<Option<&str>> = Vec::new();
     match field {
         CertField::Cn => {
@@ -255,7 +254,10 @@ mod tests {
     #[test]
     fn identity_is_short_printable_ascii_without_outer_spaces() {
         assert_eq!(Identity::parse(b"alice").unwrap().as_str(), "alice");
-        assert_eq!(Identity::parse(b"Alice Smith").unwrap().as_str(), "Alice Smith");
+        assert_eq!(
+            Identity::parse(b"Alice Smith").unwrap().as_str(),
+            "Alice Smith"
+        );
         for bad in [
             &b""[..],
             b" alice",
@@ -273,7 +275,10 @@ mod tests {
     #[test]
     fn common_name_is_read_and_must_be_unique() {
         let c = cert(Some("alice"), vec![email("alice@lab.example")]);
-        assert_eq!(from_certificate(&c, CertField::Cn).unwrap().as_str(), "alice");
+        assert_eq!(
+            from_certificate(&c, CertField::Cn).unwrap().as_str(),
+            "alice"
+        );
         let none = cert(None, vec![email("alice@lab.example")]);
         assert_eq!(
             from_certificate(&none, CertField::Cn),
@@ -320,7 +325,10 @@ mod tests {
         let peer = Some("127.0.0.1".parse().unwrap());
         let name = http::HeaderName::from_static("x-forwarded-user");
         let bob = || [&b"bob"[..]].into_iter();
-        assert_eq!(of_request(Mode::Off, Some(&alice), peer, &trusted, bob()), Ok(None));
+        assert_eq!(
+            of_request(Mode::Off, Some(&alice), peer, &trusted, bob()),
+            Ok(None)
+        );
         // mtls ignores any header; no pinned identity is refused.
         assert_eq!(
             of_request(Mode::Mtls, Some(&alice), peer, &trusted, bob()),
@@ -348,7 +356,10 @@ mod tests {
         let proxy = Some("127.0.0.2".parse().unwrap());
         let other = Some("127.0.0.3".parse().unwrap());
         let one = || [&b"alice"[..]].into_iter();
-        assert_eq!(from_header(proxy, &trusted, one()).unwrap().as_str(), "alice");
+        assert_eq!(
+            from_header(proxy, &trusted, one()).unwrap().as_str(),
+            "alice"
+        );
         assert_eq!(
             from_header(other, &trusted, one()),
             Err(HeaderRefusal::UntrustedPeer)

@@ -99,8 +99,12 @@ const TAKEN: &[&str] = &[
 ];
 
 fn header_name(s: &Spanned<String>, what: &str) -> Result<HeaderName, Problem> {
-    let name = HeaderName::from_bytes(s.get_ref().as_bytes())
-        .map_err(|_| (span_of(s), format!("{what}: {:?} is not a header name", s.get_ref())))?;
+    let name = HeaderName::from_bytes(s.get_ref().as_bytes()).map_err(|_| {
+        (
+            span_of(s),
+            format!("{what}: {:?} is not a header name", s.get_ref()),
+        )
+    })?;
     if TAKEN.contains(&name.as_str()) {
         return Err((
             span_of(s),
@@ -187,7 +191,10 @@ impl RawIdentity {
         };
         let max_sessions = match &self.max_sessions {
             Some(n) if *n.get_ref() == 0 => {
-                return Err((span_of(n), "identity.max_sessions must be at least 1".into()))
+                return Err((
+                    span_of(n),
+                    "identity.max_sessions must be at least 1".into(),
+                ))
             }
             Some(n) => *n.get_ref(),
             None => 1,
@@ -229,9 +236,17 @@ mod tests {
         assert_eq!(c.upstream_header, "x-lab-user");
         assert!(matches!(c.source, IdentitySource::Mtls(ref m) if m.field == CertField::SanEmail));
         assert!(r.validate(false, 0).unwrap_err().1.contains("[server.tls]"));
-        assert!(raw("source = \"mtls\"").validate(true, 0).unwrap_err().1.contains("client_ca"));
+        assert!(raw("source = \"mtls\"")
+            .validate(true, 0)
+            .unwrap_err()
+            .1
+            .contains("client_ca"));
         let bad = raw("source = \"mtls\"\nclient_ca = \"/ca\"\nfrom = \"ou\"");
-        assert!(bad.validate(true, 0).unwrap_err().1.contains("identity.from"));
+        assert!(bad
+            .validate(true, 0)
+            .unwrap_err()
+            .1
+            .contains("identity.from"));
         let mixed = raw("source = \"mtls\"\nclient_ca = \"/ca\"\nheader = \"X-User\"");
         assert!(mixed.validate(true, 0).is_err());
     }
@@ -240,16 +255,27 @@ mod tests {
     fn header_mode_needs_trusted_proxies_and_a_free_header() {
         let r = raw("source = \"header\"\nheader = \"X-Forwarded-User\"\nmax_sessions = 2");
         let c = r.validate(false, 1).unwrap();
-        assert_eq!(c.source, IdentitySource::Header(HeaderName::from_static("x-forwarded-user")));
+        assert_eq!(
+            c.source,
+            IdentitySource::Header(HeaderName::from_static("x-forwarded-user"))
+        );
         assert_eq!(c.max_sessions, 2);
-        assert!(r.validate(false, 0).unwrap_err().1.contains("trusted_proxies"));
+        assert!(r
+            .validate(false, 0)
+            .unwrap_err()
+            .1
+            .contains("trusted_proxies"));
         for h in ["X-Session-ID", "X-Forwarded-For", "bad header"] {
             let r = raw(&format!("source = \"header\"\nheader = \"{h}\""));
             assert!(r.validate(false, 1).is_err(), "{h}");
         }
         let same = raw("source = \"header\"\nheader = \"X-U\"\nupstream_header = \"x-u\"");
         assert!(same.validate(false, 1).is_err());
-        assert!(raw("source = \"header\"\nheader = \"X-U\"\nmax_sessions = 0").validate(false, 1).is_err());
+        assert!(
+            raw("source = \"header\"\nheader = \"X-U\"\nmax_sessions = 0")
+                .validate(false, 1)
+                .is_err()
+        );
         assert!(raw("source = \"ldap\"").validate(true, 1).is_err());
     }
 }

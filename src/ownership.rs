@@ -125,7 +125,10 @@ mod tests {
             Access::CrossIdentity { owner: id("alice") }
         );
         assert!(!o.check(&s, Some(&id("bob"))).allowed());
-        assert_eq!(o.check(&SessionId::random(), Some(&id("alice"))), Access::Unowned);
+        assert_eq!(
+            o.check(&SessionId::random(), Some(&id("alice"))),
+            Access::Unowned
+        );
         // Identity mode off: the id is the key.
         assert_eq!(o.check(&s, None), Access::Bearer);
         assert!(o.check(&SessionId::random(), None).allowed());
@@ -137,7 +140,10 @@ mod tests {
         let (a1, a2) = (SessionId::random(), SessionId::random());
         assert!(o.admit(&id("alice"), 1).is_ok());
         o.bind(a1, id("alice"));
-        assert_eq!(o.admit(&id("alice"), 1), Err(CapReached { live: 1, cap: 1 }));
+        assert_eq!(
+            o.admit(&id("alice"), 1),
+            Err(CapReached { live: 1, cap: 1 })
+        );
         assert!(o.admit(&id("bob"), 1).is_ok());
         assert!(o.admit(&id("alice"), 2).is_ok());
         o.bind(a2, id("alice"));

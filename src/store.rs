@@ -160,7 +160,9 @@ impl Store {
         next_seq: u64,
     ) -> Result<Duration, StoreError> {
         self.write(|t| {
-            t.sessions.insert(s.seq, s.encode().as_slice()).map_err(err)?;
+            t.sessions
+                .insert(s.seq, s.encode().as_slice())
+                .map_err(err)?;
             if let Some(owner) = owner {
                 t.owners.insert(s.seq, owner).map_err(err)?;
             }

@@ -157,7 +157,8 @@ fn client_verifier(c: &ClientAuthConfig) -> Result<Arc<dyn ClientCertVerifier>, 
             )
         })?;
     }
-    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider());
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider());
     if let Some(crl) = &c.crl {
         // The CA's CRL speaks for the client certificates it issued; intermediates are
         // not expected in a lab's client PKI.
@@ -215,8 +216,9 @@ impl ClientCertVerifier for Verifier {
             return Err(rustls::Error::General("no client CA loaded".into()));
         };
         let verified = inner.verify_client_cert(end_entity, intermediates, now)?;
-        identity::from_certificate(end_entity.as_ref(), self.field)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))?;
+        identity::from_certificate(end_entity.as_ref(), self.field).map_err(|_| {
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
         Ok(verified)
     }
 

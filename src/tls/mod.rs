@@ -21,7 +21,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if meta.len() > MAX_PEM_BYTES {
         return Err(format!(
             "{} is larger than {MAX_PEM_BYTES} bytes: not a PEM file",

@@ -111,8 +111,7 @@ impl RawUpstreamTls {
         if !verify && ca.is_some() {
             return Err((
                 self.insecure_skip_verify.as_ref().and_then(span_of),
-                "tls.insecure_skip_verify = true makes tls.ca useless: use one or the other"
-                    .into(),
+                "tls.insecure_skip_verify = true makes tls.ca useless: use one or the other".into(),
             ));
         }
         let (client, client_cert_path) = match (&self.client_cert, &self.client_key) {
@@ -126,8 +125,7 @@ impl RawUpstreamTls {
             (Some(s), None) | (None, Some(s)) => {
                 return Err((
                     span_of(s),
-                    "tls.client_cert and tls.client_key go together: give both or neither"
-                        .into(),
+                    "tls.client_cert and tls.client_key go together: give both or neither".into(),
                 ))
             }
         };

@@ -131,7 +131,11 @@ impl Nginx {
             if up {
                 return;
             }
-            assert!(Instant::now() < deadline, "nginx did not listen:\n{}", self.errors());
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen:\n{}",
+                self.errors()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }

@@ -43,8 +43,8 @@ pub struct TestCa {
 }
 
 fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -72,7 +72,9 @@ pub enum Validity {
 impl TestCa {
     pub fn new(dir: &Path, name: &str) -> TestCa {
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -103,7 +105,13 @@ impl TestCa {
 
     /// Issues a leaf certificate named `cn` (also a DNS or IP SAN for servers, an e-mail
     /// SAN `cn@lab.test` for clients) and writes it to `<file>.pem` / `<file>.key`.
-    pub fn issue(&self, file: &str, cn: &str, usage: Usage, validity: Validity) -> (CertFiles, u64) {
+    pub fn issue(
+        &self,
+        file: &str,
+        cn: &str,
+        usage: Usage,
+        validity: Validity,
+    ) -> (CertFiles, u64) {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, cn);
         let serial = self.serial();
@@ -117,15 +125,22 @@ impl TestCa {
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             }
             Usage::Client => {
-                params.subject_alt_names =
-                    vec![SanType::Rfc822Name(format!("{cn}@lab.test").try_into().unwrap())];
+                params.subject_alt_names = vec![SanType::Rfc822Name(
+                    format!("{cn}@lab.test").try_into().unwrap(),
+                )];
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             }
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         (params.not_before, params.not_after) = match validity {
-            Validity::Current => (rcgen::date_time_ymd(2020, 1, 1), rcgen::date_time_ymd(2099, 1, 1)),
-            Validity::Expired => (rcgen::date_time_ymd(2020, 1, 1), rcgen::date_time_ymd(2021, 1, 1)),
+            Validity::Current => (
+                rcgen::date_time_ymd(2020, 1, 1),
+                rcgen::date_time_ymd(2099, 1, 1),
+            ),
+            Validity::Expired => (
+                rcgen::date_time_ymd(2020, 1, 1),
+                rcgen::date_time_ymd(2021, 1, 1),
+            ),
         };
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -188,7 +203,9 @@ fn load_certs(path: &Path) -> Vec<CertificateDer<'static>> {
 
 fn load_key(path: &Path) -> PrivateKeyDer<'static> {
     let pem = std::fs::read(path).unwrap();
-    rustls_pemfile::private_key(&mut pem.as_slice()).unwrap().unwrap()
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .unwrap()
+        .unwrap()
 }
 
 /// What one request to a [`TlsUpstream`] looked like.
@@ -257,17 +274,27 @@ impl TlsUpstream {
         let task = tokio::spawn(async move {
             // Bounded by the test's lifetime: the task is aborted on drop.
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let acceptor = acceptor.clone();
                 let seen = seen2.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let (_, conn) = tls.get_ref();
-                    let client_cn = conn.peer_certificates().and_then(|c| c.first()).and_then(|der| {
-                        labgate::identity::from_certificate(der.as_ref(), labgate::identity::CertField::Cn)
-                            .ok()
-                            .map(|i| i.to_string())
-                    });
+                    let client_cn =
+                        conn.peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|der| {
+                                labgate::identity::from_certificate(
+                                    der.as_ref(),
+                                    labgate::identity::CertField::Cn,
+                                )
+                                .ok()
+                                .map(|i| i.to_string())
+                            });
                     let is_h2 = conn.alpn_protocol() == Some(b"h2");
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let seen = seen.clone();
