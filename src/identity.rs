@@ -201,6 +201,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every [`Refusal::label`], for the metric's series.
+    pub const LABELS: [&'static str; 5] = [
+        "no_certificate",
+        "untrusted_peer",
+        "missing",
+        "ambiguous",
+        "malformed",
+    ];
+
     /// The `reason` of the audit line and metric.
     pub fn label(&self) -> &'static str {
         match self {

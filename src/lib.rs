@@ -71,7 +71,6 @@ pub mod forward;
 pub mod gate;
 pub mod history;
 pub mod identity;
-pub mod identity_config;
 pub mod limits;
 pub mod metrics;
 pub mod ownership;

@@ -59,6 +59,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let grace = config.server.grace_period;
     let threads = config.server.threads;
     let shutdown_timeout = config.server.shutdown_timeout;
+    let listener_tls = config.listener_tls.clone();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     // The store is opened (and the queue restored) before pingora starts, so that a
     // store that cannot be opened is a clean start-up error.
     let admin_path = config.admin_socket.clone();
@@ -86,9 +90,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         LabGate::new(shared.clone()),
         "labgate",
     );
-    for addr in &listen {
-        gateway.add_tcp(&addr.to_string());
-    }
+    add_gateway_listeners(&mut gateway, &listen, listener_tls.as_ref());
     let mut metrics = pingora_prometheus::prometheus_http_service();
     metrics.add_tcp(&metrics_listen.to_string());
     server.add_service(gateway);
@@ -96,6 +98,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(background_service("reaper", Reaper::new(shared.clone())));
     if let Some(admin) = admin {
         server.add_service(background_service("admin API", admin));
+    }
+    if let Some(tls) = &listener_tls {
+        let reloader = TlsReloader { tls: tls.clone() };
+        server.add_service(background_service("TLS reloader", reloader));
     }
     if let Some(demo) = demo {
         let mut lab = Service::new("demo lab".to_string(), DemoLab);
@@ -105,6 +111,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(
         listen = ?listen,
+        https = listener_tls.is_some(),
         metrics = %metrics_listen,
         version = env!("CARGO_PKG_VERSION"),
         "labgate starting"

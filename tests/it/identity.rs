@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::common::*;
-use crate::tls_util::*;
+use crate::support::tls::*;
+use crate::support::*;
 
 /// A lab PKI: the server certificate labgate serves (for 127.0.0.1) and the users' CA
 /// with alice and bob, an expired carol, a revoked dave, and mallory from another CA.
@@ -32,10 +32,12 @@ impl Pki {
         let (alice, _) = users.issue("alice", "alice", Usage::Client, Validity::Current);
         let (bob, _) = users.issue("bob", "bob", Usage::Client, Validity::Current);
         let (carol_expired, _) = users.issue("carol", "carol", Usage::Client, Validity::Expired);
-        let (dave_revoked, dave_serial) = users.issue("dave", "dave", Usage::Client, Validity::Current);
+        let (dave_revoked, dave_serial) =
+            users.issue("dave", "dave", Usage::Client, Validity::Current);
         let crl = users.crl(&[dave_serial]);
         let other = TestCa::new(dir, "other");
-        let (mallory_other_ca, _) = other.issue("mallory", "mallory", Usage::Client, Validity::Current);
+        let (mallory_other_ca, _) =
+            other.issue("mallory", "mallory", Usage::Client, Validity::Current);
         Pki {
             server_ca,
             server,
@@ -62,7 +64,12 @@ impl Pki {
 }
 
 /// curl as `who` (None: no client certificate), trusting the server CA.
-async fn curl_as(pki_ca: &Path, who: Option<&CertFiles>, args: &[&str], url: String) -> (i32, u16, String) {
+async fn curl_as(
+    pki_ca: &Path,
+    who: Option<&CertFiles>,
+    args: &[&str],
+    url: String,
+) -> (i32, u16, String) {
     let mut all: Vec<String> = vec!["--cacert".into(), pki_ca.display().to_string()];
     if let Some(c) = who {
         all.extend(["--cert".into(), c.cert.display().to_string()]);
@@ -93,11 +100,18 @@ async fn mtls_sessions_belong_to_the_certificate_that_opened_them() {
 
     // alice opens a session and uses the lab; the upstream is told it is alice, whatever
     // alice's client claims.
-    let (code, status, body) = curl_as(&ca, Some(&pki.alice), &["-X", "POST"], url("/session")).await;
+    let (code, status, body) =
+        curl_as(&ca, Some(&pki.alice), &["-X", "POST"], url("/session")).await;
     assert_eq!((code, status), (0, 201), "{body}\n{}", gw.log_tail());
     let id = session_id_of(&body);
     let hdr = format!("X-Session-ID: {id}");
-    let (_, status, body) = curl_as(&ca, Some(&pki.alice), &["-H", &hdr, "-H", "X-Lab-User: mallory"], url("/lab/x")).await;
+    let (_, status, body) = curl_as(
+        &ca,
+        Some(&pki.alice),
+        &["-H", &hdr, "-H", "X-Lab-User: mallory"],
+        url("/lab/x"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let seen = up.requests();
     assert_eq!(seen.len(), 1);
@@ -108,12 +122,18 @@ async fn mtls_sessions_belong_to_the_certificate_that_opened_them() {
     for (args, target) in [
         (vec![], get.clone()),
         (vec!["-X", "DELETE"], get.clone()),
-        (vec!["-X", "POST", "-H", hdr.as_str()], url("/session/heartbeat")),
+        (
+            vec!["-X", "POST", "-H", hdr.as_str()],
+            url("/session/heartbeat"),
+        ),
         (vec!["-H", hdr.as_str()], url("/lab/x")),
     ] {
         let (_, status, body) = curl_as(&ca, Some(&pki.bob), &args, target.clone()).await;
         assert_eq!(status, 404, "{args:?} {target}: {body}");
-        assert_eq!(body, r#"{"detail":"Session not found"}"#, "{args:?} {target}");
+        assert_eq!(
+            body, r#"{"detail":"Session not found"}"#,
+            "{args:?} {target}"
+        );
     }
     assert_eq!(up.count(), 1, "bob's /lab request reached the upstream");
     let cross = gw.audit_events("cross_identity");
@@ -138,7 +158,10 @@ async fn mtls_sessions_belong_to_the_certificate_that_opened_them() {
     // The status page names people, never ids.
     let (_, status, page) = curl_as(&ca, Some(&pki.bob), &[], url("/status.json")).await;
     assert_eq!(status, 200);
-    assert!(page.contains("\"alice\"") && page.contains("\"bob\""), "{page}");
+    assert!(
+        page.contains("\"alice\"") && page.contains("\"bob\""),
+        "{page}"
+    );
     assert!(!page.contains(&id), "{page}");
 
     // No certificate, an expired one, a revoked one, another CA's: the handshake fails.
@@ -149,7 +172,10 @@ async fn mtls_sessions_belong_to_the_certificate_that_opened_them() {
         (Some(&pki.mallory_other_ca), "other CA"),
     ] {
         let (code, status, body) = curl_as(&ca, who, &[], url("/healthz")).await;
-        assert!(code != 0 && status == 0, "{what}: curl {code}, HTTP {status}: {body}");
+        assert!(
+            code != 0 && status == 0,
+            "{what}: curl {code}, HTTP {status}: {body}"
+        );
     }
     assert_eq!(up.count(), 1);
 
@@ -195,7 +221,8 @@ async fn header_mode_believes_only_the_trusted_proxy() {
         .trusted_proxies(&["127.0.0.1/32"])
         .extra("[identity]\nsource = \"header\"\nheader = \"X-Forwarded-User\"\n");
     let gw = Gateway::start(&cfg).await;
-    let create = "POST /session HTTP/1.1\r\nHost: x\r\nX-Forwarded-User: alice\r\nContent-Length: 0\r\n\r\n";
+    let create =
+        "POST /session HTTP/1.1\r\nHost: x\r\nX-Forwarded-User: alice\r\nContent-Length: 0\r\n\r\n";
     let r = raw_from("127.0.0.1", gw.addr(), create).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let id = session_id_of(&r.text());
@@ -210,13 +237,21 @@ async fn header_mode_believes_only_the_trusted_proxy() {
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up.requests();
     assert_eq!(seen[0].all("x-lab-user"), vec!["alice"]);
-    assert!(seen[0].header("x-forwarded-user").is_none(), "{:?}", seen[0]);
+    assert!(
+        seen[0].header("x-forwarded-user").is_none(),
+        "{:?}",
+        seen[0]
+    );
     // Through the proxy as bob: 404, as if unknown.
     let r = raw_from("127.0.0.1", gw.addr(), &lab("bob")).await;
     assert_eq!(r.status, 404, "{}", r.text());
     // Around the proxy (another address), even naming alice: 401 for everything, and
     // nothing reaches the upstream.
-    for req in [lab("alice"), create.to_string(), "GET /status HTTP/1.1\r\nHost: x\r\n\r\n".into()] {
+    for req in [
+        lab("alice"),
+        create.to_string(),
+        "GET /status HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+    ] {
         let r = raw_from("127.0.0.2", gw.addr(), &req).await;
         assert_eq!(r.status, 401, "{req}: {}", r.text());
         assert!(r.text().contains("detail"), "{}", r.text());
@@ -244,27 +279,37 @@ async fn the_https_listener_reloads_its_certificate_on_sighup() {
     let gw = Gateway::start(&Cfg::new(up.addr).https().extra(&toml)).await;
     let health = format!("https://127.0.0.1:{}/healthz", gw.port);
     // Plain HTTPS, no identity mode: nothing else changes.
-    assert_eq!(curl_as(&ca1.cert_path, None, &[], health.clone()).await.1, 204);
+    assert_eq!(
+        curl_as(&ca1.cert_path, None, &[], health.clone()).await.1,
+        204
+    );
 
     // Replace the files with a certificate from another CA, then SIGHUP.
     let ca2 = TestCa::new(dir.path(), "two");
     let (next, _) = ca2.issue("labgate2", "127.0.0.1", Usage::Server, Validity::Current);
     std::fs::copy(&next.cert, &served.cert).unwrap();
     std::fs::copy(&next.key, &served.key).unwrap();
-    gw.signal(libc::SIGHUP);
+    gw.signal(Signal::SIGHUP);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         if curl_as(&ca2.cert_path, None, &[], health.clone()).await.1 == 204 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "new certificate not served:\n{}", gw.log_tail());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new certificate not served:\n{}",
+            gw.log_tail()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_ne!(curl_as(&ca1.cert_path, None, &[], health.clone()).await.0, 0);
+    assert_ne!(
+        curl_as(&ca1.cert_path, None, &[], health.clone()).await.0,
+        0
+    );
 
     // A broken file on reload: the old material stays, and the log says why.
     std::fs::write(&served.cert, "garbage").unwrap();
-    gw.signal(libc::SIGHUP);
+    gw.signal(Signal::SIGHUP);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !gw.log().contains("TLS reload failed") {
         assert!(std::time::Instant::now() < deadline, "{}", gw.log_tail());

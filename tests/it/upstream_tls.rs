@@ -4,14 +4,17 @@
 
 use std::process::Command;
 
-use crate::common::*;
-use crate::tls_util::*;
+use crate::support::tls::*;
+use crate::support::*;
 
 /// Opens a session on `gw` and sends `GET /lab/x` with it; returns (status, body).
 async fn through(gw: &Gateway) -> (u16, String) {
-    let r = raw(gw.addr(), "POST /session HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-        .await
-        .expect("create");
+    let r = raw(
+        gw.addr(),
+        "POST /session HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .expect("create");
     assert_eq!(r.status, 201, "{}", r.text());
     let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
     let id = v["session_id"].as_str().expect("id").to_string();
@@ -34,8 +37,16 @@ async fn an_upstream_with_its_own_ca_is_verified_and_spoken_to_in_h2() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "device");
     let (cert, _) = ca.issue("r1", "r1.lab.test", Usage::Server, Validity::Current);
-    let up = TlsUpstream::start(TlsUpstreamOpts { cert, h2: true, client_ca: None }).await;
-    let tls = format!("sni = \"r1.lab.test\"\nca = {:?}\n", ca.cert_path.display().to_string());
+    let up = TlsUpstream::start(TlsUpstreamOpts {
+        cert,
+        h2: true,
+        client_ca: None,
+    })
+    .await;
+    let tls = format!(
+        "sni = \"r1.lab.test\"\nca = {:?}\n",
+        ca.cert_path.display().to_string()
+    );
     let gw = Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("r1", up.addr).tls(&tls))).await;
     let (status, body) = through(&gw).await;
     assert_eq!(status, 200, "{body}\n{}", gw.log_tail());
@@ -46,11 +57,18 @@ async fn an_upstream_with_its_own_ca_is_verified_and_spoken_to_in_h2() {
     // no request reaches it.
     let other = TestCa::new(dir.path(), "other");
     for tls in [
-        format!("sni = \"r2.lab.test\"\nca = {:?}\n", ca.cert_path.display().to_string()),
-        format!("sni = \"r1.lab.test\"\nca = {:?}\n", other.cert_path.display().to_string()),
+        format!(
+            "sni = \"r2.lab.test\"\nca = {:?}\n",
+            ca.cert_path.display().to_string()
+        ),
+        format!(
+            "sni = \"r1.lab.test\"\nca = {:?}\n",
+            other.cert_path.display().to_string()
+        ),
         "sni = \"r1.lab.test\"\n".to_string(),
     ] {
-        let gw = Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("r1", up.addr).tls(&tls))).await;
+        let gw =
+            Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("r1", up.addr).tls(&tls))).await;
         let (status, body) = through(&gw).await;
         assert_eq!(status, 502, "{tls}: {body}");
     }
@@ -62,7 +80,12 @@ async fn an_http1_only_upstream_gets_http1() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "device");
     let (cert, _) = ca.issue("r1", "127.0.0.1", Usage::Server, Validity::Current);
-    let up = TlsUpstream::start(TlsUpstreamOpts { cert, h2: false, client_ca: None }).await;
+    let up = TlsUpstream::start(TlsUpstreamOpts {
+        cert,
+        h2: false,
+        client_ca: None,
+    })
+    .await;
     // No sni: the address's IP is checked against the certificate's IP SAN.
     let tls = format!("ca = {:?}\n", ca.cert_path.display().to_string());
     let gw = Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("r1", up.addr).tls(&tls))).await;
@@ -74,12 +97,21 @@ async fn an_http1_only_upstream_gets_http1() {
 async fn self_signed_gear_needs_the_loud_skip_option() {
     let dir = tempfile::tempdir().unwrap();
     let cert = self_signed(dir.path(), "switch", "switch.lab.test");
-    let up = TlsUpstream::start(TlsUpstreamOpts { cert, h2: true, client_ca: None }).await;
-    let strict = Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("sw", up.addr).tls("sni = \"switch.lab.test\"\n"))).await;
+    let up = TlsUpstream::start(TlsUpstreamOpts {
+        cert,
+        h2: true,
+        client_ca: None,
+    })
+    .await;
+    let strict = Gateway::start(
+        &Cfg::bare().upstream(UpstreamCfg::new("sw", up.addr).tls("sni = \"switch.lab.test\"\n")),
+    )
+    .await;
     assert_eq!(through(&strict).await.0, 502);
     assert!(up.seen().is_empty());
 
-    let cfg = Cfg::bare().upstream(UpstreamCfg::new("sw", up.addr).tls("insecure_skip_verify = true\n"));
+    let cfg =
+        Cfg::bare().upstream(UpstreamCfg::new("sw", up.addr).tls("insecure_skip_verify = true\n"));
     let gw = Gateway::start(&cfg).await;
     let (status, body) = through(&gw).await;
     assert_eq!((status, body.as_str()), (200, "version=HTTP/2.0 client=-"));
@@ -89,10 +121,21 @@ async fn self_signed_gear_needs_the_loud_skip_option() {
         .arg(&gw.config_path)
         .output()
         .expect("labgate check");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("WARNING") && text.contains("insecure_skip_verify"), "{text}");
-    assert!(gw.log().contains("insecure_skip_verify"), "{}", gw.log_tail());
+    assert!(
+        text.contains("WARNING") && text.contains("insecure_skip_verify"),
+        "{text}"
+    );
+    assert!(
+        gw.log().contains("insecure_skip_verify"),
+        "{}",
+        gw.log_tail()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,24 +144,37 @@ async fn a_lab_manager_requiring_a_client_certificate_gets_labgates() {
     let ca = TestCa::new(dir.path(), "manager");
     let (cert, _) = ca.issue("mgr", "mgr.lab.test", Usage::Server, Validity::Current);
     let clients = TestCa::new(dir.path(), "clients");
-    let (labgate_cert, _) = clients.issue("labgate-client", "labgate", Usage::Client, Validity::Current);
+    let (labgate_cert, _) = clients.issue(
+        "labgate-client",
+        "labgate",
+        Usage::Client,
+        Validity::Current,
+    );
     let up = TlsUpstream::start(TlsUpstreamOpts {
         cert,
         h2: true,
         client_ca: Some(clients.cert_path.clone()),
     })
     .await;
-    let base = format!("sni = \"mgr.lab.test\"\nca = {:?}\n", ca.cert_path.display().to_string());
-    let without = Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("mgr", up.addr).tls(&base))).await;
+    let base = format!(
+        "sni = \"mgr.lab.test\"\nca = {:?}\n",
+        ca.cert_path.display().to_string()
+    );
+    let without =
+        Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("mgr", up.addr).tls(&base))).await;
     assert_eq!(through(&without).await.0, 502);
     let with = format!(
         "{base}client_cert = {:?}\nclient_key = {:?}\n",
         labgate_cert.cert.display().to_string(),
         labgate_cert.key.display().to_string()
     );
-    let gw = Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("mgr", up.addr).tls(&with))).await;
+    let gw =
+        Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("mgr", up.addr).tls(&with))).await;
     let (status, body) = through(&gw).await;
-    assert_eq!((status, body.as_str()), (200, "version=HTTP/2.0 client=labgate"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "version=HTTP/2.0 client=labgate")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,8 +183,14 @@ async fn labgate_check_rejects_bad_tls_files_with_their_location() {
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate").unwrap();
     let up = Upstream::start().await;
-    let cfg = Cfg::bare().upstream(UpstreamCfg::new("r1", up.addr).tls(&format!("ca = {:?}\n", junk.display().to_string())));
-    let (status, log) = Gateway::start_expecting_exit(&cfg, std::time::Duration::from_secs(10)).await;
+    let cfg = Cfg::bare().upstream(
+        UpstreamCfg::new("r1", up.addr).tls(&format!("ca = {:?}\n", junk.display().to_string())),
+    );
+    let (status, log) =
+        Gateway::start_expecting_exit(&cfg, std::time::Duration::from_secs(10)).await;
     assert!(!status.success());
-    assert!(log.contains("junk.pem") && log.contains("no certificate"), "{log}");
+    assert!(
+        log.contains("junk.pem") && log.contains("no certificate"),
+        "{log}"
+    );
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::it::tls_util::CertFiles;
+use super::tls::CertFiles;
 
 /// The identity header nginx sets.
 pub const USER_HEADER: &str = "X-Forwarded-User";

@@ -1,10 +1,10 @@
-//! `[server.tls]` and `[identity]` in the configuration file: raw TOML mirrors and their
-//! checked forms.
+//! `[server.tls]` and `[identity]` in the configuration file: their raw TOML mirrors and
+//! the pure rules that check them.
 //!
 //! Owns the rules between them (mtls needs the TLS listener; header mode needs trusted
 //! proxies; identity headers must not be ones labgate already manages). Must never read a
-//! certificate file itself: [`crate::tls`] does, so `labgate check` and start-up share one
-//! loader.
+//! certificate file itself: `config::resolve` has [`crate::tls`] do it, so `labgate check`
+//! and start-up share one loader.
 
 use std::path::PathBuf;
 
@@ -15,13 +15,7 @@ use toml::Spanned;
 use crate::identity::CertField;
 use crate::tls::listener::{ClientAuthConfig, ServerTlsConfig};
 
-/// A problem, with the span of the value when it is in the file.
-pub type Problem = (Option<std::ops::Range<usize>>, String);
-
-fn span_of<T>(s: &Spanned<T>) -> Option<std::ops::Range<usize>> {
-    let span = s.span();
-    (!span.is_empty()).then_some(span)
-}
+use super::{span_of, Problem};
 
 /// `[server.tls]` as written.
 #[derive(Debug, Deserialize)]
@@ -84,20 +78,6 @@ pub struct IdentityConfig {
     pub status_page_names: bool,
 }
 
-/// Headers labgate sets or reads itself; an identity header may not be one of them.
-const TAKEN: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "x-session-id",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-];
-
 fn header_name(s: &Spanned<String>, what: &str) -> Result<HeaderName, Problem> {
     let name = HeaderName::from_bytes(s.get_ref().as_bytes()).map_err(|_| {
         (
@@ -105,7 +85,7 @@ fn header_name(s: &Spanned<String>, what: &str) -> Result<HeaderName, Problem> {
             format!("{what}: {:?} is not a header name", s.get_ref()),
         )
     })?;
-    if TAKEN.contains(&name.as_str()) {
+    if crate::forward::is_managed(name.as_str()) {
         return Err((
             span_of(s),
             format!("{what}: {name} is managed by labgate; choose another header"),
@@ -201,7 +181,7 @@ impl RawIdentity {
         };
         let upstream_header = match &self.upstream_header {
             Some(h) => header_name(h, "identity.upstream_header")?,
-            None => HeaderName::from_static("x-lab-user"),
+            None => HeaderName::from_static(crate::forward::X_LAB_USER),
         };
         if let IdentitySource::Header(h) = &source {
             if *h == upstream_header {
