@@ -139,8 +139,8 @@ async fn mtls_sessions_belong_to_the_certificate_that_opened_them() {
     let cross = gw.audit_events("cross_identity");
     assert_eq!(cross.len(), 4, "{cross:?}");
     for e in &cross {
-        assert_eq!(e["fields"]["identity"], "bob", "{e}");
-        assert_eq!(e["fields"]["owner"], "alice", "{e}");
+        assert_eq!(e["identity"], "bob", "{e}");
+        assert_eq!(e["owner"], "alice", "{e}");
     }
     // alice's session is untouched.
     let (_, status, body) = curl_as(&ca, Some(&pki.alice), &[], get.clone()).await;
