@@ -2,7 +2,8 @@
 //! by the test on loopback: one HTTPS server that authenticates users by TLS client
 //! certificate (for `curl`), one plain HTTP server with HTTP basic auth (for the neops
 //! `RemoteLabClient`, whose base URL carries the credentials). Both pass the user name on
-//! in `X-Forwarded-User` and overwrite any client-sent copy.
+//! in `X-Forwarded-User` and overwrite any client-sent copy. A third server is a public
+//! status board: only `/status` and `/status.json`, as the identity `status-board`.
 //!
 //! The process is stopped when the handle is dropped.
 
@@ -24,6 +25,8 @@ pub struct Nginx {
     pub tls_port: u16,
     /// HTTP, basic auth required.
     pub basic_port: u16,
+    /// HTTP, the status page only, no authentication.
+    pub status_port: u16,
     dir: PathBuf,
 }
 
@@ -47,6 +50,7 @@ impl Nginx {
         users: &[(&str, &str)],
         tls_port: u16,
         basic_port: u16,
+        status_port: u16,
     ) -> Nginx {
         let htpasswd = dir.join("htpasswd");
         let lines: String = users
@@ -87,6 +91,11 @@ impl Nginx {
                  location / {{ {proxy} proxy_set_header {USER_HEADER} $remote_user; \
                    proxy_set_header Authorization \"\"; }}\n\
                }}\n\
+               server {{\n\
+                 listen 127.0.0.1:{status_port};\n\
+                 location ~ ^/status(\\.json)?$ {{ {proxy} proxy_set_header {USER_HEADER} status-board; }}\n\
+                 location / {{ return 403; }}\n\
+               }}\n\
              }}\n",
             cert = server.cert.display(),
             key = server.key.display(),
@@ -112,6 +121,7 @@ impl Nginx {
             child: Some(child),
             tls_port,
             basic_port,
+            status_port,
             dir: dir.to_path_buf(),
         };
         n.wait_listening();
@@ -125,7 +135,7 @@ impl Nginx {
                 self.child = None;
                 panic!("nginx exited with {status}:\n{}", self.errors());
             }
-            let up = [self.tls_port, self.basic_port]
+            let up = [self.tls_port, self.basic_port, self.status_port]
                 .iter()
                 .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
             if up {
