@@ -317,3 +317,35 @@ async fn the_https_listener_reloads_its_certificate_on_sighup() {
     }
     assert_eq!(curl_as(&ca2.cert_path, None, &[], health).await.1, 204);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_survive_a_restart_and_the_admin_queue_names_them() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Cfg::new(up.addr)
+        .trusted_proxies(&["127.0.0.1/32"])
+        .state_path(&dir.path().join("queue.redb"))
+        .admin_socket("admin.sock")
+        .extra("[identity]\nsource = \"header\"\nheader = \"X-Forwarded-User\"\n");
+    let as_user = |who: &str, line: String| format!("{line}\r\nHost: x\r\nX-Forwarded-User: {who}\r\nContent-Length: 0\r\n\r\n");
+    let mut gw = Gateway::start(&cfg).await;
+    let r = raw_from("127.0.0.1", gw.addr(), &as_user("alice", "POST /session HTTP/1.1".into())).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = session_id_of(&r.text());
+    let out = gw.admin(&["queue"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("WHO") && table.contains("alice"), "{table}");
+    let created = gw.audit_events("session_created");
+    assert_eq!(created[0]["identity"], "alice", "{created:?}");
+    assert!(gw.terminate().await.is_some_and(|s| s.success()));
+
+    let gw = Gateway::start(&cfg).await;
+    let get = format!("GET /session/{id} HTTP/1.1");
+    let r = raw_from("127.0.0.1", gw.addr(), &as_user("bob", get.clone())).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = raw_from("127.0.0.1", gw.addr(), &as_user("alice", get)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // And alice is still at her cap of one.
+    let r = raw_from("127.0.0.1", gw.addr(), &as_user("alice", "POST /session HTTP/1.1".into())).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+}
