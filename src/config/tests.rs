@@ -300,9 +300,18 @@ fn upstream_tls_is_parsed_and_checked() {
         "t.toml",
     )
     .unwrap();
-    assert!(c.warnings()[0].contains("insecure_skip_verify"), "{:?}", c.warnings());
-    let e = err(&format!("{MINIMAL}[upstream.tls]\nca = \"/nonexistent/ca.pem\"\n"));
-    assert!(e.message.contains("upstream \"r1\"") && e.message.contains("/nonexistent/ca.pem"), "{e}");
+    assert!(
+        c.warnings()[0].contains("insecure_skip_verify"),
+        "{:?}",
+        c.warnings()
+    );
+    let e = err(&format!(
+        "{MINIMAL}[upstream.tls]\nca = \"/nonexistent/ca.pem\"\n"
+    ));
+    assert!(
+        e.message.contains("upstream \"r1\"") && e.message.contains("/nonexistent/ca.pem"),
+        "{e}"
+    );
     assert_eq!((e.line, e.column), (7, 6), "{e}");
     let e = err(&format!("{MINIMAL}[upstream.tls]\nverify = false\n"));
     assert!(e.message.contains("verify"), "{e}");

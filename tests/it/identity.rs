@@ -327,9 +327,16 @@ async fn owners_survive_a_restart_and_the_admin_queue_names_them() {
         .state_path(&dir.path().join("queue.redb"))
         .admin_socket("admin.sock")
         .extra("[identity]\nsource = \"header\"\nheader = \"X-Forwarded-User\"\n");
-    let as_user = |who: &str, line: String| format!("{line}\r\nHost: x\r\nX-Forwarded-User: {who}\r\nContent-Length: 0\r\n\r\n");
+    let as_user = |who: &str, line: String| {
+        format!("{line}\r\nHost: x\r\nX-Forwarded-User: {who}\r\nContent-Length: 0\r\n\r\n")
+    };
     let mut gw = Gateway::start(&cfg).await;
-    let r = raw_from("127.0.0.1", gw.addr(), &as_user("alice", "POST /session HTTP/1.1".into())).await;
+    let r = raw_from(
+        "127.0.0.1",
+        gw.addr(),
+        &as_user("alice", "POST /session HTTP/1.1".into()),
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let id = session_id_of(&r.text());
     let out = gw.admin(&["queue"]);
@@ -346,6 +353,11 @@ async fn owners_survive_a_restart_and_the_admin_queue_names_them() {
     let r = raw_from("127.0.0.1", gw.addr(), &as_user("alice", get)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     // And alice is still at her cap of one.
-    let r = raw_from("127.0.0.1", gw.addr(), &as_user("alice", "POST /session HTTP/1.1".into())).await;
+    let r = raw_from(
+        "127.0.0.1",
+        gw.addr(),
+        &as_user("alice", "POST /session HTTP/1.1".into()),
+    )
+    .await;
     assert_eq!(r.status, 429, "{}", r.text());
 }

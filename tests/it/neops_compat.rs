@@ -525,9 +525,8 @@ async fn behind_nginx_in_header_mode_the_client_runs_its_whole_flow_unchanged() 
     use crate::support::tls::*;
     let lab = FakeLab::start().await;
     // The scenario's two clients are the same person: allow two live sessions.
-    let identity = format!(
-        "[identity]\nsource = \"header\"\nheader = \"{USER_HEADER}\"\nmax_sessions = 2\n"
-    );
+    let identity =
+        format!("[identity]\nsource = \"header\"\nheader = \"{USER_HEADER}\"\nmax_sessions = 2\n");
     let cfg = Cfg::new(lab.addr)
         .trusted_proxies(&["127.0.0.1/32"])
         .extra(&identity);
@@ -538,8 +537,8 @@ async fn behind_nginx_in_header_mode_the_client_runs_its_whole_flow_unchanged() 
     let (alice, _) = pki.issue("alice", "alice", Usage::Client, Validity::Current);
     let (bob, _) = pki.issue("bob", "bob", Usage::Client, Validity::Current);
     let users = [("alice", "alice-pw"), ("bob", "bob-pw")];
-    let (t, b, s) = (free_port(), free_port(), free_port());
-    let nginx = Nginx::start(dir.path(), gw.addr(), &server, &pki.cert_path, &users, t, b, s);
+    let nginx = Nginx::start(dir.path(), gw.addr(), &server, &pki.cert_path, &users);
+    let (t, b) = (nginx.tls_port, nginx.basic_port);
 
     // curl with client certificates through nginx: alice opens, bob cannot touch it.
     let ca = pki.cert_path.display().to_string();
@@ -571,11 +570,17 @@ async fn behind_nginx_in_header_mode_the_client_runs_its_whole_flow_unchanged() 
     let (_, status, _) = run(as_user(&bob), &[], get.clone()).await.expect("curl");
     assert_eq!(status, 404);
     // bob names himself in the header: nginx overwrites it with the certificate's name.
-    let (_, status, _) = run(as_user(&bob), &["-H", "X-Forwarded-User: alice"], get.clone())
+    let (_, status, _) = run(
+        as_user(&bob),
+        &["-H", "X-Forwarded-User: alice"],
+        get.clone(),
+    )
+    .await
+    .expect("curl");
+    assert_eq!(status, 404);
+    let (_, status, _) = run(as_user(&alice), &["-X", "DELETE"], get)
         .await
         .expect("curl");
-    assert_eq!(status, 404);
-    let (_, status, _) = run(as_user(&alice), &["-X", "DELETE"], get).await.expect("curl");
     assert_eq!(status, 204);
     // No credentials at the basic-auth door: nginx answers 401 and labgate sees nothing.
     let (_, status, _) = run(vec![], &[], format!("http://127.0.0.1:{b}/session/x"))
@@ -590,8 +595,13 @@ async fn behind_nginx_in_header_mode_the_client_runs_its_whole_flow_unchanged() 
     assert_eq!(seen.len(), 5, "{seen:?}");
     for q in &seen {
         assert_eq!(q.lab_user.as_deref(), Some("alice"), "{q:?}");
-        assert!(q.session.as_deref() == Some(a.as_str()) || q.session.as_deref() == Some(w.as_str()));
+        assert!(
+            q.session.as_deref() == Some(a.as_str()) || q.session.as_deref() == Some(w.as_str())
+        );
     }
     let created = gw.audit_events("session_created");
-    assert!(created.iter().all(|e| e["identity"] == "alice"), "{created:?}");
+    assert!(
+        created.iter().all(|e| e["identity"] == "alice"),
+        "{created:?}"
+    );
 }

@@ -468,9 +468,8 @@ async fn chromium_shows_who_holds_the_lab_in_identity_mode() {
     let dir = tempfile::tempdir().expect("nginx dir");
     let pki = TestCa::new(dir.path(), "users");
     let (server, _) = pki.issue("nginx", "127.0.0.1", Usage::Server, Validity::Current);
-    let (t, b, s) = (free_port(), free_port(), free_port());
-    let _nginx = Nginx::start(dir.path(), gw.addr(), &server, &pki.cert_path, &[], t, b, s);
-    let board = format!("http://127.0.0.1:{s}/status");
+    let nginx = Nginx::start(dir.path(), gw.addr(), &server, &pki.cert_path, &[]);
+    let board = format!("http://127.0.0.1:{}/status", nginx.status_port);
 
     let dom = run_chromium(board.clone(), vec!["--dump-dom".into()]).await;
     let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
@@ -508,7 +507,10 @@ async fn chromium_shows_who_holds_the_lab_in_identity_mode() {
     let create = format!(
         "POST /session HTTP/1.1\r\nHost: x\r\n{USER_HEADER}: alice\r\nContent-Length: 0\r\n\r\n"
     );
-    assert_eq!(raw(hidden.addr(), &create).await.expect("create").status, 201);
+    assert_eq!(
+        raw(hidden.addr(), &create).await.expect("create").status,
+        201
+    );
     let page = raw(
         hidden.addr(),
         &format!("GET /status HTTP/1.1\r\nHost: x\r\n{USER_HEADER}: bob\r\n\r\n"),

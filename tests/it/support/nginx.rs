@@ -42,16 +42,16 @@ fn nginx_exe() -> PathBuf {
 impl Nginx {
     /// `labgate`: where labgate listens; `server`: nginx's own certificate; `client_ca`:
     /// the CA of the users' certificates; `users`: basic-auth (name, password) pairs.
+    /// Its three ports are picked at run time.
     pub fn start(
         dir: &Path,
         labgate: SocketAddr,
         server: &CertFiles,
         client_ca: &Path,
         users: &[(&str, &str)],
-        tls_port: u16,
-        basic_port: u16,
-        status_port: u16,
     ) -> Nginx {
+        let (tls_port, basic_port, status_port) =
+            (super::free_port(), super::free_port(), super::free_port());
         let htpasswd = dir.join("htpasswd");
         let lines: String = users
             .iter()
