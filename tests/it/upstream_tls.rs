@@ -194,3 +194,31 @@ async fn labgate_check_rejects_bad_tls_files_with_their_location() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_to_a_tls_upstream_stays_on_http1_while_requests_may_use_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "device");
+    let (cert, _) = ca.issue("r1", "r1.lab.test", Usage::Server, Validity::Current);
+    let up = TlsWsUpstream::start(&cert).await;
+    let tls = format!(
+        "sni = \"r1.lab.test\"\nca = {:?}\n",
+        ca.cert_path.display().to_string()
+    );
+    let gw = Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("r1", up.addr).tls(&tls))).await;
+    let r = raw(
+        gw.addr(),
+        "POST /session HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .expect("create");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    let id = v["session_id"].as_str().expect("id").to_string();
+    let _ws = open_echo_ws(&gw, "/lab/ws", &id).await;
+    let alpn = up.alpn.lock().unwrap().clone();
+    assert!(!alpn.is_empty());
+    assert!(
+        alpn.iter().all(|p| p.as_deref() == Some(&b"http/1.1"[..])),
+        "{alpn:?}"
+    );
+}

@@ -353,3 +353,61 @@ pub fn curl(args: &[&str], url: &str) -> (i32, u16, String) {
         body.to_string(),
     )
 }
+
+/// A WebSocket echo server over TLS that offers h2 and HTTP/1.1 by ALPN: a WebSocket
+/// handshake only works if the client (labgate) asked for HTTP/1.1. Counts the ALPN
+/// protocols its clients got.
+pub struct TlsWsUpstream {
+    pub addr: SocketAddr,
+    pub alpn: Arc<Mutex<Vec<Option<Vec<u8>>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsWsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsWsUpstream {
+    pub async fn start(cert: &CertFiles) -> TlsWsUpstream {
+        use futures_util::{SinkExt, StreamExt};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(load_certs(&cert.cert), load_key(&cert.key))
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let alpn: Arc<Mutex<Vec<Option<Vec<u8>>>>> = Arc::default();
+        let seen = alpn.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let proto = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                    seen.lock().unwrap().push(proto);
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() || msg.is_binary() {
+                            if ws.send(msg).await.is_err() {
+                                break;
+                            }
+                        } else if msg.is_close() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        TlsWsUpstream { addr, alpn, task }
+    }
+}
