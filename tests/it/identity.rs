@@ -189,10 +189,14 @@ async fn the_session_rate_limit_is_per_identity() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
+    // Named by the e-mail SAN this time.
     let cfg = Cfg::new(up.addr)
         .https()
         .rate_limit(2, "1h")
-        .extra(&format!("{}max_sessions = 5\n", pki.mtls_toml()));
+        .extra(&format!(
+            "{}max_sessions = 5\nfrom = \"san-email\"\n",
+            pki.mtls_toml()
+        ));
     let gw = Gateway::start(&cfg).await;
     let ca = pki.server_ca.cert_path.clone();
     let url = format!("https://127.0.0.1:{}/session", gw.port);
@@ -202,9 +206,19 @@ async fn the_session_rate_limit_is_per_identity() {
     }
     let (_, status, body) = curl_as(&ca, Some(&pki.alice), &["-X", "POST"], url.clone()).await;
     assert_eq!(status, 429, "{body}");
+    assert_eq!(body, r#"{"detail":"Too many session requests"}"#);
     // Same address, another person: their own bucket.
     let (_, status, body) = curl_as(&ca, Some(&pki.bob), &["-X", "POST"], url.clone()).await;
     assert_eq!(status, 201, "{body}");
+    let who: Vec<String> = gw
+        .audit_events("session_created")
+        .iter()
+        .map(|e| e["identity"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(who, ["alice@lab.test", "alice@lab.test", "bob@lab.test"]);
+    let refused = gw.audit_events("session_refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["reason"], "rate_limited");
 }
 
 /// Sends `request` to `to` from the loopback address `from`.
