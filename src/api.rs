@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::forward::Answer;
 use crate::gate::{Denied, SessionHeader};
+use crate::identity::{self, Identity};
 use crate::limits::CreateRefusal;
 use crate::queue::{EndReason, SessionId, Status};
 use crate::state::{CreateFailure, Shared};
@@ -170,19 +171,31 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
 /// The longest long-poll (§7); larger `wait` values are clamped to it.
 pub const MAX_WAIT_SECS: u64 = 60;
 
+/// Who is asking: the client address a request counts against, and in identity mode
+/// the identity it proved.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub client: IpAddr,
+    pub identity: Option<&'a Identity>,
+}
+
 /// Answers a local endpoint (everything but [`Endpoint::Lab`]). `query` is the checked
-/// query string; only `GET /session/{id}` reads it (`wait`).
+/// query string; only `GET /session/{id}` reads it (`wait`). In identity mode a session
+/// the caller does not own is answered exactly as an unknown one.
 pub async fn handle(
     shared: &Shared,
     endpoint: Endpoint<'_>,
     query: Option<&str>,
     session_header: SessionHeader,
-    client: IpAddr,
+    caller: Caller<'_>,
     now: Instant,
 ) -> Reply {
+    let client = caller.client;
+    let owned =
+        |id: SessionId, what: &str| shared.may_use(&id, caller.identity, what).then_some(id);
     let active_timeout = shared.config.queue.timeouts.active.as_secs();
     match endpoint {
-        Endpoint::CreateSession => match shared.create_session(client, now) {
+        Endpoint::CreateSession => match shared.create_session(client, caller.identity, now) {
             Ok((id, position)) => Reply::json(
                 201,
                 &Created {
@@ -202,7 +215,8 @@ pub async fn handle(
                 Ok(wait) => wait,
                 Err(reply) => return reply,
             };
-            let status = match (SessionId::parse_exact(id), wait) {
+            let id = SessionId::parse_exact(id).and_then(|id| owned(id, "get_session"));
+            let status = match (id, wait) {
                 (None, _) => None,
                 (Some(id), None) => shared.session_status(&id, now),
                 (Some(id), Some(wait)) => shared.wait_for_turn(&id, wait).await,
@@ -228,6 +242,7 @@ pub async fn handle(
         }
         Endpoint::DeleteSession(id) => {
             let ended = SessionId::parse_exact(id)
+                .and_then(|id| owned(id, "delete_session"))
                 .map(|id| shared.end_session(&id, EndReason::Deleted, now))
                 .unwrap_or(Ok(false));
             match ended {
@@ -242,13 +257,15 @@ pub async fn handle(
         Endpoint::Heartbeat => match session_header {
             SessionHeader::Missing => missing_header(),
             SessionHeader::Duplicate => duplicate_header(),
-            SessionHeader::One(Some(id)) => match shared.session_status(&id, now) {
-                Some((status, _)) => with_hold_remaining(Reply::empty(204), shared, status),
-                None => {
-                    shared.note_unknown_id(client, now);
-                    session_not_found()
+            SessionHeader::One(Some(id)) => {
+                match owned(id, "heartbeat").and_then(|id| shared.session_status(&id, now)) {
+                    Some((status, _)) => with_hold_remaining(Reply::empty(204), shared, status),
+                    None => {
+                        shared.note_unknown_id(client, now);
+                        session_not_found()
+                    }
                 }
-            },
+            }
             SessionHeader::One(None) => {
                 shared.note_unknown_id(client, now);
                 session_not_found()
@@ -412,7 +429,16 @@ fn create_refused(refusal: CreateRefusal) -> Reply {
         CreateRefusal::QueueFull { retry_after_secs } => {
             Reply::detail(503, "Session queue is full").with_header("Retry-After", retry_after_secs)
         }
+        CreateRefusal::IdentityCap { cap, .. } => Reply::detail(
+            429,
+            &format!("Too many live sessions for this identity (at most {cap}); end one first"),
+        ),
     }
+}
+
+/// `401`: identity mode could not establish who is asking; nothing is forwarded.
+pub fn unauthenticated(why: identity::Refusal) -> Reply {
+    Reply::detail(401, &format!("Not authenticated: {why}"))
 }
 
 #[cfg(test)]

@@ -18,6 +18,20 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The fencing number forwarded with every request (§7).
 pub const X_LAB_SESSION_SEQ: HeaderName = HeaderName::from_static("x-lab-session-seq");
+/// Identity mode: the holder's identity, as the upstream receives it (the default name
+/// of `identity.upstream_header`).
+pub const X_LAB_USER: &str = "x-lab-user";
+
+/// Identity mode's headers for one hop.
+pub struct IdentityHop<'a> {
+    /// Where the upstream gets the holder's identity (`identity.upstream_header`).
+    pub upstream: &'a HeaderName,
+    /// `header` mode: where the trusted proxy named the user. Dropped, never forwarded:
+    /// the upstream hears the identity from labgate only.
+    pub source: Option<&'a HeaderName>,
+    /// The holder, as established for this request.
+    pub holder: &'a str,
+}
 
 /// What labgate knows about one forwarded request's hop, for the headers it sets.
 pub struct Hop<'a> {
@@ -27,12 +41,16 @@ pub struct Hop<'a> {
     pub peer_trusted: bool,
     /// A WebSocket (or other) upgrade handshake: `Upgrade` survives.
     pub upgrade: bool,
+    /// The client reached labgate over its TLS listener.
+    pub https: bool,
     /// The upstream's `host:port`, sent as `Host`.
     pub authority: &'a str,
     /// The session's sequence number, the fencing token.
     pub seq: u64,
     /// The operator's `[upstream.headers]`, never a managed name (config checks it).
     pub configured: &'a [(HeaderName, HeaderValue)],
+    /// Identity mode only.
+    pub identity: Option<IdentityHop<'a>>,
 }
 
 /// What labgate does with one managed header.
@@ -51,6 +69,10 @@ pub enum Role {
     /// A proxy chain: given the values a trusted proxy sent (empty from anybody else),
     /// the value to send; `None` keeps the trusted proxy's values as they are.
     Chain(fn(&Hop, &[&HeaderValue]) -> Option<HeaderValue>),
+    /// Identity mode's headers: the holder's identity under the configured name (this
+    /// entry is its default name), client copies of it and of the proxy's identity header
+    /// dropped. Without identity mode, a client copy of the default name is dropped too.
+    Identity,
 }
 
 /// One header labgate manages.
@@ -89,6 +111,7 @@ pub const MANAGED: &[Managed] = &[
     managed("x-forwarded-proto", Role::Chain(forwarded_proto)),
     managed("host", Role::Own(host)),
     managed("x-lab-session-seq", Role::Own(session_seq)),
+    managed(X_LAB_USER, Role::Identity),
 ];
 
 /// Is `name` (any case) a header labgate manages? Config validation refuses these.
@@ -118,11 +141,12 @@ fn forwarded_for(hop: &Hop, trusted: &[&HeaderValue]) -> Option<HeaderValue> {
     HeaderValue::from_str(&value).ok()
 }
 
-/// labgate listens on plain HTTP; a trusted proxy in front knows better.
-fn forwarded_proto(_hop: &Hop, trusted: &[&HeaderValue]) -> Option<HeaderValue> {
+/// How the client reached labgate; a trusted proxy in front knows better.
+fn forwarded_proto(hop: &Hop, trusted: &[&HeaderValue]) -> Option<HeaderValue> {
+    let proto = if hop.https { "https" } else { "http" };
     trusted
         .is_empty()
-        .then_some(HeaderValue::from_static("http"))
+        .then_some(HeaderValue::from_static(proto))
 }
 
 /// One change to a request's headers, in order.
@@ -198,6 +222,19 @@ pub fn request_edits(headers: &HeaderMap, hop: &Hop) -> Vec<Edit> {
                 };
                 if let Some(v) = value(hop, &trusted) {
                     edits.push(Edit::Insert(name, v));
+                }
+            }
+            Role::Identity => {
+                edits.push(Edit::Remove(m.name()));
+                if let Some(id) = &hop.identity {
+                    edits.push(Edit::Remove(id.upstream.clone()));
+                    if let Some(source) = id.source {
+                        edits.push(Edit::Remove(source.clone()));
+                    }
+                    // An identity is printable ASCII (identity::Identity): always a value.
+                    if let Ok(v) = HeaderValue::from_str(id.holder) {
+                        edits.push(Edit::Insert(id.upstream.clone(), v));
+                    }
                 }
             }
             Role::Framing | Role::HopByHop | Role::Passed => {}
@@ -388,9 +425,11 @@ mod tests {
             peer: Some([10, 0, 0, 1].into()),
             peer_trusted: trusted,
             upgrade: false,
+            https: false,
             authority: "lab:9000",
             seq: 7,
             configured,
+            identity: None,
         }
     }
 
@@ -416,6 +455,30 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "6.6.6.6, 10.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_LAB_SESSION_SEQ], "7");
+    }
+
+    #[test]
+    fn the_holders_identity_replaces_every_client_copy() {
+        let upstream = HeaderName::from_static("x-holder");
+        let source = HeaderName::from_static("x-forwarded-user");
+        let mut client = client_headers();
+        client.insert(&upstream, HeaderValue::from_static("mallory"));
+        client.insert(&source, HeaderValue::from_static("alice"));
+        client.insert(X_LAB_USER, HeaderValue::from_static("mallory"));
+        let mut hop = hop(false, &[]);
+        // Identity mode off: the default name is still never passed on.
+        let h = apply(client.clone(), &hop);
+        assert!(h.get(X_LAB_USER).is_none());
+        hop.identity = Some(IdentityHop {
+            upstream: &upstream,
+            source: Some(&source),
+            holder: "alice",
+        });
+        hop.https = true;
+        let h = apply(client, &hop);
+        assert_eq!(h.get_all(&upstream).iter().collect::<Vec<_>>(), ["alice"]);
+        assert!(h.get(&source).is_none() && h.get(X_LAB_USER).is_none());
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 use std::time::Instant;
 
+use crate::identity::Identity;
+use crate::ownership::{Access, Owners};
 use crate::queue::{Queue, Refusal, SessionId};
 
 /// What the gate decided for one `/lab` request.
@@ -143,6 +145,27 @@ pub fn decide(header: SessionHeader, queue: &mut Queue, now: Instant) -> Decisio
     }
 }
 
+/// The gate in identity mode: as [`decide`], but a session `caller` does not own is
+/// unknown to them (`404`, unprobeable) and is not counted in flight. With a
+/// cross-identity attempt, also returns the session's owner (for the audit line).
+/// `caller` is `None` when identity mode is off: the id alone decides.
+pub fn decide_as(
+    header: SessionHeader,
+    caller: Option<&Identity>,
+    owners: &Owners,
+    queue: &mut Queue,
+    now: Instant,
+) -> (Decision, Option<Identity>) {
+    if let SessionHeader::One(Some(id)) = header {
+        match owners.check(&id, caller) {
+            Access::Bearer | Access::Owner => {}
+            Access::CrossIdentity { owner } => return (Decision::Unknown, Some(owner)),
+            Access::Unowned => return (Decision::Unknown, None),
+        }
+    }
+    (decide(header, queue, now), None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +238,38 @@ mod tests {
             decide(SessionHeader::One(None), &mut q, t0),
             Decision::Unknown
         );
+    }
+
+    #[test]
+    fn in_identity_mode_only_the_owner_passes_and_others_see_unknown() {
+        let mut q = queue();
+        let t0 = Instant::now();
+        let (a, b) = (SessionId::random(), SessionId::random());
+        q.create(a, t0).unwrap();
+        q.create(b, t0).unwrap();
+        let mut owners = Owners::default();
+        let alice = Identity::parse(b"alice").unwrap();
+        let bob = Identity::parse(b"bob").unwrap();
+        owners.bind(a, alice.clone());
+        owners.bind(b, bob.clone());
+        let (d, cross) = decide_as(one(&a.to_string()), Some(&alice), &owners, &mut q, t0);
+        assert!(matches!(d, Decision::Allow { id, .. } if id == a) && cross.is_none());
+        q.end_request(&a, t0);
+        // bob naming alice's (ACTIVE) id: unknown, the owner reported, not in flight.
+        let (d, cross) = decide_as(one(&a.to_string()), Some(&bob), &owners, &mut q, t0);
+        assert_eq!((d, cross), (Decision::Unknown, Some(alice.clone())));
+        assert_eq!(q.view(&a).unwrap().inflight, 0);
+        // bob's own waiting session is still 423 to him.
+        let (d, _) = decide_as(one(&b.to_string()), Some(&bob), &owners, &mut q, t0);
+        assert_eq!(d, Decision::Waiting { position: 1 });
+        // A session with no owner (restored without one) belongs to nobody.
+        let c = SessionId::random();
+        q.create(c, t0).unwrap();
+        let (d, cross) = decide_as(one(&c.to_string()), Some(&alice), &owners, &mut q, t0);
+        assert_eq!((d, cross), (Decision::Unknown, None));
+        // Identity mode off: the id alone decides.
+        let (d, _) = decide_as(one(&a.to_string()), None, &owners, &mut q, t0);
+        assert!(matches!(d, Decision::Allow { .. }));
     }
 
     #[test]

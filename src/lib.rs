@@ -16,10 +16,20 @@
 //! - [`forward`]: forwarding policy: the one list of headers labgate manages, hop-by-hop
 //!   removal, `X-Forwarded-*`, fencing, injected headers, upstream failure -> answer.
 //! - [`history`]: recent hold and wait times and the `Retry-After` estimate from them.
+//! - [`identity`]: identity mode's "who is asking": a well-formed identity, reading it
+//!   from a verified client certificate (CN or a SAN), believing a header only from a
+//!   trusted proxy.
+//! - [`ownership`]: which identity owns which session; the owner check and the
+//!   per-identity cap.
 //!
 //! Edges around the core (I/O or shared state, no pingora types where avoidable):
 //! - [`config`]: TOML -> [`config::Config`]: `raw` (serde mirror, defaults) -> `validate`
-//!   (pure rules) -> `resolve` (the only I/O: addresses, secret header values).
+//!   (pure rules; `config::identity` for `[server.tls]` and `[identity]`) -> `resolve`
+//!   (the only I/O: addresses, secret header values, TLS files).
+//! - [`tls`]: TLS material, every PEM file parsed before pingora sees it:
+//!   `tls::listener` (the HTTPS listener, client verification, SIGHUP reload, the
+//!   connection's identity) and `tls::upstream` (CA, SNI, client certificate,
+//!   skip-verify, h2 by ALPN on an `HttpPeer`).
 //! - [`api`]: the session API: which endpoint, and each answer's exact status, headers
 //!   and body, computed against [`state::Shared`].
 //! - [`state`]: the shared handle: one lock around the queue, and around each operation
@@ -72,8 +82,10 @@ pub mod demo;
 pub mod forward;
 pub mod gate;
 pub mod history;
+pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod ownership;
 pub mod path;
 pub mod proxy;
 pub mod queue;
@@ -82,3 +94,4 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod tls;

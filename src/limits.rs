@@ -24,6 +24,8 @@ pub enum CreateRefusal {
     RateLimited { retry_after_secs: u64 },
     /// The queue holds `max_sessions`.
     QueueFull { retry_after_secs: u64 },
+    /// Identity mode: the caller already holds `identity.max_sessions` live sessions.
+    IdentityCap { live: usize, cap: usize },
 }
 
 impl CreateRefusal {
@@ -36,6 +38,7 @@ impl CreateRefusal {
         match self {
             CreateRefusal::RateLimited { .. } => CreateRejection::RateLimited,
             CreateRefusal::QueueFull { .. } => CreateRejection::QueueFull,
+            CreateRefusal::IdentityCap { .. } => CreateRejection::IdentityCap,
         }
     }
 }
@@ -48,13 +51,16 @@ pub enum CreateRejection {
     QueueFull,
     /// An operator is draining the lab.
     Draining,
+    /// Identity mode: the per-identity cap on live sessions.
+    IdentityCap,
 }
 
 impl CreateRejection {
-    pub const ALL: [CreateRejection; 3] = [
+    pub const ALL: [CreateRejection; 4] = [
         CreateRejection::RateLimited,
         CreateRejection::QueueFull,
         CreateRejection::Draining,
+        CreateRejection::IdentityCap,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +68,7 @@ impl CreateRejection {
             CreateRejection::RateLimited => "rate_limited",
             CreateRejection::QueueFull => "queue_full",
             CreateRejection::Draining => "draining",
+            CreateRejection::IdentityCap => "identity_cap",
         }
     }
 }
@@ -133,10 +140,25 @@ pub fn check_capacity(len: usize, max_sessions: usize) -> Result<(), CreateRefus
     }
 }
 
-type Keyed<C> =
-    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// Who a `POST /session` counts against: the client address, or in identity mode the
+/// identity (many people behind one proxy address each get their own bucket, and one
+/// person gets one bucket from any address).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    Addr(IpAddr),
+    Identity(crate::identity::Identity),
+}
 
-/// Per-client-address token bucket for `POST /session`.
+impl From<IpAddr> for RateKey {
+    fn from(ip: IpAddr) -> Self {
+        RateKey::Addr(ip)
+    }
+}
+
+type Keyed<C> =
+    RateLimiter<RateKey, DefaultKeyedStateStore<RateKey>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// Per-client (address or identity) token bucket for `POST /session`.
 pub struct SessionLimiter<C: Clock = DefaultClock> {
     limiter: Keyed<C>,
     clock: C,
@@ -161,8 +183,8 @@ impl<C: Clock + Clone> SessionLimiter<C> {
     }
 
     /// Takes one token for `client`, or says how long to wait.
-    pub fn check(&self, client: IpAddr) -> Result<(), CreateRefusal> {
-        self.limiter.check_key(&client).map_err(|not_until| {
+    pub fn check(&self, client: impl Into<RateKey>) -> Result<(), CreateRefusal> {
+        self.limiter.check_key(&client.into()).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             CreateRefusal::RateLimited {
                 retry_after_secs: ceil_secs(wait),

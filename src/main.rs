@@ -127,6 +127,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 c.server.listen,
                 c.metrics.listen
             );
+            for warning in c.warnings() {
+                println!("{warning}");
+            }
             Ok(())
         }
         Some(Command::Admin {

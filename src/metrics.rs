@@ -35,6 +35,7 @@ pub struct Metrics {
     pub connections_cut: IntCounter,
     pub hold_seconds: Histogram,
     pub state_write_seconds: Histogram,
+    pub identity_refused: IntCounterVec,
 }
 
 /// Queue waits and holds run from seconds to hours.
@@ -172,6 +173,12 @@ impl Metrics {
             WRITE_BUCKETS,
         );
 
+        let identity_refused = counter_vec(
+            "labgate_identity_refused_total",
+            "Requests refused with 401 in identity mode, by reason.",
+            &["reason"],
+        );
+
         // Create every fixed label combination now, so dashboards and alerts see zeros
         // instead of missing series.
         for reason in EndReason::ALL {
@@ -182,6 +189,9 @@ impl Metrics {
         }
         for verdict in Verdict::ALL {
             gate_decisions.with_label_values(&[verdict.as_str()]);
+        }
+        for reason in crate::identity::Refusal::LABELS {
+            identity_refused.with_label_values(&[reason]);
         }
 
         Metrics {
@@ -198,6 +208,7 @@ impl Metrics {
             upstream_errors,
             build_info,
             connections_cut,
+            identity_refused,
             hold_seconds,
             state_write_seconds,
         }
@@ -219,6 +230,10 @@ impl Metrics {
         self.gate_decisions
             .with_label_values(&[verdict.as_str()])
             .inc();
+    }
+
+    pub fn count_identity_refused(&self, reason: &str) {
+        self.identity_refused.with_label_values(&[reason]).inc();
     }
 
     pub fn count_create_rejected(&self, reason: CreateRejection) {
@@ -294,6 +309,7 @@ mod tests {
             "labgate_connections_cut_total",
             "labgate_hold_seconds",
             "labgate_state_write_seconds",
+            "labgate_identity_refused_total",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -20,10 +20,11 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
-use crate::api::{self, Endpoint, Reply};
-use crate::config::Upstream;
+use crate::api::{self, Caller, Endpoint, Reply};
+use crate::config::{IdentitySource, Upstream};
 use crate::forward::{self, Edit};
 use crate::gate::{self, Denied, Verdict};
+use crate::identity::{self, Identity};
 use crate::limits;
 use crate::metrics::status_class;
 use crate::path;
@@ -71,6 +72,37 @@ impl LabGate {
         }
         write_reply(session, reply).await?;
         Ok(true)
+    }
+
+    /// Identity mode: who is asking, from the connection's certificate or the trusted
+    /// proxy's header; `Ok(None)` when identity mode is off.
+    fn identify(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+    ) -> std::result::Result<Option<Identity>, identity::Refusal> {
+        let config = &self.shared.config;
+        let Some(id_config) = &config.identity else {
+            return Ok(None);
+        };
+        let connection = crate::tls::listener::connection_identity(session.digest());
+        let trusted = &config.server.trusted_proxies;
+        match &id_config.source {
+            IdentitySource::Mtls(_) => identity::of_request(
+                identity::Mode::Mtls,
+                connection,
+                ctx.peer,
+                trusted,
+                std::iter::empty(),
+            ),
+            IdentitySource::Header(name) => identity::of_request(
+                identity::Mode::Header(name),
+                connection,
+                ctx.peer,
+                trusted,
+                header_values(session.req_header(), name),
+            ),
+        }
     }
 
     /// The gate said no: audit it and answer.
@@ -124,6 +156,22 @@ impl ProxyHttp for LabGate {
             limits::client_address(p, forwarded_for, trusted_proxies)
         });
 
+        match self.identify(session, ctx) {
+            Ok(caller) => ctx.identity = caller,
+            Err(why) => {
+                tracing::info!(
+                    target: AUDIT,
+                    event = "identity_refused",
+                    reason = why.label(),
+                    peer = %ctx.peer.map(|p| p.to_string()).unwrap_or_default(),
+                    path = %forward::loggable_path(req.raw_path()),
+                );
+                shared.metrics().count_identity_refused(why.label());
+                return self.answer(session, ctx, api::unauthenticated(why)).await;
+            }
+        }
+        let req = session.req_header();
+
         let target = match path::check(req.raw_path()) {
             Ok(t) => t,
             Err(why) => {
@@ -147,11 +195,15 @@ impl ProxyHttp for LabGate {
                 // Only Unix-socket peers lack an IP, and labgate listens on TCP only.
                 return self.answer(session, ctx, api::not_found()).await;
             };
-            let reply = api::handle(shared, endpoint, target.query, header, client, now).await;
+            let caller = Caller {
+                client,
+                identity: ctx.identity.as_ref(),
+            };
+            let reply = api::handle(shared, endpoint, target.query, header, caller, now).await;
             return self.answer(session, ctx, reply).await;
         }
 
-        let allowed = match shared.gate(header, now) {
+        let allowed = match shared.gate(header, ctx.identity.as_ref(), now) {
             Ok(allowed) => allowed,
             Err(denied) => {
                 let path = target.path.to_string();
@@ -200,7 +252,10 @@ impl ProxyHttp for LabGate {
         }
         let up = self.upstream(routed);
         // A resolved SocketAddr: no DNS on the request path.
-        let mut peer = HttpPeer::new(up.addr, false, String::new());
+        let mut peer = match &up.tls {
+            Some(tls) => tls.peer(up.addr, session.is_upgrade_req()),
+            None => HttpPeer::new(up.addr, false, String::new()),
+        };
         // Pool connections per session: a socket of an ended (cut) session must never
         // serve another session's request.
         peer.group_key = routed.in_flight.allowed.seq;
@@ -230,13 +285,28 @@ impl ProxyHttp for LabGate {
         };
         let up = self.upstream(routed);
         req.set_raw_path(routed.target.as_bytes())?;
+        let config = &self.shared.config;
+        let identity = match (&config.identity, &ctx.identity) {
+            (Some(c), Some(holder)) => Some(forward::IdentityHop {
+                upstream: &c.upstream_header,
+                source: match &c.source {
+                    IdentitySource::Header(h) => Some(h),
+                    IdentitySource::Mtls(_) => None,
+                },
+                // The gate let it through: the caller owns the ACTIVE session.
+                holder: holder.as_str(),
+            }),
+            _ => None,
+        };
         let hop = forward::Hop {
             peer: ctx.peer,
             peer_trusted: ctx.peer_trusted,
             upgrade: session.is_upgrade_req(),
+            https: config.listener_tls.is_some(),
             authority: &up.authority,
             seq: routed.in_flight.allowed.seq,
             configured: &up.headers,
+            identity,
         };
         for edit in forward::request_edits(&req.headers, &hop) {
             match edit {

@@ -1,5 +1,6 @@
-//! Assembles the pingora server from a [`Config`]: the gateway listener, the metrics
-//! listener, the reaper, the optional demo lab, and a shutdown watch that drains.
+//! Assembles the pingora server from a [`Config`]: the gateway listener (plain HTTP, or
+//! HTTPS whose material SIGHUP reloads), the metrics listener, the reaper, the optional
+//! demo lab, and a shutdown watch that drains.
 //!
 //! Owns start-up and shutdown only. On SIGTERM or SIGINT it waits until no forwarded
 //! request is in flight (at most `grace_period`), then lets pingora stop its runtimes;
@@ -9,13 +10,15 @@
 //! thread and keep the process running without it.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::background::background_service;
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::{self, AdminService};
@@ -24,6 +27,7 @@ use crate::demo::DemoLab;
 use crate::proxy::LabGate;
 use crate::reaper::Reaper;
 use crate::state::Shared;
+use crate::tls::listener::ListenerTls;
 
 /// How often a draining shutdown looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -55,6 +59,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let grace = config.server.grace_period;
     let threads = config.server.threads;
     let shutdown_timeout = config.server.shutdown_timeout;
+    let listener_tls = config.listener_tls.clone();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     // The store is opened (and the queue restored) before pingora starts, so that a
     // store that cannot be opened is a clean start-up error.
     let admin_path = config.admin_socket.clone();
@@ -82,9 +90,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         LabGate::new(shared.clone()),
         "labgate",
     );
-    for addr in &listen {
-        gateway.add_tcp(&addr.to_string());
-    }
+    add_gateway_listeners(&mut gateway, &listen, listener_tls.as_ref());
     let mut metrics = pingora_prometheus::prometheus_http_service();
     metrics.add_tcp(&metrics_listen.to_string());
     server.add_service(gateway);
@@ -92,6 +98,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(background_service("reaper", Reaper::new(shared.clone())));
     if let Some(admin) = admin {
         server.add_service(background_service("admin API", admin));
+    }
+    if let Some(tls) = &listener_tls {
+        let reloader = TlsReloader { tls: tls.clone() };
+        server.add_service(background_service("TLS reloader", reloader));
     }
     if let Some(demo) = demo {
         let mut lab = Service::new("demo lab".to_string(), DemoLab);
@@ -101,6 +111,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(
         listen = ?listen,
+        https = listener_tls.is_some(),
         metrics = %metrics_listen,
         version = env!("CARGO_PKG_VERSION"),
         "labgate starting"
@@ -113,6 +124,51 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     });
     tracing::info!("labgate stopped");
     Ok(())
+}
+
+/// Adds the gateway's listeners: HTTPS when `tls` is given, plain HTTP otherwise.
+fn add_gateway_listeners<A: Send + Sync + 'static>(
+    service: &mut Service<A>,
+    listen: &[SocketAddr],
+    tls: Option<&Arc<ListenerTls>>,
+) {
+    for addr in listen {
+        match tls {
+            Some(tls) => service.add_tls_with_settings(&addr.to_string(), None, tls.settings()),
+            None => service.add_tcp(&addr.to_string()),
+        }
+    }
+}
+
+/// On SIGHUP, re-reads the listener's certificate, key, client CA and CRL. New
+/// handshakes use them; open connections keep what they were accepted with. A reload
+/// that fails keeps the old material and says why in the log.
+struct TlsReloader {
+    tls: Arc<ListenerTls>,
+}
+
+#[async_trait]
+impl BackgroundService for TlsReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot install the SIGHUP handler; TLS files will not be reloaded");
+            return;
+        };
+        loop {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+                _ = hup.recv() => match self.tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the files loaded before"),
+                },
+            }
+        }
+    }
 }
 
 /// Runs only the demo lab until SIGTERM or SIGINT.

@@ -30,8 +30,10 @@ use crate::config::Config;
 use crate::cut::{self, Ticket};
 use crate::gate::{self, Denied, SessionHeader, Verdict};
 use crate::history::History;
-use crate::limits::{self, CreateRefusal, CreateRejection, SessionLimiter};
+use crate::identity::Identity;
+use crate::limits::{self, CreateRefusal, CreateRejection, RateKey, SessionLimiter};
 use crate::metrics::{metrics, Metrics};
+use crate::ownership::{Access, Owners};
 use crate::queue::{Change, EndReason, Queue, QueueError, SessionId, SessionView, Status};
 use crate::store::{self, Store, StoreError, StoredSession};
 
@@ -85,6 +87,8 @@ struct Core {
     unsaved_removals: Vec<u64>,
     meta: HashMap<SessionId, Meta>,
     history: History,
+    /// Identity mode: who owns which session.
+    owners: Owners,
 }
 
 /// One session with where it came from, as [`Shared::picture`] reports it.
@@ -94,6 +98,8 @@ pub struct SessionInfo {
     pub client: Option<IpAddr>,
     /// Creation time, Unix ms; `None` when unknown.
     pub created_ms: Option<u64>,
+    /// Identity mode: who opened it.
+    pub owner: Option<Identity>,
 }
 
 /// The queue at one moment, read under one lock. The views built from it (admin rows,
@@ -136,6 +142,9 @@ struct Outcome {
     snapshot: Snapshot,
     cut: usize,
     store_time: Option<Duration>,
+    /// Owners of `change.ended`, in the same order, and of the promoted session.
+    ended_owners: Vec<Option<Identity>>,
+    promoted_owner: Option<Identity>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -174,21 +183,28 @@ impl Core {
     /// connections and forget their metadata.
     fn settle(&mut self, change: Change, now: Instant, store_time: Option<Duration>) -> Outcome {
         let mut cut = 0;
+        let mut ended_owners = Vec::with_capacity(change.ended.len());
         for e in &change.ended {
             cut += self.conns.cut(&e.id);
             self.meta.remove(&e.id);
+            ended_owners.push(self.owners.owner(&e.id).cloned());
+            self.owners.release(&e.id);
             if let Some(held) = e.held {
                 self.history.hold_ended(held);
             }
         }
+        let mut promoted_owner = None;
         if let Some(p) = &change.promoted {
             self.history.promoted(p.waited);
+            promoted_owner = self.owners.owner(&p.id).cloned();
         }
         Outcome {
             snapshot: self.snapshot(now),
             change,
             cut,
             store_time,
+            ended_owners,
+            promoted_owner,
         }
     }
 }
@@ -199,6 +215,7 @@ impl Shared {
     pub fn new(config: Config) -> anyhow::Result<Arc<Shared>> {
         let now = Instant::now();
         let wall_now = SystemTime::now();
+        let mut owners = Owners::default();
         let (queue, store, meta) = match &config.queue.state_path {
             None => (
                 Queue::with_next_seq(config.queue.timeouts, store::seq_floor(None, wall_now)),
@@ -207,6 +224,17 @@ impl Shared {
             ),
             Some(path) => {
                 let (store, restored) = Store::open(path)?;
+                for s in &restored.sessions {
+                    // An owner that is not a valid identity leaves the session unowned:
+                    // in identity mode nobody can use it, and it is reaped.
+                    if let Some(owner) = restored
+                        .owners
+                        .get(&s.seq)
+                        .and_then(|o| Identity::parse(o.as_bytes()))
+                    {
+                        owners.bind(s.id, owner);
+                    }
+                }
                 let mut meta = HashMap::new();
                 let sessions = restored
                     .sessions
@@ -259,6 +287,7 @@ impl Shared {
                 unsaved_removals: Vec::new(),
                 meta,
                 history: History::default(),
+                owners,
             }),
             draining: AtomicBool::new(false),
             probes: Mutex::new(limits::ProbeDetector::default()),
@@ -291,11 +320,12 @@ impl Shared {
         if let Some(t) = o.store_time {
             m.state_write_seconds.observe(t.as_secs_f64());
         }
-        for e in &o.change.ended {
+        for (e, owner) in o.change.ended.iter().zip(&o.ended_owners) {
             tracing::info!(
                 target: AUDIT,
                 event = "session_ended",
                 session = %e.id.short(),
+                identity = owner.as_ref().map(Identity::as_str),
                 seq = e.seq,
                 reason = e.reason.as_str(),
                 was_active = e.was_active,
@@ -308,6 +338,7 @@ impl Shared {
                 target: AUDIT,
                 event = "session_promoted",
                 session = %p.id.short(),
+                identity = o.promoted_owner.as_ref().map(Identity::as_str),
                 seq = p.seq,
                 waited_secs = p.waited.as_secs_f64(),
             );
@@ -317,15 +348,18 @@ impl Shared {
         }
     }
 
-    /// `POST /session`: rate limit, cap, durable write, then append.
+    /// `POST /session`: rate limit, caps (queue, and per identity in identity mode),
+    /// durable write, then append. `caller`: the identity opening it, in identity mode.
     pub fn create_session(
         &self,
         client: IpAddr,
+        caller: Option<&Identity>,
         now: Instant,
     ) -> Result<(SessionId, usize), CreateFailure> {
+        let identity = caller.map(Identity::as_str);
         let refused = |r: CreateRefusal| {
             self.metrics.count_create_rejected(r.reason());
-            tracing::info!(target: AUDIT, event = "session_refused", client = %client, reason = r.label());
+            tracing::info!(target: AUDIT, event = "session_refused", client = %client, identity, reason = r.label());
             CreateFailure::Refused(r)
         };
         if self.is_draining() {
@@ -333,13 +367,25 @@ impl Shared {
                 .count_create_rejected(CreateRejection::Draining);
             return Err(CreateFailure::Draining);
         }
-        self.limiter.check(client).map_err(refused)?;
+        let key = match caller {
+            Some(who) => RateKey::Identity(who.clone()),
+            None => RateKey::Addr(client),
+        };
+        self.limiter.check(key).map_err(refused)?;
         let id = SessionId::random();
         let created_ms = unix_ms(SystemTime::now());
         let (position, outcome) = {
             let mut core = self.lock();
             limits::check_capacity(core.queue.len(), self.config.queue.max_sessions)
                 .map_err(refused)?;
+            if let (Some(who), Some(cfg)) = (caller, &self.config.identity) {
+                core.owners.admit(who, cfg.max_sessions).map_err(|c| {
+                    refused(CreateRefusal::IdentityCap {
+                        live: c.live,
+                        cap: c.cap,
+                    })
+                })?;
+            }
             let seq = core.queue.next_seq();
             let mut store_time = None;
             if let Some(store) = &core.store {
@@ -348,7 +394,9 @@ impl Shared {
                     seq,
                     created_ms,
                 };
-                store_time = Some(store.insert(&record, seq.saturating_add(1)).map_err(|e| {
+                let owner = caller.map(Identity::as_str);
+                let next = seq.saturating_add(1);
+                store_time = Some(store.insert_owned(&record, owner, next).map_err(|e| {
                     tracing::error!(error = %e, "cannot record a new session; refusing it");
                     StoreFailed::from(e)
                 })?);
@@ -366,6 +414,9 @@ impl Shared {
                     created_ms,
                 },
             );
+            if let Some(who) = caller {
+                core.owners.bind(id, who.clone());
+            }
             let change = Change {
                 ended: Vec::new(),
                 promoted,
@@ -373,7 +424,7 @@ impl Shared {
             (position, core.settle(change, now, store_time))
         };
         self.metrics.sessions_created.inc();
-        tracing::info!(target: AUDIT, event = "session_created", session = %id.short(), client = %client, position);
+        tracing::info!(target: AUDIT, event = "session_created", session = %id.short(), client = %client, identity, position);
         self.record(outcome);
         Ok((id, position))
     }
@@ -482,6 +533,35 @@ impl Shared {
         }
     }
 
+    /// Identity mode's owner check for a session-bound API call (`what`: which one).
+    /// Whether `caller` may act on `id`; a cross-identity attempt is audit-logged.
+    /// With identity mode off (`caller` is `None`), always true: the id is the key.
+    pub fn may_use(&self, id: &SessionId, caller: Option<&Identity>, what: &str) -> bool {
+        let access = self.lock().owners.check(id, caller);
+        if let (Access::CrossIdentity { owner }, Some(caller)) = (&access, caller) {
+            self.audit_cross_identity(id, caller, owner, what);
+        }
+        access.allowed()
+    }
+
+    fn audit_cross_identity(
+        &self,
+        id: &SessionId,
+        caller: &Identity,
+        owner: &Identity,
+        what: &str,
+    ) {
+        tracing::warn!(
+            target: AUDIT,
+            event = "cross_identity",
+            session = %id.short(),
+            identity = caller.as_str(),
+            owner = owner.as_str(),
+            endpoint = what,
+            "an identity named a session another identity owns; answered as unknown"
+        );
+    }
+
     /// `GET /active-session`: refreshes nothing.
     pub fn active_session(&self) -> Option<SessionId> {
         self.lock().queue.active().map(|v| v.id)
@@ -489,17 +569,29 @@ impl Shared {
 
     /// The gate, counted. What it allows must be handed back to
     /// [`Shared::end_request`].
-    pub fn gate(&self, header: SessionHeader, now: Instant) -> Result<Allowed, Denied> {
-        let decided = {
+    /// `caller`: the request's identity in identity mode (a session it does not own is
+    /// unknown to it).
+    pub fn gate(
+        &self,
+        header: SessionHeader,
+        caller: Option<&Identity>,
+        now: Instant,
+    ) -> Result<Allowed, Denied> {
+        let (decided, cross) = {
             let mut core = self.lock();
-            gate::decide(header, &mut core.queue, now)
-                .allowed()
-                .map(|(id, seq)| Allowed {
-                    id,
-                    seq,
-                    ticket: core.conns.begin(id),
-                })
+            let core = &mut *core;
+            let (decision, cross) =
+                gate::decide_as(header, caller, &core.owners, &mut core.queue, now);
+            let decided = decision.allowed().map(|(id, seq)| Allowed {
+                id,
+                seq,
+                ticket: core.conns.begin(id),
+            });
+            (decided, cross)
         };
+        if let (Some(owner), Some(caller), SessionHeader::One(Some(id))) = (cross, caller, header) {
+            self.audit_cross_identity(&id, caller, &owner, "lab");
+        }
         match &decided {
             Ok(_) => {
                 self.count_decision(Verdict::Allowed);
@@ -606,6 +698,7 @@ impl Shared {
                 SessionInfo {
                     client: meta.and_then(|m| m.client),
                     created_ms: meta.map(|m| m.created_ms),
+                    owner: core.owners.owner(&view.id).cloned(),
                     view,
                 }
             })

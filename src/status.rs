@@ -35,11 +35,19 @@ pub struct QueueEntry {
     pub tag: String,
     pub state: &'static str,
     pub secs: f64,
+    /// Identity mode with `status_page_names`: who opened the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// What the public status page shows.
 pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
     let picture = shared.picture(STATUS_ROWS, now);
+    let names = shared
+        .config
+        .identity
+        .as_ref()
+        .is_some_and(|i| i.status_page_names);
     let queue = picture
         .sessions
         .iter()
@@ -50,6 +58,11 @@ pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
             secs: now
                 .saturating_duration_since(s.view.promoted_at.unwrap_or(s.view.created))
                 .as_secs_f64(),
+            identity: s
+                .owner
+                .as_ref()
+                .filter(|_| names)
+                .map(|o| o.as_str().to_string()),
         })
         .collect();
     LabStatus {
@@ -78,12 +91,38 @@ pub fn json(status: &LabStatus) -> Vec<u8> {
     serde_json::to_vec(status).unwrap_or_else(|_| b"{}".to_vec())
 }
 
+/// Escapes text for HTML (identities are printable ASCII, which includes `<` and `&`).
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub fn html(status: &LabStatus) -> String {
-    let headline = if status.held {
-        format!("The lab is held, for {} so far.", human(status.hold_secs))
-    } else {
-        "The lab is free.".to_string()
+    let holder = status
+        .queue
+        .first()
+        .filter(|e| e.position == 0)
+        .and_then(|e| e.identity.as_deref());
+    let headline = match (status.held, holder) {
+        (true, Some(who)) => format!(
+            "{} holds the lab, for {} so far.",
+            escape(who),
+            human(status.hold_secs)
+        ),
+        (true, None) => format!("The lab is held, for {} so far.", human(status.hold_secs)),
+        (false, _) => "The lab is free.".to_string(),
     };
+    let named = status.queue.iter().any(|e| e.identity.is_some());
     let waiting = match status.waiting {
         0 => "Nobody is waiting.".to_string(),
         1 => "1 session is waiting.".to_string(),
@@ -103,8 +142,13 @@ pub fn html(status: &LabStatus) -> String {
         .queue
         .iter()
         .map(|e| {
+            let who = if named {
+                format!("<td>{}</td>", escape(e.identity.as_deref().unwrap_or("-")))
+            } else {
+                String::new()
+            };
             format!(
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td>{who}<td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
                 e.position,
                 e.tag,
                 e.state,
@@ -112,11 +156,12 @@ pub fn html(status: &LabStatus) -> String {
             )
         })
         .collect();
+    let who_head = if named { "<th>who</th>" } else { "" };
     let table = if rows.is_empty() {
         String::new()
     } else {
         format!(
-            "<table><thead><tr><th>#</th><th>session tag</th><th>state</th><th>for</th></tr></thead><tbody>{rows}</tbody></table>\
+            "<table><thead><tr><th>#</th>{who_head}<th>session tag</th><th>state</th><th>for</th></tr></thead><tbody>{rows}</tbody></table>\
              <p class=\"hint\">Your tag: the first 8 hex digits of SHA-256 over your session id's 16 bytes (also sent as <code>X-Lab-Session-Tag</code>).</p>"
         )
     };
@@ -158,8 +203,38 @@ mod tests {
                 tag: "0a1b2c3d".into(),
                 state: "active",
                 secs: 250.0,
+                identity: None,
             }],
         }
+    }
+
+    #[test]
+    fn with_names_the_page_says_who_holds_the_lab_escaped() {
+        let mut s = status();
+        s.queue[0].identity = Some("alice".into());
+        s.queue.push(QueueEntry {
+            position: 1,
+            tag: "99887766".into(),
+            state: "waiting",
+            secs: 3.0,
+            identity: Some("<bob>".into()),
+        });
+        let page = html(&s);
+        assert!(
+            page.contains("alice holds the lab, for 4 min 10 s so far."),
+            "{page}"
+        );
+        assert!(
+            page.contains("<th>who</th>") && page.contains("&lt;bob&gt;"),
+            "{page}"
+        );
+        assert!(!page.contains("<bob>"));
+        let text = String::from_utf8(json(&s)).unwrap();
+        assert!(text.contains(r#""identity":"alice""#), "{text}");
+        // Without names, no identity field at all.
+        assert!(!String::from_utf8(json(&status()))
+            .unwrap()
+            .contains("identity"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The durable queue: every session (id, seq, creation time) and the seq counter, kept in
-//! an embedded `redb` database so the queue survives a restart or a crash (§7).
+//! The durable queue: every session (id, seq, creation time, and in identity mode its
+//! owner) and the seq counter, kept in an embedded `redb` database so the queue survives a restart or a crash (§7).
 //!
 //! Why redb: it is a pure-Rust, copy-on-write B-tree with checksummed commits; a commit
 //! with `Durability::Immediate` is on disk when it returns, and a crash at any moment
@@ -31,6 +31,9 @@ use crate::queue::SessionId;
 
 /// seq -> 16 bytes of uuid + 8 bytes of creation time (Unix ms, big-endian).
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
+/// seq -> the identity that owns the session (identity mode only). A table of its own,
+/// so files written before identities existed read back unchanged.
+const OWNERS: TableDefinition<u64, &str> = TableDefinition::new("owners");
 /// "next_seq" -> the seq counter.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
@@ -117,6 +120,8 @@ impl StoredSession {
 pub struct Restored {
     pub next_seq: u64,
     pub sessions: Vec<StoredSession>,
+    /// seq -> owner, for the sessions that have one.
+    pub owners: std::collections::HashMap<u64, String>,
 }
 
 /// The lowest seq labgate may issue after starting at wall-clock time `now`: Unix time in
@@ -136,6 +141,13 @@ pub fn seq_floor(stored: Option<u64>, now: SystemTime) -> u64 {
 
 pub struct Store {
     db: Database,
+}
+
+/// The tables of one write transaction.
+struct Tables<'txn> {
+    sessions: redb::Table<'txn, u64, &'static [u8]>,
+    meta: redb::Table<'txn, &'static str, u64>,
+    owners: redb::Table<'txn, u64, &'static str>,
 }
 
 impl Store {
@@ -177,7 +189,7 @@ impl Store {
             .create_with_backend(FileBackend::new(file)?)?;
         let store = Store { db };
         // Create the tables on a fresh file so that reads find them.
-        store.write(|_, _| Ok(()))?;
+        store.write(|_| Ok(()))?;
         let restored = store.read_all()?;
         Ok((store, restored))
     }
@@ -186,29 +198,39 @@ impl Store {
         let txn = self.db.begin_read()?;
         let sessions_table = txn.open_table(SESSIONS)?;
         let meta = txn.open_table(META)?;
+        let owners_table = txn.open_table(OWNERS)?;
         let mut sessions = Vec::new();
         for row in sessions_table.iter()? {
             let (seq, value) = row?;
             sessions.push(StoredSession::decode(seq.value(), value.value())?);
         }
+        let mut owners = std::collections::HashMap::new();
+        for row in owners_table.iter()? {
+            let (seq, owner) = row?;
+            owners.insert(seq.value(), owner.value().to_string());
+        }
         let next_seq = meta.get(NEXT_SEQ)?.map_or(1, |v| v.value());
-        Ok(Restored { next_seq, sessions })
+        Ok(Restored {
+            next_seq,
+            sessions,
+            owners,
+        })
     }
 
     /// One durable transaction; returns how long the commit took.
     fn write(
         &self,
-        f: impl FnOnce(
-            &mut redb::Table<'_, u64, &'static [u8]>,
-            &mut redb::Table<'_, &'static str, u64>,
-        ) -> Result<(), StoreError>,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<(), StoreError>,
     ) -> Result<Duration, StoreError> {
         let started = std::time::Instant::now();
         let txn = self.db.begin_write()?;
         {
-            let mut sessions = txn.open_table(SESSIONS)?;
-            let mut meta = txn.open_table(META)?;
-            f(&mut sessions, &mut meta)?;
+            let mut tables = Tables {
+                sessions: txn.open_table(SESSIONS)?,
+                meta: txn.open_table(META)?,
+                owners: txn.open_table(OWNERS)?,
+            };
+            f(&mut tables)?;
         }
         txn.commit()?;
         Ok(started.elapsed())
@@ -216,18 +238,35 @@ impl Store {
 
     /// Adds a session and advances the counter, durably.
     pub fn insert(&self, s: &StoredSession, next_seq: u64) -> Result<Duration, StoreError> {
-        self.write(|sessions, meta| {
-            sessions.insert(s.seq, s.encode().as_slice())?;
-            meta.insert(NEXT_SEQ, next_seq)?;
+        self.insert_owned(s, None, next_seq)
+    }
+
+    /// Adds a session with its owner (identity mode) and advances the counter, in one
+    /// durable transaction: a session is never on disk without its owner.
+    pub fn insert_owned(
+        &self,
+        s: &StoredSession,
+        owner: Option<&str>,
+        next_seq: u64,
+    ) -> Result<Duration, StoreError> {
+        self.write(|t| {
+            t.sessions
+                .insert(s.seq, s.encode().as_slice())
+                ?;
+            if let Some(owner) = owner {
+                t.owners.insert(s.seq, owner)?;
+            }
+            t.meta.insert(NEXT_SEQ, next_seq)?;
             Ok(())
         })
     }
 
-    /// Removes sessions by seq, durably; unknown seqs are ignored.
+    /// Removes sessions (and their owners) by seq, durably; unknown seqs are ignored.
     pub fn remove(&self, seqs: &[u64]) -> Result<Duration, StoreError> {
-        self.write(|sessions, _| {
+        self.write(|t| {
             for seq in seqs {
-                sessions.remove(*seq)?;
+                t.sessions.remove(*seq)?;
+                t.owners.remove(*seq)?;
             }
             Ok(())
         })
@@ -401,6 +440,23 @@ mod tests {
         let (_, restored) = Store::open(&path).unwrap();
         assert_eq!(restored.next_seq, 8);
         assert_eq!(restored.sessions, vec![a, c]);
+    }
+
+    #[test]
+    fn owners_are_kept_with_their_sessions_and_removed_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.redb");
+        let (a, b) = (session(1), session(2));
+        {
+            let (store, _) = Store::open(&path).unwrap();
+            store.insert_owned(&a, Some("alice"), 2).unwrap();
+            store.insert_owned(&b, Some("bob"), 3).unwrap();
+            store.remove(&[2]).unwrap();
+        }
+        let (_, restored) = Store::open(&path).unwrap();
+        assert_eq!(restored.sessions, vec![a]);
+        assert_eq!(restored.owners.len(), 1);
+        assert_eq!(restored.owners.get(&1).map(String::as_str), Some("alice"));
     }
 
     #[test]

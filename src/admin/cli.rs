@@ -131,15 +131,35 @@ pub fn render_table(listing: &QueueListing) -> String {
         out.push_str("The queue is empty.\n");
         return out;
     }
+    // Identity mode: a WHO column, as wide as the longest name.
+    let who_width = listing
+        .sessions
+        .iter()
+        .filter_map(|s| s.identity.as_deref().map(str::len))
+        .max()
+        .map(|w| w.max(3));
+    let who = |name: &str| match who_width {
+        Some(w) => format!("  {name:<w$}"),
+        None => String::new(),
+    };
     out.push_str(&format!(
-        "{:>4}  {:<7}  {:<36}  {:>13}  {:<15}  {:>9}  {:>9}  {:>9}\n",
-        "POS", "STATE", "SESSION", "SEQ", "CLIENT", "IN FLIGHT", "HELD", "IDLE"
+        "{:>4}  {:<7}{}  {:<36}  {:>13}  {:<15}  {:>9}  {:>9}  {:>9}\n",
+        "POS",
+        "STATE",
+        who("WHO"),
+        "SESSION",
+        "SEQ",
+        "CLIENT",
+        "IN FLIGHT",
+        "HELD",
+        "IDLE"
     ));
     for s in &listing.sessions {
         out.push_str(&format!(
-            "{:>4}  {:<7}  {:<36}  {:>13}  {:<15}  {:>9}  {:>9}  {:>9}\n",
+            "{:>4}  {:<7}{}  {:<36}  {:>13}  {:<15}  {:>9}  {:>9}  {:>9}\n",
             s.position,
             s.state,
+            who(s.identity.as_deref().unwrap_or("-")),
             s.id,
             s.seq,
             s.client.as_deref().unwrap_or("-"),
@@ -170,9 +190,18 @@ mod tests {
                 client: Some("127.0.0.1".into()),
                 requests_in_flight: 2,
                 hold_secs: Some(125.0),
+                identity: None,
             }],
         };
         let t = render_table(&listing);
+        assert!(!t.contains("WHO"));
+        let mut named = QueueListing {
+            draining: false,
+            sessions: listing.sessions.clone(),
+        };
+        named.sessions[0].identity = Some("alice".into());
+        let n = render_table(&named);
+        assert!(n.contains("WHO") && n.contains("alice"), "{n}");
         assert!(t.starts_with("labgate is DRAINING"));
         assert!(t.contains("0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11"));
         assert!(t.contains("2 min 5 s"));

@@ -68,6 +68,9 @@ pub struct SessionRow {
     pub client: Option<String>,
     pub requests_in_flight: u32,
     pub hold_secs: Option<f64>,
+    /// Identity mode: who opened the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// `GET /v1/queue` answer.

@@ -147,6 +147,7 @@ impl SessionRow {
                     .saturating_duration_since(s.view.last_seen)
                     .as_secs_f64(),
                 client: s.client.map(|c| c.to_string()),
+                identity: s.owner.map(|o| o.as_str().to_string()),
                 requests_in_flight: s.view.inflight,
                 hold_secs: s
                     .view

@@ -22,7 +22,12 @@ use toml::Spanned;
 
 use crate::path::RouteTable;
 use crate::queue::Timeouts;
+use crate::tls::listener::{ListenerTls, ServerTlsConfig};
+use crate::tls::upstream::UpstreamTls;
 
+pub use identity::{IdentityConfig, IdentitySource};
+
+mod identity;
 mod raw;
 mod resolve;
 #[cfg(test)]
@@ -68,6 +73,11 @@ pub struct Config {
     pub demo_lab: Option<DemoLabConfig>,
     /// The operator API's Unix socket; `None` disables it.
     pub admin_socket: Option<PathBuf>,
+    /// Identity mode; `None`: session ids are bearer tokens.
+    pub identity: Option<IdentityConfig>,
+    /// The listener's TLS material, loaded and checked (`[server.tls]`, and the client
+    /// CA in `mtls` mode); `None`: plain HTTP.
+    pub listener_tls: Option<std::sync::Arc<ListenerTls>>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +87,8 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    /// `[server.tls]`: HTTPS on every `listen` address.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +132,8 @@ pub struct Upstream {
     pub write_timeout: Duration,
     /// Injected into every forwarded request, replacing any client-sent header of the name.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `[upstream.tls]`: HTTPS (and HTTP/2 by ALPN) to this upstream.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl fmt::Display for Upstream {
@@ -129,6 +143,16 @@ impl fmt::Display for Upstream {
 }
 
 impl Config {
+    /// Settings that are allowed but dangerous, one line each, for `labgate check` and
+    /// the start-up log.
+    pub fn warnings(&self) -> Vec<String> {
+        self.upstreams
+            .iter()
+            .filter_map(|u| u.tls.as_ref().map(|t| t.warnings(&u.name)))
+            .flatten()
+            .collect()
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();

@@ -12,6 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+pub(super) use super::identity::{RawIdentity, RawServerTls};
+pub(super) use crate::tls::upstream::RawUpstreamTls;
+
 /// A duration written as a humantime string: "300s", "10m", "500ms".
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Dur(pub(super) Duration);
@@ -46,6 +49,8 @@ pub(super) struct RawConfig {
     pub(super) upstream: Vec<Spanned<RawUpstream>>,
     pub(super) demo_lab: Option<RawDemoLab>,
     pub(super) admin: Option<RawAdmin>,
+    /// Absent: session ids are bearer tokens (the neops model).
+    pub(super) identity: Option<RawIdentity>,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +67,8 @@ pub(super) struct RawServer {
     pub(super) grace_period: Spanned<Dur>,
     pub(super) shutdown_timeout: Spanned<Dur>,
     pub(super) trusted_proxies: Vec<Spanned<String>>,
+    /// Absent: plain HTTP.
+    pub(super) tls: Option<RawServerTls>,
 }
 
 impl Default for RawServer {
@@ -72,6 +79,7 @@ impl Default for RawServer {
             grace_period: Spanned::new(0..0, secs(10)),
             shutdown_timeout: Spanned::new(0..0, secs(5)),
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -146,6 +154,8 @@ pub(super) struct RawUpstream {
     pub(super) write_timeout: Spanned<Dur>,
     #[serde(default)]
     pub(super) headers: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
+    /// Absent: plain HTTP to this upstream.
+    pub(super) tls: Option<RawUpstreamTls>,
 }
 
 fn default_connect_timeout() -> Spanned<Dur> {

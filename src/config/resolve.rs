@@ -2,8 +2,9 @@
 //!
 //! Owns turning checked settings into the final [`Config`]: upstream host names become
 //! socket addresses (once, at start-up, because pingora's `HttpPeer::new` resolves on the
-//! request path, blocking, and panics when resolution fails) and injected header values
-//! are read from the environment or a secret file. Runs only after `validate` passed.
+//! request path, blocking, and panics when resolution fails), injected header values
+//! are read from the environment or a secret file, and TLS files (listener and upstream
+//! certificates, keys, CAs, CRLs) are read and checked by [`crate::tls`]. Runs only after `validate` passed.
 //! Must never add a rule on the file's meaning (that is `validate`) and never echo a
 //! secret in an error.
 
@@ -12,7 +13,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use http::HeaderValue;
 
 use super::validate::{Checked, CheckedHeader, CheckedUpstream, SecretSource};
-use super::{Config, Problem, Upstream};
+use super::{Config, IdentitySource, Problem, Upstream};
+use crate::tls::listener::ListenerTls;
 
 /// Resolves every upstream of a checked configuration, in file order.
 pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
@@ -21,6 +23,19 @@ pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
         .into_iter()
         .map(resolve_upstream)
         .collect::<Result<Vec<_>, _>>()?;
+    let client_auth = c.identity.as_ref().and_then(|i| match &i.source {
+        IdentitySource::Mtls(m) => Some(m.clone()),
+        IdentitySource::Header(_) => None,
+    });
+    // The listener's files are read and checked now, so a bad one stops `labgate check`
+    // and start-up with its name, never a handshake later.
+    let listener_tls = c
+        .server
+        .tls
+        .clone()
+        .map(|t| ListenerTls::load(t, client_auth))
+        .transpose()
+        .map_err(|msg| (None, format!("[server.tls]: {msg}")))?;
     Ok(Config {
         server: c.server,
         metrics: c.metrics,
@@ -30,11 +45,18 @@ pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
         routes: c.routes,
         demo_lab: c.demo_lab,
         admin_socket: c.admin_socket,
+        identity: c.identity,
+        listener_tls,
     })
 }
 
 fn resolve_upstream(u: CheckedUpstream) -> Result<Upstream, Problem> {
     let addr = resolve_addr(&u.authority).map_err(|msg| (u.authority_span.clone(), msg))?;
+    let tls = u
+        .tls
+        .map(|t| t.resolve(&u.authority))
+        .transpose()
+        .map_err(|(span, msg)| (span, format!("upstream {:?}: {msg}", u.name)))?;
     let headers = u
         .headers
         .into_iter()
@@ -52,6 +74,7 @@ fn resolve_upstream(u: CheckedUpstream) -> Result<Upstream, Problem> {
         read_timeout: u.read_timeout,
         write_timeout: u.write_timeout,
         headers,
+        tls,
     })
 }
 

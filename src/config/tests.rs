@@ -246,3 +246,73 @@ fn the_fencing_header_cannot_be_configured() {
         assert_eq!((e.line, e.column), (7, 1), "{e}");
     }
 }
+
+#[test]
+fn identity_and_tls_problems_are_located() {
+    // Header mode believes only trusted proxies: none configured is an error.
+    let e = err(&format!(
+        "{MINIMAL}[identity]\nsource = \"header\"\nheader = \"X-Forwarded-User\"\n"
+    ));
+    assert!(e.message.contains("trusted_proxies"), "{e}");
+    assert_eq!(e.line, 7, "{e}");
+    let e = err(&format!("{MINIMAL}[identity]\nsource = \"ldap\"\n"));
+    assert!(e.message.contains("\"mtls\" or \"header\""), "{e}");
+    assert_eq!((e.line, e.column), (7, 10), "{e}");
+    // mtls needs the TLS listener.
+    let e = err(&format!(
+        "{MINIMAL}[identity]\nsource = \"mtls\"\nclient_ca = \"/ca.pem\"\n"
+    ));
+    assert!(e.message.contains("[server.tls]"), "{e}");
+    // The listener's files are read by `labgate check`: a missing one is named.
+    let e = err(&format!(
+        "[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n{MINIMAL}"
+    ));
+    assert!(e.message.contains("/nonexistent/cert.pem"), "{e}");
+    // An identity header cannot be injected by the operator.
+    let text = format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n{MINIMAL}[upstream.headers]\n\
+         X-Forwarded-User = {{ env = \"PATH\" }}\n\n[identity]\nsource = \"header\"\n\
+         header = \"X-Forwarded-User\"\n"
+    );
+    let e = err(&text);
+    assert!(e.message.contains("carries identities"), "{e}");
+    assert_eq!(e.line, 9, "{e}");
+    // Nor the holder header, whatever identity mode.
+    let e = err(&format!(
+        "{MINIMAL}[upstream.headers]\nX-Lab-User = {{ env = \"PATH\" }}\n"
+    ));
+    assert!(e.message.contains("managed by labgate"), "{e}");
+}
+
+#[test]
+fn upstream_tls_is_parsed_and_checked() {
+    let c = Config::parse(
+        &format!("{MINIMAL}[upstream.tls]\nsni = \"r1.lab\"\nhttp2 = false\n"),
+        "t.toml",
+    )
+    .unwrap();
+    let tls = c.upstreams[0].tls.as_ref().unwrap();
+    assert_eq!(tls.sni, "r1.lab");
+    assert!(tls.verify && !tls.http2);
+    assert!(c.warnings().is_empty());
+    let c = Config::parse(
+        &format!("{MINIMAL}[upstream.tls]\ninsecure_skip_verify = true\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert!(
+        c.warnings()[0].contains("insecure_skip_verify"),
+        "{:?}",
+        c.warnings()
+    );
+    let e = err(&format!(
+        "{MINIMAL}[upstream.tls]\nca = \"/nonexistent/ca.pem\"\n"
+    ));
+    assert!(
+        e.message.contains("upstream \"r1\"") && e.message.contains("/nonexistent/ca.pem"),
+        "{e}"
+    );
+    assert_eq!((e.line, e.column), (7, 6), "{e}");
+    let e = err(&format!("{MINIMAL}[upstream.tls]\nverify = false\n"));
+    assert!(e.message.contains("verify"), "{e}");
+}

@@ -14,10 +14,10 @@ use http::HeaderName;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::raw::{Dur, RawConfig, RawQueue, RawSecret, RawServer, RawUpstream};
+use super::raw::{Dur, RawConfig, RawQueue, RawSecret, RawServer, RawUpstream, RawUpstreamTls};
 use super::{
-    problem, span_of, DemoLabConfig, MetricsConfig, Problem, QueueConfig, RateLimitConfig,
-    ServerConfig, Span,
+    problem, span_of, DemoLabConfig, IdentityConfig, IdentitySource, MetricsConfig, Problem,
+    QueueConfig, RateLimitConfig, ServerConfig, Span,
 };
 use crate::forward;
 use crate::path::{self, RouteTable};
@@ -33,6 +33,7 @@ pub(super) struct Checked {
     pub(super) routes: RouteTable<usize>,
     pub(super) demo_lab: Option<DemoLabConfig>,
     pub(super) admin_socket: Option<PathBuf>,
+    pub(super) identity: Option<IdentityConfig>,
 }
 
 /// One `[[upstream]]` whose address is well-formed but not yet resolved and whose
@@ -46,6 +47,8 @@ pub(super) struct CheckedUpstream {
     pub(super) read_timeout: Duration,
     pub(super) write_timeout: Duration,
     pub(super) headers: Vec<CheckedHeader>,
+    /// `[upstream.tls]`; its files are read in `resolve`.
+    pub(super) tls: Option<RawUpstreamTls>,
 }
 
 /// An injected header: its name (as written, for messages, and parsed), its source, and
@@ -107,6 +110,23 @@ pub(super) fn validate(raw: RawConfig) -> Result<Checked, Problem> {
         None => None,
     };
 
+    let identity = raw
+        .identity
+        .as_ref()
+        .map(|i| i.validate(server.tls.is_some(), server.trusted_proxies.len()))
+        .transpose()?;
+    // Headers identity mode sets or reads: an operator may not inject them.
+    let identity_headers: Vec<HeaderName> = identity
+        .iter()
+        .flat_map(|i| {
+            let source = match &i.source {
+                IdentitySource::Header(h) => Some(h.clone()),
+                IdentitySource::Mtls(_) => None,
+            };
+            std::iter::once(i.upstream_header.clone()).chain(source)
+        })
+        .collect();
+
     if raw.upstream.is_empty() {
         return problem(
             None,
@@ -117,9 +137,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Checked, Problem> {
     let mut routes: Vec<(String, usize)> = Vec::new();
     for raw in raw.upstream {
         let span = span_of(&raw);
-        let raw = raw.into_inner();
+        let mut raw = raw.into_inner();
         let index = upstreams.len();
-        let up = validate_upstream(&raw, span, &upstreams)?;
+        let mut up = validate_upstream(&raw, span, &upstreams, &identity_headers)?;
+        up.tls = raw.tls.take();
         for route in raw.routes.get_ref() {
             let prefix = validate_route(route)?;
             if let Some(i) = routes.iter().position(|(p, _)| *p == prefix) {
@@ -153,6 +174,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Checked, Problem> {
         routes: RouteTable::new(routes),
         demo_lab,
         admin_socket,
+        identity,
     })
 }
 
@@ -180,12 +202,14 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, Problem> {
             })?;
         trusted_proxies.push(net);
     }
+    let tls = raw.tls.as_ref().map(|t| t.validate()).transpose()?;
     Ok(ServerConfig {
         listen: raw.listen.into_inner(),
         threads: raw.threads.into_inner(),
         grace_period: raw.grace_period.get_ref().0,
         shutdown_timeout: raw.shutdown_timeout.get_ref().0,
         trusted_proxies,
+        tls,
     })
 }
 
@@ -225,6 +249,7 @@ fn validate_upstream(
     raw: &RawUpstream,
     span: Option<Span>,
     earlier: &[CheckedUpstream],
+    identity_headers: &[HeaderName],
 ) -> Result<CheckedUpstream, Problem> {
     let name = raw.name.get_ref().trim().to_string();
     if name.is_empty()
@@ -275,6 +300,15 @@ fn validate_upstream(
                 ),
             );
         }
+        if identity_headers.contains(&header) {
+            return problem(
+                span_of(key),
+                format!(
+                    "header {:?} carries identities ([identity]) and cannot be injected",
+                    key.get_ref()
+                ),
+            );
+        }
         let written = key.get_ref().clone();
         let span = span_of(source);
         let source = secret_source(source.get_ref(), &written).map_err(|m| (span.clone(), m))?;
@@ -294,6 +328,7 @@ fn validate_upstream(
         read_timeout: positive(&raw.read_timeout, "read_timeout")?,
         write_timeout: positive(&raw.write_timeout, "write_timeout")?,
         headers,
+        tls: None,
     })
 }
 

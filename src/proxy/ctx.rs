@@ -12,6 +12,7 @@ use pingora::Error;
 
 use crate::forward::{self, UpstreamError};
 use crate::gate::Verdict;
+use crate::identity::Identity;
 use crate::queue::SessionId;
 use crate::state::{Allowed, Shared};
 
@@ -44,6 +45,8 @@ pub struct RequestCtx {
     pub(super) peer_trusted: bool,
     /// The address the request counts against (§4).
     pub(super) client: Option<IpAddr>,
+    /// Identity mode: who is asking, as proven by certificate or trusted proxy.
+    pub(super) identity: Option<Identity>,
     pub(super) verdict: Option<Verdict>,
     /// The session the request named, allowed or not.
     pub(super) session: Option<SessionId>,
@@ -75,6 +78,7 @@ impl RequestCtx {
             peer: None,
             peer_trusted: false,
             client: None,
+            identity: None,
             verdict: None,
             session: None,
             local_status: None,
@@ -102,6 +106,7 @@ impl RequestCtx {
             method = %req.method,
             path = %forward::loggable_path(req.raw_path()),
             client = %self.client.map(|c| c.to_string()).unwrap_or_default(),
+            identity = self.identity.as_ref().map_or("-", Identity::as_str),
             session = session_tag.as_deref().unwrap_or("-"),
             decision = self.verdict.map_or("-", Verdict::as_str),
             status,

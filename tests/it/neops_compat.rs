@@ -235,6 +235,8 @@ struct LabRequest {
     session: Option<String>,
     content_type: Option<String>,
     user_agent: Option<String>,
+    /// Identity mode: who labgate says the holder is.
+    lab_user: Option<String>,
     body: Bytes,
 }
 
@@ -275,6 +277,7 @@ impl FakeLab {
             session: header("x-session-id"),
             content_type: header("content-type"),
             user_agent: header("user-agent"),
+            lab_user: header("x-lab-user"),
             body: Bytes::new(),
         };
         let path = req.uri().path().to_string();
@@ -625,4 +628,95 @@ async fn remote_lab_client_runs_its_lab_flow_against_the_shipped_demo_lab() {
     let r = scenario_at(&gw.base_url(), "demo").await;
     assert!(is_uuid_v4(&id(&r, "session")), "{r}");
     assert_eq!(r["devices"], serde_json::json!(["r1", "r2", "sw1"]), "{r}");
+}
+
+/// A real nginx authenticates users in front of labgate in `header` identity mode:
+/// TLS client certificates for curl, HTTP basic auth for the neops client, whose whole
+/// `lab` scenario (open, acquire, list, release, destroy, a waiting client's 423 and
+/// retries, close) runs unchanged with credentials in its base URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_in_header_mode_the_client_runs_its_whole_flow_unchanged() {
+    use crate::support::nginx::{Nginx, USER_HEADER};
+    use crate::support::tls::*;
+    let lab = FakeLab::start().await;
+    // The scenario's two clients are the same person: allow two live sessions.
+    let identity =
+        format!("[identity]\nsource = \"header\"\nheader = \"{USER_HEADER}\"\nmax_sessions = 2\n");
+    let cfg = Cfg::new(lab.addr)
+        .trusted_proxies(&["127.0.0.1/32"])
+        .extra(&identity);
+    let gw = Gateway::start(&cfg).await;
+    let dir = tempfile::tempdir().expect("nginx dir");
+    let pki = TestCa::new(dir.path(), "users");
+    let (server, _) = pki.issue("nginx", "127.0.0.1", Usage::Server, Validity::Current);
+    let (alice, _) = pki.issue("alice", "alice", Usage::Client, Validity::Current);
+    let (bob, _) = pki.issue("bob", "bob", Usage::Client, Validity::Current);
+    let users = [("alice", "alice-pw"), ("bob", "bob-pw")];
+    let nginx = Nginx::start(dir.path(), gw.addr(), &server, &pki.cert_path, &users);
+    let (t, b) = (nginx.tls_port, nginx.basic_port);
+
+    // curl with client certificates through nginx: alice opens, bob cannot touch it.
+    let ca = pki.cert_path.display().to_string();
+    let as_user = |who: &CertFiles| {
+        vec![
+            "--cacert".to_string(),
+            ca.clone(),
+            "--cert".to_string(),
+            who.cert.display().to_string(),
+            "--key".to_string(),
+            who.key.display().to_string(),
+        ]
+    };
+    let run = |mut args: Vec<String>, extra: &[&str], url: String| {
+        args.extend(extra.iter().map(|s| s.to_string()));
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&refs, &url)
+        })
+    };
+    let base = format!("https://127.0.0.1:{t}");
+    let (code, status, body) = run(as_user(&alice), &["-X", "POST"], format!("{base}/session"))
+        .await
+        .expect("curl");
+    assert_eq!((code, status), (0, 201), "{body}\n{}", nginx.errors());
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let alice_id = v["session_id"].as_str().expect("id").to_string();
+    let get = format!("{base}/session/{alice_id}");
+    let (_, status, _) = run(as_user(&bob), &[], get.clone()).await.expect("curl");
+    assert_eq!(status, 404);
+    // bob names himself in the header: nginx overwrites it with the certificate's name.
+    let (_, status, _) = run(
+        as_user(&bob),
+        &["-H", "X-Forwarded-User: alice"],
+        get.clone(),
+    )
+    .await
+    .expect("curl");
+    assert_eq!(status, 404);
+    let (_, status, _) = run(as_user(&alice), &["-X", "DELETE"], get)
+        .await
+        .expect("curl");
+    assert_eq!(status, 204);
+    // No credentials at the basic-auth door: nginx answers 401 and labgate sees nothing.
+    let (_, status, _) = run(vec![], &[], format!("http://127.0.0.1:{b}/session/x"))
+        .await
+        .expect("curl");
+    assert_eq!(status, 401);
+
+    // The neops client, unchanged, as alice through basic auth.
+    let r = scenario_at(&format!("http://alice:alice-pw@127.0.0.1:{b}"), "lab").await;
+    let (a, w) = (id(&r, "a"), id(&r, "w"));
+    let seen = lab.requests();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    for q in &seen {
+        assert_eq!(q.lab_user.as_deref(), Some("alice"), "{q:?}");
+        assert!(
+            q.session.as_deref() == Some(a.as_str()) || q.session.as_deref() == Some(w.as_str())
+        );
+    }
+    let created = gw.audit_events("session_created");
+    assert!(
+        created.iter().all(|e| e["identity"] == "alice"),
+        "{created:?}"
+    );
 }

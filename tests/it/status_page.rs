@@ -435,3 +435,90 @@ async fn chromium_renders_a_held_draining_lab_and_takes_a_screenshot() {
         println!("kept a copy at {}", kept.display());
     }
 }
+
+/// Identity mode behind a real nginx: the status board (an nginx server that passes
+/// only `/status`, as the identity `status-board`) shows who holds the lab and who
+/// waits, rendered by headless Chromium; with `status_page_names = false`, nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_shows_who_holds_the_lab_in_identity_mode() {
+    use crate::support::nginx::{Nginx, USER_HEADER};
+    use crate::support::tls::*;
+    let up = Upstream::start().await;
+    let identity = format!("[identity]\nsource = \"header\"\nheader = \"{USER_HEADER}\"\n");
+    let gw = Gateway::start(
+        &Cfg::new(up.addr)
+            .trusted_proxies(&["127.0.0.1/32"])
+            .extra(&identity),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for who in ["alice", "bob"] {
+        let r = raw(
+            gw.addr(),
+            &format!(
+                "POST /session HTTP/1.1\r\nHost: x\r\n{USER_HEADER}: {who}\r\nContent-Length: 0\r\n\r\n"
+            ),
+        )
+        .await
+        .expect("create");
+        assert_eq!(r.status, 201, "{}", r.text());
+        let v: Value = serde_json::from_slice(&r.body).expect("json");
+        ids.push(v["session_id"].as_str().expect("id").to_string());
+    }
+    let dir = tempfile::tempdir().expect("nginx dir");
+    let pki = TestCa::new(dir.path(), "users");
+    let (server, _) = pki.issue("nginx", "127.0.0.1", Usage::Server, Validity::Current);
+    let nginx = Nginx::start(dir.path(), gw.addr(), &server, &pki.cert_path, &[]);
+    let board = format!("http://127.0.0.1:{}/status", nginx.status_port);
+
+    let dom = run_chromium(board.clone(), vec!["--dump-dom".into()]).await;
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    let text = text_of(&dom);
+    assert!(text.contains("alice holds the lab, for "), "{text}");
+    assert!(text.contains("1 session is waiting."), "{text}");
+    assert!(text.contains("1 bob "), "{text}");
+    assert_no_session_id(&dom, &ids, "the rendered identity-mode /status");
+
+    let shots = tempfile::tempdir().expect("screenshot dir");
+    let png = shots.path().join("status-identity.png");
+    run_chromium(
+        board,
+        vec![
+            format!("--screenshot={}", png.display()),
+            "--window-size=1000,800".into(),
+        ],
+    )
+    .await;
+    let bytes = std::fs::read(&png).expect("the screenshot was written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 5 * 1024);
+    if let Some(keep) = std::env::var_os("LABGATE_KEEP_SCREENSHOT") {
+        let kept = Path::new(&keep).join("status-identity.png");
+        std::fs::copy(&png, &kept).expect("copy the screenshot");
+        println!("kept a copy at {}", kept.display());
+    }
+
+    // The same lab with names hidden: a tag, no person.
+    let hidden = Gateway::start(
+        &Cfg::new(up.addr)
+            .trusted_proxies(&["127.0.0.1/32"])
+            .extra(&format!("{identity}status_page_names = false\n")),
+    )
+    .await;
+    let create = format!(
+        "POST /session HTTP/1.1\r\nHost: x\r\n{USER_HEADER}: alice\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(
+        raw(hidden.addr(), &create).await.expect("create").status,
+        201
+    );
+    let page = raw(
+        hidden.addr(),
+        &format!("GET /status HTTP/1.1\r\nHost: x\r\n{USER_HEADER}: bob\r\n\r\n"),
+    )
+    .await
+    .expect("status");
+    assert_eq!(page.status, 200);
+    let text = text_of(&page.text());
+    assert!(text.contains("The lab is held, for "), "{text}");
+    assert!(!text.contains("alice"), "{text}");
+}

@@ -21,6 +21,8 @@ pub struct UpstreamCfg {
     pub write_timeout: String,
     /// Injected headers: (name, secret value); the value is written to a file.
     pub headers: Vec<(String, String)>,
+    /// `[upstream.tls]`, as TOML text.
+    pub tls: Option<toml::Table>,
 }
 
 impl UpstreamCfg {
@@ -34,7 +36,14 @@ impl UpstreamCfg {
             read_timeout: "30s".to_string(),
             write_timeout: "30s".to_string(),
             headers: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// `[upstream.tls]` with these keys (TOML text).
+    pub fn tls(mut self, toml_text: &str) -> Self {
+        self.tls = Some(toml::from_str(toml_text).expect("upstream.tls is TOML"));
+        self
     }
     pub fn routes(mut self, routes: &[&str]) -> Self {
         self.routes = routes.iter().map(|r| r.to_string()).collect();
@@ -78,6 +87,11 @@ pub struct Cfg {
     pub max_hold: Option<String>,
     /// `[queue] state_path`; `None` leaves the key out (memory-only queue).
     pub state_path: Option<PathBuf>,
+    /// More TOML merged into the file (`[server.tls]`, `[identity]`, ...).
+    pub extra: toml::Table,
+    /// The listener speaks HTTPS (`[server.tls]` in `extra`): the start-up health
+    /// check then only waits for the port.
+    pub https: bool,
 }
 
 impl Cfg {
@@ -103,7 +117,22 @@ impl Cfg {
             admin_socket: None,
             max_hold: None,
             state_path: None,
+            extra: toml::Table::new(),
+            https: false,
         }
+    }
+
+    /// Merges TOML text into the rendered file (tables merge key by key).
+    pub fn extra(mut self, toml_text: &str) -> Self {
+        let more: toml::Table = toml::from_str(toml_text).expect("extra config is TOML");
+        merge(&mut self.extra, more);
+        self
+    }
+
+    /// The listener serves HTTPS (give `[server.tls]` with [`Cfg::extra`]).
+    pub fn https(mut self) -> Self {
+        self.https = true;
+        self
     }
 
     pub fn upstream(mut self, u: UpstreamCfg) -> Self {
@@ -197,6 +226,7 @@ impl Cfg {
                     read_timeout: &u.read_timeout,
                     write_timeout: &u.write_timeout,
                     headers,
+                    tls: u.tls.clone(),
                 }
             })
             .collect();
@@ -228,7 +258,25 @@ impl Cfg {
             }),
             upstream,
         };
-        toml::to_string(&file).expect("a test config renders as TOML")
+        let text = toml::to_string(&file).expect("a test config renders as TOML");
+        if self.extra.is_empty() {
+            return text;
+        }
+        let mut doc: toml::Table = toml::from_str(&text).expect("rendered TOML parses");
+        merge(&mut doc, self.extra.clone());
+        toml::to_string(&doc).expect("a merged test config renders as TOML")
+    }
+}
+
+/// Deep-merges `more` into `into`: tables key by key, anything else replaced.
+fn merge(into: &mut toml::Table, more: toml::Table) {
+    for (k, v) in more {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
     }
 }
 
@@ -298,6 +346,8 @@ struct UpstreamToml<'a> {
     /// `[upstream.headers]`: header name -> `{ file = ... }`. Left out when empty.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     headers: BTreeMap<String, SecretFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<toml::Table>,
 }
 
 #[derive(Serialize)]

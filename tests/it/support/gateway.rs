@@ -82,9 +82,15 @@ impl Gateway {
             let metrics_up = TcpStream::connect(("127.0.0.1", g.metrics_port))
                 .await
                 .is_ok();
-            if metrics_up {
+            if metrics_up && cfg.https {
+                // HTTPS: the raw client cannot speak it; the port listening will do.
+                if TcpStream::connect(g.addr()).await.is_ok() {
+                    return Ok(g);
+                }
+            } else if metrics_up {
                 if let Ok(r) = raw(g.addr(), "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await {
-                    if r.status == 204 {
+                    // 401: identity mode refuses a health check without an identity.
+                    if r.status == 204 || r.status == 401 {
                         return Ok(g);
                     }
                 }

@@ -15,14 +15,18 @@
 //! - `session`: the session API as one-line calls (create, heartbeat, delete, …).
 //! - `upstream`: the recording HTTP upstream and the generic test HTTP server.
 //! - `websocket`: the WebSocket echo upstream and a client through labgate.
+//! - `tls`: a test PKI (rcgen), an HTTPS/h2 recording upstream, `curl`.
+//! - `nginx`: a real nginx in front of labgate, authenticating users.
 
 #![allow(dead_code)]
 
 mod config;
 mod gateway;
+pub mod nginx;
 mod process;
 mod raw_http;
 mod session;
+pub mod tls;
 mod upstream;
 mod websocket;
 

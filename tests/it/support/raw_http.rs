@@ -188,3 +188,24 @@ pub async fn raw_to(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawResp
 pub async fn raw(addr: SocketAddr, request: &str) -> std::io::Result<RawResponse> {
     raw_to(addr, request.as_bytes()).await
 }
+
+/// As [`raw_to`], from the loopback address `from` (any of 127.0.0.0/8): a second
+/// client address on one machine, for trusted-proxy tests.
+pub async fn raw_from_addr(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    request: &[u8],
+) -> std::io::Result<RawResponse> {
+    let head = request.starts_with(b"HEAD ");
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let stream = tokio::time::timeout(RAW_TIMEOUT, socket.connect(to))
+        .await
+        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    let mut c = RawConn {
+        stream,
+        buf: Vec::new(),
+    };
+    c.send(request).await?;
+    c.read_response(head).await
+}
