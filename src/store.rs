@@ -250,9 +250,7 @@ impl Store {
         next_seq: u64,
     ) -> Result<Duration, StoreError> {
         self.write(|t| {
-            t.sessions
-                .insert(s.seq, s.encode().as_slice())
-                ?;
+            t.sessions.insert(s.seq, s.encode().as_slice())?;
             if let Some(owner) = owner {
                 t.owners.insert(s.seq, owner)?;
             }
