@@ -51,6 +51,10 @@ pub enum Role {
     /// A proxy chain: given the values a trusted proxy sent (empty from anybody else),
     /// the value to send; `None` keeps the trusted proxy's values as they are.
     Chain(fn(&Hop, &[&HeaderValue]) -> Option<HeaderValue>),
+    /// What a proxy in front says about the client (`Forwarded`, `X-Real-IP`, ...):
+    /// forwarded as sent from a trusted proxy, dropped from anybody else, who could
+    /// claim any address or host. labgate never sets it.
+    FromTrustedProxy,
 }
 
 /// One header labgate manages.
@@ -87,13 +91,52 @@ pub const MANAGED: &[Managed] = &[
     managed("x-session-id", Role::Passed),
     managed("x-forwarded-for", Role::Chain(forwarded_for)),
     managed("x-forwarded-proto", Role::Chain(forwarded_proto)),
+    managed("forwarded", Role::FromTrustedProxy),
+    managed("x-real-ip", Role::FromTrustedProxy),
+    managed("x-forwarded-host", Role::FromTrustedProxy),
     managed("host", Role::Own(host)),
     managed("x-lab-session-seq", Role::Own(session_seq)),
 ];
 
-/// Is `name` (any case) a header labgate manages? Config validation refuses these.
+/// Is `name` (any case, `_` read as `-`) a header labgate manages? Config validation
+/// refuses these.
 pub fn is_managed(name: &str) -> bool {
-    MANAGED.iter().any(|m| m.name.eq_ignore_ascii_case(name))
+    MANAGED.iter().any(|m| same_folded(m.name, name))
+}
+
+/// Are `a` and `b` one name to an upstream that folds `_` into `-` and ignores case?
+/// CGI, WSGI, Rack and PHP all read `X_Lab_Session_Seq` as `X-Lab-Session-Seq`.
+pub fn same_folded(a: &str, b: &str) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
+/// Client headers with an `_` that an upstream would read as a header labgate manages
+/// or injects (`X_Lab_Session_Seq`, `X_Forwarded_For`, a configured `X_Api_Key`): they
+/// are dropped, as nginx drops every underscore header by default for this reason.
+fn underscore_twins(
+    headers: &HeaderMap,
+    configured: &[(HeaderName, HeaderValue)],
+) -> Vec<HeaderName> {
+    let mut found: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        if !n.contains('_') || found.contains(name) {
+            continue;
+        }
+        let twin = MANAGED.iter().any(|m| same_folded(m.name, n))
+            || configured.iter().any(|(c, _)| same_folded(c.as_str(), n));
+        if twin {
+            found.push(name.clone());
+        }
+    }
+    found
 }
 
 fn host(hop: &Hop) -> Option<HeaderValue> {
@@ -167,7 +210,10 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
 pub fn request_edits(headers: &HeaderMap, hop: &Hop) -> Vec<Edit> {
     let mut edits = Vec::new();
     let removed = hop_by_hop(headers);
-    for name in &removed {
+    for name in removed
+        .iter()
+        .chain(&underscore_twins(headers, hop.configured))
+    {
         edits.push(Edit::Remove(name.clone()));
     }
     if let (true, Some(value)) = (hop.upgrade, headers.get(header::UPGRADE)) {
@@ -200,7 +246,10 @@ pub fn request_edits(headers: &HeaderMap, hop: &Hop) -> Vec<Edit> {
                     edits.push(Edit::Insert(name, v));
                 }
             }
-            Role::Framing | Role::HopByHop | Role::Passed => {}
+            Role::FromTrustedProxy if !hop.peer_trusted => {
+                edits.push(Edit::Remove(m.name()));
+            }
+            Role::FromTrustedProxy | Role::Framing | Role::HopByHop | Role::Passed => {}
         }
     }
     edits
@@ -419,6 +468,60 @@ mod tests {
     }
 
     #[test]
+    fn underscore_twins_of_managed_and_injected_headers_are_dropped() {
+        let configured = [(
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static("s"),
+        )];
+        let mut client = client_headers();
+        for name in [
+            "x_lab_session_seq",
+            "x_forwarded_for",
+            "x_session_id",
+            "content_length",
+            "x_api_key",
+            "x_real_ip",
+        ] {
+            client.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("999999"),
+            );
+        }
+        client.insert("x_custom_thing", HeaderValue::from_static("kept"));
+        for trusted in [false, true] {
+            let h = apply(client.clone(), &hop(trusted, &configured));
+            let underscored: Vec<&str> = h
+                .keys()
+                .map(|k| k.as_str())
+                .filter(|k| k.contains('_'))
+                .collect();
+            assert_eq!(underscored, vec!["x_custom_thing"], "trusted: {trusted}");
+            assert_eq!(h[X_LAB_SESSION_SEQ], "7");
+        }
+        assert!(same_folded("X_Lab_Session_Seq", "x-lab-session-seq"));
+        assert!(!same_folded("x-lab-session-se", "x-lab-session-seq"));
+    }
+
+    #[test]
+    fn proxy_claims_pass_only_from_a_trusted_proxy() {
+        let mut client = client_headers();
+        client.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        client.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        client.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+        let h = apply(client.clone(), &hop(false, &[]));
+        for name in ["forwarded", "x-real-ip", "x-forwarded-host"] {
+            assert!(
+                !h.contains_key(name),
+                "{name} passed from an untrusted peer"
+            );
+        }
+        let h = apply(client, &hop(true, &[]));
+        assert_eq!(h["forwarded"], "for=6.6.6.6");
+        assert_eq!(h["x-real-ip"], "6.6.6.6");
+        assert_eq!(h["x-forwarded-host"], "evil");
+    }
+
+    #[test]
     fn configured_headers_replace_the_clients_but_never_labgates() {
         let configured = [
             (header::AUTHORIZATION, HeaderValue::from_static("Bearer s")),
@@ -451,6 +554,7 @@ mod tests {
     fn managed_names_match_in_any_case() {
         assert!(is_managed("X-Lab-Session-Seq"));
         assert!(is_managed("host"));
+        assert!(is_managed("X_Lab_Session_Seq"));
         assert!(!is_managed("Authorization"));
     }
 

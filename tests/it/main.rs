@@ -29,6 +29,7 @@ mod deploy;
 mod durability;
 mod forwarding;
 mod gate;
+mod hostile;
 mod limits;
 mod metrics_lint;
 mod neops_compat;
