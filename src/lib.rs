@@ -16,6 +16,8 @@
 //! - [`forward`]: forwarding policy: the one list of headers labgate manages, hop-by-hop
 //!   removal, `X-Forwarded-*`, fencing, injected headers, upstream failure -> answer.
 //! - [`history`]: recent hold and wait times and the `Retry-After` estimate from them.
+//! - [`logfield`]: what a log line may hold of a request: bounded fields, ids redacted
+//!   in every spelling.
 //!
 //! Edges around the core (I/O or shared state, no pingora types where avoidable):
 //! - [`config`]: TOML -> [`config::Config`]: `raw` (serde mirror, defaults) -> `validate`
@@ -73,6 +75,7 @@ pub mod forward;
 pub mod gate;
 pub mod history;
 pub mod limits;
+pub mod logfield;
 pub mod metrics;
 pub mod path;
 pub mod proxy;

@@ -430,7 +430,7 @@ impl Shared {
     ) -> Result<Option<usize>, StoreFailed> {
         let cut = self.end(id, EndReason::Kicked, now)?;
         if let Some(cut) = cut {
-            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.short(), uid, reason = why, connections_cut = cut);
+            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.short(), uid, reason = %crate::logfield::text(why), connections_cut = cut);
         }
         Ok(cut)
     }

@@ -1,6 +1,8 @@
 //! Hostile clients (issue 10): each test replays one attack from the adversarial review
 //! and checks the gate no longer leaks, through the real binary.
 
+use std::time::Duration;
+
 use crate::support::*;
 
 /// A `/lab` request from `id` with extra raw header lines; the upstream's one record.
@@ -70,4 +72,118 @@ async fn underscore_twins_and_proxy_claims_never_reach_the_upstream() {
     assert_eq!(seen.all("x-forwarded-host"), vec!["lab.example"]);
     assert!(seen.header("x_lab_session_seq").is_none(), "{seen:#?}");
     assert!(seen.header("x_forwarded_for").is_none(), "{seen:#?}");
+}
+
+/// Every line of the log that holds `id` whole, in any case, with or without hyphens.
+fn lines_with_id(gw: &Gateway, ids: &[&str]) -> Vec<String> {
+    gw.log()
+        .lines()
+        .filter(|line| {
+            let lower = line.to_lowercase();
+            ids.iter()
+                .any(|id| lower.contains(*id) || lower.contains(&id.replace('-', "")))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Defect 8: non-canonical spellings of `/session/{id}` carried the whole id into the
+/// access and audit lines (the router decodes `%73`; the log did not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_canonical_spellings_never_log_a_whole_session_id() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&Cfg::new(up.addr)).await;
+    let (a, _) = create_session(&gw).await;
+    let (b, _) = create_session(&gw).await;
+    let escaped: String = a.chars().map(|c| format!("%{:02x}", c as u32)).collect();
+    let requests = [
+        (format!("GET //session/{a}"), 400),
+        (format!("GET /%73ession/{a}"), 200),
+        (format!("GET /session/{escaped}?wait=0"), 200),
+        (format!("GET /%73ession/{}", a.to_uppercase()), 404),
+        (format!("GET /lab/x?sid={a}"), 200),
+        (format!("GET /lab//session/{b}"), 200),
+        (format!("GET /%73ession/{b}/x"), 404),
+        (format!("DELETE /%73ession/{b}"), 204),
+    ];
+    for (line, status) in &requests {
+        let r = raw(
+            gw.addr(),
+            &format!(
+                "{line} HTTP/1.1\r\nHost: x\r\nX-Session-ID: {a}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await
+        .expect("raw");
+        assert_eq!(r.status, *status, "{line}: {}", r.text());
+    }
+    // Every request has its access line before the log is read.
+    eventually(Duration::from_secs(5), "the access lines", || async {
+        (gw.log_target("labgate::access").len() >= requests.len() + 2).then_some(())
+    })
+    .await;
+    let leaks = lines_with_id(&gw, &[&a, &b]);
+    assert!(
+        leaks.is_empty(),
+        "{} log line(s) hold a whole session id:\n{}",
+        leaks.len(),
+        leaks.join("\n")
+    );
+}
+
+/// Defect 9: a refused `/lab` request logged its whole path (up to ~64 KB), so log
+/// volume grew one to one with an attacker's traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_refused_request_logs_under_a_kilobyte() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&Cfg::new(up.addr)).await;
+    let (a, _) = create_session(&gw).await;
+    let (b, _) = create_session(&gw).await;
+    let long = format!("/lab/{}", "x".repeat(60 * 1024));
+    for (who, header) in [
+        ("waiting", format!("X-Session-ID: {b}\r\n")),
+        ("missing", String::new()),
+    ] {
+        let before = gw.log().len();
+        let r = raw(
+            gw.addr(),
+            &format!("GET {long} HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n"),
+        )
+        .await
+        .expect("raw");
+        assert!(matches!(r.status, 422 | 423), "{who}: {}", r.status);
+        // The lines about this request: its audit and access lines, once both are whole.
+        let lines = eventually(
+            Duration::from_secs(5),
+            "the audit and access lines",
+            || async {
+                let log = gw.log();
+                let lines: Vec<String> = log
+                    .get(before..)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("/lab/xxxx"))
+                    .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+                    .map(str::to_string)
+                    .collect();
+                (lines.len() >= 2).then_some(lines)
+            },
+        )
+        .await;
+        let logged: usize = lines.iter().map(|l| l.len() + 1).sum();
+        assert!(
+            lines.iter().any(|l| l.contains("gate_denied")),
+            "{who}: {lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("labgate::access")),
+            "{who}: {lines:?}"
+        );
+        assert!(
+            logged < 1024,
+            "{who}: a 60 KB refused request logged {logged} bytes:\n{}",
+            lines.join("\n")
+        );
+    }
+    drop(a);
 }
