@@ -20,9 +20,10 @@ const SCAN: usize = 16 * MAX_FIELD;
 /// (32 hex digits) or half of one: it is cut to its first 8 characters.
 const ID_LIKE_HEX_DIGITS: usize = 16;
 
-/// The request target as logged: escapes of unreserved characters decoded (as the
-/// router decodes them, so `/%73ession/ID` is seen as the `/session/ID` it is), every
-/// id-like run cut to 8 characters, at most [`MAX_FIELD`] characters.
+/// The request target as logged: escapes of letters, digits, `-` and `_` decoded (the
+/// router decodes them too, so `/%73ession/ID` is seen as the `/session/ID` it is;
+/// `%2e` and the like stay as sent, for whoever investigates), every id-like run cut
+/// to 8 characters, at most [`MAX_FIELD`] characters.
 pub fn path(raw: &[u8]) -> String {
     let head = raw.get(..SCAN).unwrap_or(raw);
     let mut decoded = Vec::with_capacity(head.len());
@@ -33,7 +34,7 @@ pub fn path(raw: &[u8]) -> String {
             let lo = head.get(i + 2).copied().and_then(hex_value);
             if let (Some(hi), Some(lo)) = (hi, lo) {
                 let value = (hi << 4) | lo;
-                if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'_') {
                     decoded.push(value);
                     i += 3;
                     continue;
@@ -168,6 +169,7 @@ mod tests {
             "/session/x%2Fy",
             "/lab/a%20b?q=1",
             "/lab/2026-01-01/deadbeef",
+            "/lab/%2e%2e/secret",
         ] {
             assert_eq!(path(p.as_bytes()), p);
         }
