@@ -119,6 +119,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Check { config }) => {
             let c = Config::load(&config)?;
+            for warning in c.warnings() {
+                eprintln!("labgate: warning: {}: {warning}", config.display());
+            }
             println!(
                 "{}: ok ({} upstream(s), {} route(s), listening on {:?}, metrics on {})",
                 config.display(),
@@ -145,5 +148,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log.log_format);
     let config = Config::load(&args.config)?;
+    for warning in config.warnings() {
+        tracing::warn!(config = %args.config.display(), "{warning}");
+    }
     labgate::server::run(config).context("labgate failed")
 }

@@ -84,6 +84,9 @@ struct Core {
     /// Removals the store has not yet recorded (a failed write is retried later).
     unsaved_removals: Vec<u64>,
     meta: HashMap<SessionId, Meta>,
+    /// Live sessions per client, for the per-client cap (restored sessions, whose
+    /// client is unknown, are not counted).
+    per_client: limits::LiveSessions,
     history: History,
 }
 
@@ -176,7 +179,9 @@ impl Core {
         let mut cut = 0;
         for e in &change.ended {
             cut += self.conns.cut(&e.id);
-            self.meta.remove(&e.id);
+            if let Some(client) = self.meta.remove(&e.id).and_then(|m| m.client) {
+                self.per_client.ended(client);
+            }
             if let Some(held) = e.held {
                 self.history.hold_ended(held);
             }
@@ -258,6 +263,7 @@ impl Shared {
                 store,
                 unsaved_removals: Vec::new(),
                 meta,
+                per_client: limits::LiveSessions::default(),
                 history: History::default(),
             }),
             draining: AtomicBool::new(false),
@@ -338,6 +344,9 @@ impl Shared {
         let created_ms = unix_ms(SystemTime::now());
         let (position, outcome) = {
             let mut core = self.lock();
+            core.per_client
+                .check(client, self.config.queue.max_sessions_per_client)
+                .map_err(refused)?;
             limits::check_capacity(core.queue.len(), self.config.queue.max_sessions)
                 .map_err(refused)?;
             let seq = core.queue.next_seq();
@@ -366,6 +375,7 @@ impl Shared {
                     created_ms,
                 },
             );
+            core.per_client.opened(client);
             let change = Change {
                 ended: Vec::new(),
                 promoted,

@@ -68,6 +68,32 @@ pub struct Config {
     pub demo_lab: Option<DemoLabConfig>,
     /// The operator API's Unix socket; `None` disables it.
     pub admin_socket: Option<PathBuf>,
+    pub compat: CompatConfig,
+}
+
+/// Compatibility switches, each weakening a secure default (`labgate check` warns).
+#[derive(Debug, Clone, Default)]
+pub struct CompatConfig {
+    /// `GET /active-session` answers the holder's full id, as neops-remote-lab's server
+    /// does, instead of its public tag. The id is the gate credential.
+    pub active_session_id: bool,
+}
+
+impl Config {
+    /// What `labgate check` (and start-up) should warn about: settings that are valid
+    /// but weaken what labgate promises.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.compat.active_session_id {
+            out.push(
+                "[compat] active_session_id = true: GET /active-session hands the holder's \
+                 session id (its credential) to any caller; anyone who can reach labgate can \
+                 use or end the holder's session"
+                    .to_string(),
+            );
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +115,8 @@ pub struct QueueConfig {
     pub timeouts: Timeouts,
     pub reap_interval: Duration,
     pub max_sessions: usize,
+    /// Live sessions one client (an IPv4 address, an IPv6 /64) may hold at once (§4).
+    pub max_sessions_per_client: usize,
     /// Hold limit (§7): `None` means holders are never expired.
     pub max_hold: Option<Duration>,
     /// The durable store; `None` keeps the queue in memory only.

@@ -46,6 +46,15 @@ pub(super) struct RawConfig {
     pub(super) upstream: Vec<Spanned<RawUpstream>>,
     pub(super) demo_lab: Option<RawDemoLab>,
     pub(super) admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub(super) compat: RawCompat,
+}
+
+/// Compatibility switches that weaken a default; `labgate check` warns about each.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCompat {
+    pub(super) active_session_id: bool,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +106,7 @@ pub(super) struct RawQueue {
     pub(super) waiting_timeout: Spanned<Dur>,
     pub(super) reap_interval: Spanned<Dur>,
     pub(super) max_sessions: Spanned<usize>,
+    pub(super) max_sessions_per_client: Option<Spanned<usize>>,
     pub(super) max_hold: Option<Spanned<Dur>>,
     pub(super) state_path: Option<Spanned<String>>,
 }
@@ -108,6 +118,7 @@ impl Default for RawQueue {
             waiting_timeout: Spanned::new(0..0, secs(600)),
             reap_interval: Spanned::new(0..0, secs(1)),
             max_sessions: Spanned::new(0..0, 10_000),
+            max_sessions_per_client: None,
             max_hold: None,
             state_path: None,
         }

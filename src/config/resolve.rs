@@ -30,6 +30,7 @@ pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
         routes: c.routes,
         demo_lab: c.demo_lab,
         admin_socket: c.admin_socket,
+        compat: c.compat,
     })
 }
 
