@@ -29,6 +29,10 @@ mod resolve;
 mod tests;
 mod validate;
 
+pub use validate::{
+    MAX_SERVER_DURATION, MAX_SESSIONS, MAX_SESSION_TIMEOUT, MAX_THREADS, MAX_UPSTREAM_TIMEOUT,
+};
+
 /// A configuration problem, located in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

@@ -30,7 +30,7 @@ async fn delete_promotes_the_next_waiter_at_once_and_positions_shift() {
 
     // Deleting the holder promotes the next one in the same operation.
     assert_eq!(delete_session(&gw, a).await, 204);
-    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&b).as_str()));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(b).as_str()));
     assert_eq!(get_session(&gw, b).await, status_body("active", 0));
     assert_eq!(get_session(&gw, d).await, status_body("waiting", 1));
     assert_eq!(lab_get(&gw, "/lab/x", b).await.0, 200);
