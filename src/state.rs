@@ -344,10 +344,11 @@ impl Shared {
         let created_ms = unix_ms(SystemTime::now());
         let (position, outcome) = {
             let mut core = self.lock();
+            // Queue full first: when nobody can get in, everybody hears the same answer.
+            limits::check_capacity(core.queue.len(), self.config.queue.max_sessions)
+                .map_err(refused)?;
             core.per_client
                 .check(client, self.config.queue.max_sessions_per_client)
-                .map_err(refused)?;
-            limits::check_capacity(core.queue.len(), self.config.queue.max_sessions)
                 .map_err(refused)?;
             let seq = core.queue.next_seq();
             let mut store_time = None;
