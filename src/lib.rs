@@ -11,8 +11,9 @@
 //!   tests and model test.
 //! - [`path`]: request-target check and normalisation, the longest-prefix route table.
 //! - [`gate`]: `X-Session-ID` values + queue -> the gate's decision.
-//! - [`limits`]: the `POST /session` token bucket, the queue cap, which client address
-//!   counts behind trusted proxies.
+//! - [`limits`]: the `POST /session` token bucket, the queue cap, the per-client cap on
+//!   live sessions, which client address counts behind trusted proxies (an IPv6 /64 is
+//!   one client).
 //! - [`forward`]: forwarding policy: the one list of headers labgate manages, hop-by-hop
 //!   removal, `X-Forwarded-*`, fencing, injected headers, upstream failure -> answer.
 //! - [`history`]: recent hold and wait times and the `Retry-After` estimate from them.
