@@ -2,7 +2,9 @@
 //! request is for, and the exact status, headers and JSON body of each answer.
 //!
 //! Byte-compatible with the neops-remote-lab server (FastAPI): same paths, status codes,
-//! field names and order, `detail` messages, compact JSON. Must never touch sockets: it
+//! field names and order, `detail` messages, compact JSON; one deliberate exception:
+//! `GET /active-session` names the holder by its public tag unless
+//! `[compat] active_session_id` is set (the neops client never calls it). Must never touch sockets: it
 //! produces a [`Reply`] that the pingora adapter writes.
 
 use std::net::IpAddr;
@@ -16,8 +18,9 @@ use crate::forward::Answer;
 use crate::gate::{Denied, SessionHeader};
 use crate::identity::{self, Identity};
 use crate::limits::CreateRefusal;
+use crate::logfield;
 use crate::queue::{EndReason, SessionId, Status};
-use crate::state::{CreateFailure, Shared};
+use crate::state::{CreateFailure, Shared, AUDIT};
 use crate::status;
 
 /// An answer labgate gives itself.
@@ -100,8 +103,20 @@ struct SessionStatus {
     position: usize,
 }
 
+/// `GET /active-session` by default: who holds the lab, by public tag only. The id is
+/// the gate credential; handing it to any caller would let a waiting client act as
+/// the holder or end its session.
 #[derive(Serialize)]
 struct ActiveSession {
+    status: &'static str,
+    position: usize,
+    session_tag: String,
+}
+
+/// `GET /active-session` with `[compat] active_session_id = true`: neops-remote-lab's
+/// answer, byte for byte, full id included.
+#[derive(Serialize)]
+struct ActiveSessionCompat {
     status: &'static str,
     position: usize,
     session_id: String,
@@ -245,6 +260,19 @@ pub async fn handle(
                 .and_then(|id| owned(id, "delete_session"))
                 .map(|id| shared.end_session(&id, EndReason::Deleted, now))
                 .unwrap_or(Ok(false));
+            // Whoever holds an id may end its session: record who asked, whatever came
+            // of it, so a queue jump or a stolen id can be traced to an address.
+            tracing::info!(
+                target: AUDIT,
+                event = "session_delete",
+                session = %logfield::text(id),
+                client = %client,
+                outcome = match &ended {
+                    Ok(true) => "ended",
+                    Ok(false) => "unknown",
+                    Err(_) => "store_unavailable",
+                },
+            );
             match ended {
                 Ok(true) => Reply::empty(204),
                 Ok(false) => {
@@ -272,12 +300,20 @@ pub async fn handle(
             }
         },
         Endpoint::ActiveSession => match shared.active_session() {
+            Some(id) if shared.config.compat.active_session_id => Reply::json(
+                200,
+                &ActiveSessionCompat {
+                    status: Status::Active.as_str(),
+                    position: 0,
+                    session_id: id.to_string(),
+                },
+            ),
             Some(id) => Reply::json(
                 200,
                 &ActiveSession {
                     status: Status::Active.as_str(),
                     position: 0,
-                    session_id: id.to_string(),
+                    session_tag: id.tag(),
                 },
             ),
             None => Reply::detail(404, "No active session"),
@@ -433,6 +469,11 @@ fn create_refused(refusal: CreateRefusal) -> Reply {
             429,
             &format!("Too many live sessions for this identity (at most {cap}); end one first"),
         ),
+        CreateRefusal::ClientLimit { retry_after_secs } => Reply::detail(
+            429,
+            "Too many live sessions from this client: end one (DELETE /session/{id}) first",
+        )
+        .with_header("Retry-After", retry_after_secs),
     }
 }
 
@@ -539,13 +580,24 @@ mod tests {
         assert_eq!(
             body(&Reply::json(
                 200,
-                &ActiveSession {
+                &ActiveSessionCompat {
                     status: "active",
                     position: 0,
                     session_id: "x".into()
                 }
             )),
             r#"{"status":"active","position":0,"session_id":"x"}"#
+        );
+        assert_eq!(
+            body(&Reply::json(
+                200,
+                &ActiveSession {
+                    status: "active",
+                    position: 0,
+                    session_tag: "1a2b3c4d".into()
+                }
+            )),
+            r#"{"status":"active","position":0,"session_tag":"1a2b3c4d"}"#
         );
     }
 }

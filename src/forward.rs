@@ -73,6 +73,10 @@ pub enum Role {
     /// entry is its default name), client copies of it and of the proxy's identity header
     /// dropped. Without identity mode, a client copy of the default name is dropped too.
     Identity,
+    /// What a proxy in front says about the client (`Forwarded`, `X-Real-IP`, ...):
+    /// forwarded as sent from a trusted proxy, dropped from anybody else, who could
+    /// claim any address or host. labgate never sets it.
+    FromTrustedProxy,
 }
 
 /// One header labgate manages.
@@ -109,14 +113,53 @@ pub const MANAGED: &[Managed] = &[
     managed("x-session-id", Role::Passed),
     managed("x-forwarded-for", Role::Chain(forwarded_for)),
     managed("x-forwarded-proto", Role::Chain(forwarded_proto)),
+    managed("forwarded", Role::FromTrustedProxy),
+    managed("x-real-ip", Role::FromTrustedProxy),
+    managed("x-forwarded-host", Role::FromTrustedProxy),
     managed("host", Role::Own(host)),
     managed("x-lab-session-seq", Role::Own(session_seq)),
     managed(X_LAB_USER, Role::Identity),
 ];
 
-/// Is `name` (any case) a header labgate manages? Config validation refuses these.
+/// Is `name` (any case, `_` read as `-`) a header labgate manages? Config validation
+/// refuses these.
 pub fn is_managed(name: &str) -> bool {
-    MANAGED.iter().any(|m| m.name.eq_ignore_ascii_case(name))
+    MANAGED.iter().any(|m| same_folded(m.name, name))
+}
+
+/// Are `a` and `b` one name to an upstream that folds `_` into `-` and ignores case?
+/// CGI, WSGI, Rack and PHP all read `X_Lab_Session_Seq` as `X-Lab-Session-Seq`.
+pub fn same_folded(a: &str, b: &str) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
+/// Client headers with an `_` that an upstream would read as a header labgate manages
+/// or injects (`X_Lab_Session_Seq`, `X_Forwarded_For`, a configured `X_Api_Key`): they
+/// are dropped, as nginx drops every underscore header by default for this reason.
+fn underscore_twins(
+    headers: &HeaderMap,
+    configured: &[(HeaderName, HeaderValue)],
+) -> Vec<HeaderName> {
+    let mut found: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        if !n.contains('_') || found.contains(name) {
+            continue;
+        }
+        let twin = MANAGED.iter().any(|m| same_folded(m.name, n))
+            || configured.iter().any(|(c, _)| same_folded(c.as_str(), n));
+        if twin {
+            found.push(name.clone());
+        }
+    }
+    found
 }
 
 fn host(hop: &Hop) -> Option<HeaderValue> {
@@ -191,7 +234,10 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
 pub fn request_edits(headers: &HeaderMap, hop: &Hop) -> Vec<Edit> {
     let mut edits = Vec::new();
     let removed = hop_by_hop(headers);
-    for name in &removed {
+    for name in removed
+        .iter()
+        .chain(&underscore_twins(headers, hop.configured))
+    {
         edits.push(Edit::Remove(name.clone()));
     }
     if let (true, Some(value)) = (hop.upgrade, headers.get(header::UPGRADE)) {
@@ -237,7 +283,10 @@ pub fn request_edits(headers: &HeaderMap, hop: &Hop) -> Vec<Edit> {
                     }
                 }
             }
-            Role::Framing | Role::HopByHop | Role::Passed => {}
+            Role::FromTrustedProxy if !hop.peer_trusted => {
+                edits.push(Edit::Remove(m.name()));
+            }
+            Role::FromTrustedProxy | Role::Framing | Role::HopByHop | Role::Passed => {}
         }
     }
     edits
@@ -350,40 +399,9 @@ pub fn on_failure(kind: FailureKind, side: Side, cut: bool) -> Failure {
     Failure { answer, upstream }
 }
 
-/// The request path as logged: at most 256 characters, and a session id in
-/// `/session/{id}` cut to 8 characters, because the id is the gate credential.
-pub fn loggable_path(raw: &[u8]) -> String {
-    let path = String::from_utf8_lossy(raw);
-    let path: String = match path.strip_prefix("/session/") {
-        Some(rest) if rest.len() > 8 && rest != "heartbeat" => {
-            let cut: String = rest.chars().take(8).collect();
-            format!("/session/{cut}…")
-        }
-        _ => path.into_owned(),
-    };
-    path.chars().take(256).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn logged_paths_never_carry_a_whole_session_id() {
-        let id = "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11";
-        assert_eq!(
-            loggable_path(format!("/session/{id}").as_bytes()),
-            "/session/0b9f7a0e…"
-        );
-        assert_eq!(
-            loggable_path(format!("/session/{id}?wait=5").as_bytes()),
-            "/session/0b9f7a0e…"
-        );
-        assert_eq!(loggable_path(b"/session/heartbeat"), "/session/heartbeat");
-        assert_eq!(loggable_path(b"/session"), "/session");
-        assert_eq!(loggable_path(b"/lab/devices"), "/lab/devices");
-        assert_eq!(loggable_path(&[b'a'; 300]).len(), 256);
-    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {
@@ -482,6 +500,60 @@ mod tests {
     }
 
     #[test]
+    fn underscore_twins_of_managed_and_injected_headers_are_dropped() {
+        let configured = [(
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static("s"),
+        )];
+        let mut client = client_headers();
+        for name in [
+            "x_lab_session_seq",
+            "x_forwarded_for",
+            "x_session_id",
+            "content_length",
+            "x_api_key",
+            "x_real_ip",
+        ] {
+            client.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("999999"),
+            );
+        }
+        client.insert("x_custom_thing", HeaderValue::from_static("kept"));
+        for trusted in [false, true] {
+            let h = apply(client.clone(), &hop(trusted, &configured));
+            let underscored: Vec<&str> = h
+                .keys()
+                .map(|k| k.as_str())
+                .filter(|k| k.contains('_'))
+                .collect();
+            assert_eq!(underscored, vec!["x_custom_thing"], "trusted: {trusted}");
+            assert_eq!(h[X_LAB_SESSION_SEQ], "7");
+        }
+        assert!(same_folded("X_Lab_Session_Seq", "x-lab-session-seq"));
+        assert!(!same_folded("x-lab-session-se", "x-lab-session-seq"));
+    }
+
+    #[test]
+    fn proxy_claims_pass_only_from_a_trusted_proxy() {
+        let mut client = client_headers();
+        client.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        client.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        client.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+        let h = apply(client.clone(), &hop(false, &[]));
+        for name in ["forwarded", "x-real-ip", "x-forwarded-host"] {
+            assert!(
+                !h.contains_key(name),
+                "{name} passed from an untrusted peer"
+            );
+        }
+        let h = apply(client, &hop(true, &[]));
+        assert_eq!(h["forwarded"], "for=6.6.6.6");
+        assert_eq!(h["x-real-ip"], "6.6.6.6");
+        assert_eq!(h["x-forwarded-host"], "evil");
+    }
+
+    #[test]
     fn configured_headers_replace_the_clients_but_never_labgates() {
         let configured = [
             (header::AUTHORIZATION, HeaderValue::from_static("Bearer s")),
@@ -514,6 +586,7 @@ mod tests {
     fn managed_names_match_in_any_case() {
         assert!(is_managed("X-Lab-Session-Seq"));
         assert!(is_managed("host"));
+        assert!(is_managed("X_Lab_Session_Seq"));
         assert!(!is_managed("Authorization"));
     }
 

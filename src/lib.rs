@@ -11,8 +11,9 @@
 //!   tests and model test.
 //! - [`path`]: request-target check and normalisation, the longest-prefix route table.
 //! - [`gate`]: `X-Session-ID` values + queue -> the gate's decision.
-//! - [`limits`]: the `POST /session` token bucket, the queue cap, which client address
-//!   counts behind trusted proxies.
+//! - [`limits`]: the `POST /session` token bucket, the queue cap, the per-client cap on
+//!   live sessions, which client address counts behind trusted proxies (an IPv6 /64 is
+//!   one client).
 //! - [`forward`]: forwarding policy: the one list of headers labgate manages, hop-by-hop
 //!   removal, `X-Forwarded-*`, fencing, injected headers, upstream failure -> answer.
 //! - [`history`]: recent hold and wait times and the `Retry-After` estimate from them.
@@ -21,6 +22,8 @@
 //!   trusted proxy.
 //! - [`ownership`]: which identity owns which session; the owner check and the
 //!   per-identity cap.
+//! - [`logfield`]: what a log line may hold of a request: bounded fields, ids redacted
+//!   in every spelling.
 //!
 //! Edges around the core (I/O or shared state, no pingora types where avoidable):
 //! - [`config`]: TOML -> [`config::Config`]: `raw` (serde mirror, defaults) -> `validate`
@@ -84,6 +87,7 @@ pub mod gate;
 pub mod history;
 pub mod identity;
 pub mod limits;
+pub mod logfield;
 pub mod metrics;
 pub mod ownership;
 pub mod path;

@@ -1,12 +1,15 @@
 //! Abuse limits on `POST /session` (contract §4): the per-client token bucket, the queue
-//! cap, and which address a request counts against (trusted proxies).
+//! cap, the per-client cap on live sessions, which address a request counts against
+//! (trusted proxies) and which clients are one (an IPv6 /64 is one client).
 //!
 //! Pure decisions: no I/O, no pingora. The token bucket is `governor`'s GCRA, which is
 //! exactly a token bucket with `burst` tokens refilled one per `refill_every`; its clock
 //! is a type parameter so tests drive time with `FakeRelativeClock`. Must never keep
 //! unbounded per-client state: [`SessionLimiter::forget_idle`] drops full buckets.
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -26,6 +29,8 @@ pub enum CreateRefusal {
     QueueFull { retry_after_secs: u64 },
     /// Identity mode: the caller already holds `identity.max_sessions` live sessions.
     IdentityCap { live: usize, cap: usize },
+    /// The client already holds `max_sessions_per_client` live sessions.
+    ClientLimit { retry_after_secs: u64 },
 }
 
 impl CreateRefusal {
@@ -39,6 +44,7 @@ impl CreateRefusal {
             CreateRefusal::RateLimited { .. } => CreateRejection::RateLimited,
             CreateRefusal::QueueFull { .. } => CreateRejection::QueueFull,
             CreateRefusal::IdentityCap { .. } => CreateRejection::IdentityCap,
+            CreateRefusal::ClientLimit { .. } => CreateRejection::ClientLimit,
         }
     }
 }
@@ -49,6 +55,8 @@ impl CreateRefusal {
 pub enum CreateRejection {
     RateLimited,
     QueueFull,
+    /// The client holds as many live sessions as one client may.
+    ClientLimit,
     /// An operator is draining the lab.
     Draining,
     /// Identity mode: the per-identity cap on live sessions.
@@ -56,9 +64,10 @@ pub enum CreateRejection {
 }
 
 impl CreateRejection {
-    pub const ALL: [CreateRejection; 4] = [
+    pub const ALL: [CreateRejection; 5] = [
         CreateRejection::RateLimited,
         CreateRejection::QueueFull,
+        CreateRejection::ClientLimit,
         CreateRejection::Draining,
         CreateRejection::IdentityCap,
     ];
@@ -67,6 +76,7 @@ impl CreateRejection {
         match self {
             CreateRejection::RateLimited => "rate_limited",
             CreateRejection::QueueFull => "queue_full",
+            CreateRejection::ClientLimit => "client_limit",
             CreateRejection::Draining => "draining",
             CreateRejection::IdentityCap => "identity_cap",
         }
@@ -129,6 +139,74 @@ impl ProbeDetector {
     }
 }
 
+/// Live sessions one client may hold unless configured: room for a few CI jobs behind
+/// one NAT address, far from the whole queue.
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 10;
+
+/// The largest `rate_limit.burst` and `rate_limit.refill_every`: governor keeps
+/// `burst * refill_every` in u64 nanoseconds (584 years); these keep it under 30 years.
+pub const MAX_BURST: NonZeroU32 = match NonZeroU32::new(10_000) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+pub const MAX_REFILL_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// The key one client's limits are counted under: an IPv4 address, or the /64 of an IPv6
+/// address (one host usually holds a whole /64, so counting its addresses one by one
+/// would give it 2^64 buckets). An IPv4-mapped IPv6 address is its IPv4 address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Live sessions per client key ([`client_key`]): the per-client cap (§4). Holds only
+/// clients with at least one live session, so it is bounded by the queue's size.
+#[derive(Default)]
+pub struct LiveSessions {
+    counts: HashMap<IpAddr, usize>,
+}
+
+impl LiveSessions {
+    /// May `client` open one more session?
+    pub fn check(&self, client: IpAddr, max: usize) -> Result<(), CreateRefusal> {
+        let live = self.counts.get(&client_key(client)).copied().unwrap_or(0);
+        if live >= max {
+            Err(CreateRefusal::ClientLimit {
+                retry_after_secs: QUEUE_FULL_RETRY_AFTER_SECS,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn opened(&mut self, client: IpAddr) {
+        *self.counts.entry(client_key(client)).or_insert(0) += 1;
+    }
+
+    pub fn ended(&mut self, client: IpAddr) {
+        let key = client_key(client);
+        if let Some(n) = self.counts.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.counts.remove(&key);
+            }
+        }
+    }
+
+    /// Clients with a live session (for tests and diagnostics).
+    pub fn clients(&self) -> usize {
+        self.counts.len()
+    }
+}
+
 /// The queue cap, as a pure check.
 pub fn check_capacity(len: usize, max_sessions: usize) -> Result<(), CreateRefusal> {
     if len >= max_sessions {
@@ -150,8 +228,9 @@ pub enum RateKey {
 }
 
 impl From<IpAddr> for RateKey {
+    /// An address counts by its [`client_key`] (an IPv6 client by its /64).
     fn from(ip: IpAddr) -> Self {
-        RateKey::Addr(ip)
+        RateKey::Addr(client_key(ip))
     }
 }
 
@@ -172,10 +251,12 @@ impl SessionLimiter<DefaultClock> {
 
 impl<C: Clock + Clone> SessionLimiter<C> {
     pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
-        // refill_every > 0 is guaranteed by config validation; fall back to 1 s defensively.
-        let quota = Quota::with_period(config.refill_every)
+        // Config validation keeps both within bounds; clamped again because governor
+        // panics on a period beyond 584 years and overflows on burst * period.
+        let period = config.refill_every.min(MAX_REFILL_EVERY);
+        let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(nonzero(1)))
-            .allow_burst(config.burst);
+            .allow_burst(config.burst.min(MAX_BURST));
         SessionLimiter {
             limiter: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()),
             clock,
@@ -305,6 +386,63 @@ mod tests {
         );
         clock.advance(Duration::from_millis(500));
         assert_eq!(l.check(a), Ok(()));
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_client_for_the_rate_limit() {
+        let clock = FakeRelativeClock::default();
+        let l = SessionLimiter::with_clock(&config(2, Duration::from_secs(10)), clock.clone());
+        assert_eq!(l.check(ip("2001:db8:1:2::1")), Ok(()));
+        assert_eq!(l.check(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")), Ok(()));
+        assert!(l.check(ip("2001:db8:1:2::abcd")).is_err());
+        // The next /64 is another client.
+        assert_eq!(l.check(ip("2001:db8:1:3::1")), Ok(()));
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(l.check(ip("2001:db8:1:2::42")), Ok(()));
+        assert_eq!(l.tracked_clients(), 2);
+    }
+
+    #[test]
+    fn client_keys() {
+        assert_eq!(client_key(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(client_key(ip("2001:db8:a:b:c:d:e:f")), ip("2001:db8:a:b::"));
+        assert_eq!(client_key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(client_key(ip("::1")), ip("::"));
+    }
+
+    #[test]
+    fn live_sessions_are_capped_per_client() {
+        let mut live = LiveSessions::default();
+        let a = ip("2001:db8::1");
+        for _ in 0..3 {
+            assert_eq!(live.check(a, 3), Ok(()));
+            live.opened(a);
+        }
+        let refused = live.check(ip("2001:db8::2"), 3);
+        assert!(
+            matches!(refused, Err(CreateRefusal::ClientLimit { retry_after_secs }) if retry_after_secs > 0)
+        );
+        assert_eq!(live.check(ip("10.0.0.1"), 3), Ok(()));
+        live.ended(ip("2001:db8::ffff"));
+        assert_eq!(live.check(a, 3), Ok(()));
+        for _ in 0..5 {
+            live.ended(a);
+        }
+        assert_eq!(live.clients(), 0);
+    }
+
+    #[test]
+    fn extreme_quotas_never_panic() {
+        let clock = FakeRelativeClock::default();
+        for (burst, every) in [
+            (u32::MAX, Duration::MAX),
+            (1, Duration::from_secs(600 * 365 * 24 * 3600)),
+            (u32::MAX, Duration::from_nanos(1)),
+        ] {
+            let l = SessionLimiter::with_clock(&config(burst, every), clock.clone());
+            assert_eq!(l.check(ip("10.0.0.1")), Ok(()));
+            l.forget_idle();
+        }
     }
 
     #[test]

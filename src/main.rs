@@ -119,6 +119,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Check { config }) => {
             let c = Config::load(&config)?;
+            for warning in c.warnings() {
+                eprintln!("labgate: warning: {}: {warning}", config.display());
+            }
             println!(
                 "{}: ok ({} upstream(s), {} route(s), listening on {:?}, metrics on {})",
                 config.display(),
@@ -127,9 +130,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 c.server.listen,
                 c.metrics.listen
             );
-            for warning in c.warnings() {
-                println!("{warning}");
-            }
             Ok(())
         }
         Some(Command::Admin {

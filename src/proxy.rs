@@ -26,6 +26,7 @@ use crate::forward::{self, Edit};
 use crate::gate::{self, Denied, Verdict};
 use crate::identity::{self, Identity};
 use crate::limits;
+use crate::logfield;
 use crate::metrics::status_class;
 use crate::path;
 use crate::state::{Shared, AUDIT};
@@ -124,7 +125,7 @@ impl LabGate {
             event = "gate_denied",
             decision = denied.verdict().as_str(),
             client = %ctx.client.map(|c| c.to_string()).unwrap_or_default(),
-            path = %path,
+            path = %logfield::path(path.as_bytes()),
         );
         if let (Denied::Unknown, Some(client)) = (denied, ctx.client) {
             self.shared.note_unknown_id(client, now);
@@ -164,7 +165,7 @@ impl ProxyHttp for LabGate {
                     event = "identity_refused",
                     reason = why.label(),
                     peer = %ctx.peer.map(|p| p.to_string()).unwrap_or_default(),
-                    path = %forward::loggable_path(req.raw_path()),
+                    path = %logfield::path(req.raw_path()),
                 );
                 shared.metrics().count_identity_refused(why.label());
                 return self.answer(session, ctx, api::unauthenticated(why)).await;
@@ -180,7 +181,7 @@ impl ProxyHttp for LabGate {
                     event = "gate_denied",
                     decision = Verdict::Invalid.as_str(),
                     client = %ctx.client.map(|c| c.to_string()).unwrap_or_default(),
-                    path = %forward::loggable_path(req.raw_path()),
+                    path = %logfield::path(req.raw_path()),
                     why = %why,
                 );
                 ctx.verdict = Some(Verdict::Invalid);
@@ -397,6 +398,18 @@ impl ProxyHttp for LabGate {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// pingora's error lines describe the request with this; its default holds the
+    /// whole path and `Host` as sent, unbounded and with any session id in it.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, client: {}",
+            req.method,
+            logfield::path(req.raw_path()),
+            ctx.client.map(|c| c.to_string()).unwrap_or_default()
+        )
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

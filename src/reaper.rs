@@ -12,6 +12,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::time::MissedTickBehavior;
 
+use crate::config::MAX_SERVER_DURATION;
 use crate::state::Shared;
 
 pub struct Reaper {
@@ -21,9 +22,17 @@ pub struct Reaper {
 
 impl Reaper {
     pub fn new(shared: Arc<Shared>) -> Self {
-        let interval = shared.config.queue.reap_interval;
-        Reaper { shared, interval }
+        Reaper {
+            interval: tick(shared.config.queue.reap_interval),
+            shared,
+        }
     }
+}
+
+/// The reaper's tick: validation keeps `reap_interval` in (0, 1 h]; clamped again
+/// because tokio's interval panics on a zero period and on an `Instant` overflow.
+pub fn tick(reap_interval: Duration) -> Duration {
+    reap_interval.clamp(Duration::from_millis(1), MAX_SERVER_DURATION)
 }
 
 #[async_trait]

@@ -22,7 +22,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::{self, AdminService};
-use crate::config::Config;
+use crate::config::{Config, MAX_SERVER_DURATION};
 use crate::demo::DemoLab;
 use crate::proxy::LabGate;
 use crate::reaper::Reaper;
@@ -57,12 +57,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let metrics_listen = config.metrics.listen;
     let demo = config.demo_lab.clone();
     let grace = config.server.grace_period;
-    let threads = config.server.threads;
-    let shutdown_timeout = config.server.shutdown_timeout;
     let listener_tls = config.listener_tls.clone();
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    let server_conf = server_conf(&config);
     // The store is opened (and the queue restored) before pingora starts, so that a
     // store that cannot be opened is a clean start-up error.
     let admin_path = config.admin_socket.clone();
@@ -74,13 +73,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             admin::bind(&path)?,
         )),
         None => None,
-    };
-    let server_conf = ServerConf {
-        threads,
-        // Our shutdown watch does the draining; pingora must not sleep on top of it.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(shutdown_timeout.as_secs().max(1)),
-        ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
@@ -171,6 +163,31 @@ impl BackgroundService for TlsReloader {
     }
 }
 
+/// pingora's settings from the config. Pure, so a test can feed it any validated config.
+pub fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
+        threads: config.server.threads,
+        // Our shutdown watch does the draining; pingora must not sleep on top of it.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(
+            config
+                .server
+                .shutdown_timeout
+                .min(MAX_SERVER_DURATION)
+                .as_secs()
+                .max(1),
+        ),
+        ..ServerConf::default()
+    }
+}
+
+/// When a drain that starts at `now` gives up. Validation bounds `grace`; it is clamped
+/// again because `Instant + Duration` panics on overflow, and at SIGTERM of all times.
+pub fn drain_deadline(now: Instant, grace: Duration) -> Instant {
+    now.checked_add(grace.min(MAX_SERVER_DURATION))
+        .unwrap_or(now)
+}
+
 /// Runs only the demo lab until SIGTERM or SIGINT.
 pub fn run_demo_lab(listen: SocketAddr) -> anyhow::Result<()> {
     TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
@@ -216,7 +233,7 @@ impl ShutdownSignalWatch for DrainOnSignal {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        let deadline = Instant::now() + self.grace;
+        let deadline = drain_deadline(Instant::now(), self.grace);
         tracing::info!(
             signal = which,
             in_flight = (self.in_flight)(),

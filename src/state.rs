@@ -86,6 +86,9 @@ struct Core {
     /// Removals the store has not yet recorded (a failed write is retried later).
     unsaved_removals: Vec<u64>,
     meta: HashMap<SessionId, Meta>,
+    /// Live sessions per client, for the per-client cap (restored sessions, whose
+    /// client is unknown, are not counted).
+    per_client: limits::LiveSessions,
     history: History,
     /// Identity mode: who owns which session.
     owners: Owners,
@@ -186,7 +189,9 @@ impl Core {
         let mut ended_owners = Vec::with_capacity(change.ended.len());
         for e in &change.ended {
             cut += self.conns.cut(&e.id);
-            self.meta.remove(&e.id);
+            if let Some(client) = self.meta.remove(&e.id).and_then(|m| m.client) {
+                self.per_client.ended(client);
+            }
             ended_owners.push(self.owners.owner(&e.id).cloned());
             self.owners.release(&e.id);
             if let Some(held) = e.held {
@@ -286,6 +291,7 @@ impl Shared {
                 store,
                 unsaved_removals: Vec::new(),
                 meta,
+                per_client: limits::LiveSessions::default(),
                 history: History::default(),
                 owners,
             }),
@@ -369,13 +375,14 @@ impl Shared {
         }
         let key = match caller {
             Some(who) => RateKey::Identity(who.clone()),
-            None => RateKey::Addr(client),
+            None => RateKey::from(client),
         };
         self.limiter.check(key).map_err(refused)?;
         let id = SessionId::random();
         let created_ms = unix_ms(SystemTime::now());
         let (position, outcome) = {
             let mut core = self.lock();
+            // Queue full first: when nobody can get in, everybody hears the same answer.
             limits::check_capacity(core.queue.len(), self.config.queue.max_sessions)
                 .map_err(refused)?;
             if let (Some(who), Some(cfg)) = (caller, &self.config.identity) {
@@ -385,6 +392,13 @@ impl Shared {
                         cap: c.cap,
                     })
                 })?;
+            }
+            if caller.is_none() {
+                // In identity mode the cap is per identity (above): one front proxy's
+                // address may carry everybody.
+                core.per_client
+                    .check(client, self.config.queue.max_sessions_per_client)
+                    .map_err(refused)?;
             }
             let seq = core.queue.next_seq();
             let mut store_time = None;
@@ -417,6 +431,7 @@ impl Shared {
             if let Some(who) = caller {
                 core.owners.bind(id, who.clone());
             }
+            core.per_client.opened(client);
             let change = Change {
                 ended: Vec::new(),
                 promoted,
@@ -481,7 +496,7 @@ impl Shared {
     ) -> Result<Option<usize>, StoreFailed> {
         let cut = self.end(id, EndReason::Kicked, now)?;
         if let Some(cut) = cut {
-            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.short(), uid, reason = why, connections_cut = cut);
+            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.short(), uid, reason = %crate::logfield::text(why), connections_cut = cut);
         }
         Ok(cut)
     }

@@ -442,7 +442,7 @@ mod tests {
 
     #[test]
     fn owners_are_kept_with_their_sessions_and_removed_with_them() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = private_dir();
         let path = dir.path().join("q.redb");
         let (a, b) = (session(1), session(2));
         {

@@ -34,6 +34,10 @@ mod resolve;
 mod tests;
 mod validate;
 
+pub use validate::{
+    MAX_SERVER_DURATION, MAX_SESSIONS, MAX_SESSION_TIMEOUT, MAX_THREADS, MAX_UPSTREAM_TIMEOUT,
+};
+
 /// A configuration problem, located in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -78,6 +82,15 @@ pub struct Config {
     /// The listener's TLS material, loaded and checked (`[server.tls]`, and the client
     /// CA in `mtls` mode); `None`: plain HTTP.
     pub listener_tls: Option<std::sync::Arc<ListenerTls>>,
+    pub compat: CompatConfig,
+}
+
+/// Compatibility switches, each weakening a secure default (`labgate check` warns).
+#[derive(Debug, Clone, Default)]
+pub struct CompatConfig {
+    /// `GET /active-session` answers the holder's full id, as neops-remote-lab's server
+    /// does, instead of its public tag. The id is the gate credential.
+    pub active_session_id: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +114,8 @@ pub struct QueueConfig {
     pub timeouts: Timeouts,
     pub reap_interval: Duration,
     pub max_sessions: usize,
+    /// Live sessions one client (an IPv4 address, an IPv6 /64) may hold at once (§4).
+    pub max_sessions_per_client: usize,
     /// Hold limit (§7): `None` means holders are never expired.
     pub max_hold: Option<Duration>,
     /// The durable store; `None` keeps the queue in memory only.
@@ -146,11 +161,21 @@ impl Config {
     /// Settings that are allowed but dangerous, one line each, for `labgate check` and
     /// the start-up log.
     pub fn warnings(&self) -> Vec<String> {
-        self.upstreams
+        let mut out: Vec<String> = self
+            .upstreams
             .iter()
             .filter_map(|u| u.tls.as_ref().map(|t| t.warnings(&u.name)))
             .flatten()
-            .collect()
+            .collect();
+        if self.compat.active_session_id {
+            out.push(
+                "[compat] active_session_id = true: GET /active-session hands the holder's \
+                 session id (its credential) to any caller; anyone who can reach labgate can \
+                 use or end the holder's session"
+                    .to_string(),
+            );
+        }
+        out
     }
 
     /// Reads and validates the file at `path`.

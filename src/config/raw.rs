@@ -51,6 +51,15 @@ pub(super) struct RawConfig {
     pub(super) admin: Option<RawAdmin>,
     /// Absent: session ids are bearer tokens (the neops model).
     pub(super) identity: Option<RawIdentity>,
+    #[serde(default)]
+    pub(super) compat: RawCompat,
+}
+
+/// Compatibility switches that weaken a default; `labgate check` warns about each.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCompat {
+    pub(super) active_session_id: bool,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +114,7 @@ pub(super) struct RawQueue {
     pub(super) waiting_timeout: Spanned<Dur>,
     pub(super) reap_interval: Spanned<Dur>,
     pub(super) max_sessions: Spanned<usize>,
+    pub(super) max_sessions_per_client: Option<Spanned<usize>>,
     pub(super) max_hold: Option<Spanned<Dur>>,
     pub(super) state_path: Option<Spanned<String>>,
 }
@@ -116,6 +126,7 @@ impl Default for RawQueue {
             waiting_timeout: Spanned::new(0..0, secs(600)),
             reap_interval: Spanned::new(0..0, secs(1)),
             max_sessions: Spanned::new(0..0, 10_000),
+            max_sessions_per_client: None,
             max_hold: None,
             state_path: None,
         }

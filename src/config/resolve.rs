@@ -47,6 +47,7 @@ pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
         admin_socket: c.admin_socket,
         identity: c.identity,
         listener_tls,
+        compat: c.compat,
     })
 }
 

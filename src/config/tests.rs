@@ -316,3 +316,158 @@ fn upstream_tls_is_parsed_and_checked() {
     let e = err(&format!("{MINIMAL}[upstream.tls]\nverify = false\n"));
     assert!(e.message.contains("verify"), "{e}");
 }
+
+/// Issue 10 #10: `labgate check` passed configs that panicked when served.
+#[test]
+fn out_of_bounds_values_are_refused_with_their_location() {
+    for (section, key, value, want) in [
+        ("rate_limit", "refill_every", "\"600y\"", "at most 1day"),
+        ("rate_limit", "burst", "4294967295", "between 1 and 10000"),
+        ("server", "grace_period", "\"100000y\"", "at most 1h"),
+        ("server", "shutdown_timeout", "\"2h\"", "at most 1h"),
+        ("server", "threads", "100000", "between 1 and 1024"),
+        ("queue", "active_timeout", "\"31days\"", "at most 30days"),
+        ("queue", "reap_interval", "\"1day\"", "at most 1h"),
+        (
+            "queue",
+            "max_sessions",
+            "9223372036854775807",
+            "between 1 and 1000000",
+        ),
+        (
+            "queue",
+            "max_sessions_per_client",
+            "0",
+            "between 1 and 10000",
+        ),
+    ] {
+        let text = format!("[{section}]\n{key} = {value}\n{MINIMAL}");
+        let e = err(&text);
+        assert_eq!((e.line, e.column), (2, key.len() + 4), "{e}");
+        assert!(e.message.contains(key), "{e}");
+        assert!(e.message.contains(want), "{key}: {e}");
+    }
+    let e = err(&format!("{MINIMAL}read_timeout = \"2days\"\n"));
+    assert!(e.message.contains("at most 1day"), "{e}");
+    // The per-client cap defaults to 10, or to max_sessions when that is lower.
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.queue.max_sessions_per_client, 10);
+    let c = Config::parse(&format!("[queue]\nmax_sessions = 3\n{MINIMAL}"), "t.toml").unwrap();
+    assert_eq!(c.queue.max_sessions_per_client, 3);
+}
+
+mod extreme {
+    use std::net::IpAddr;
+    use std::time::Instant;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::gate::SessionHeader;
+    use crate::limits::SessionLimiter;
+    use crate::queue::EndReason;
+    use crate::state::Shared;
+
+    /// Mostly in range (so most cases get served), with every extreme now and then.
+    fn duration() -> impl Strategy<Value = String> {
+        prop_oneof![
+            200 => (1u64..=3600).prop_map(|n| format!("{n}s")),
+            1 => Just("0s".to_string()),
+            1 => Just("1ns".to_string()),
+            1 => Just("1h".to_string()),
+            1 => Just("1h 1ns".to_string()),
+            1 => Just("1day".to_string()),
+            1 => Just("30days".to_string()),
+            1 => Just("31days".to_string()),
+            1 => Just("584y".to_string()),
+            1 => Just("600y".to_string()),
+            1 => Just("100000000y".to_string()),
+            1 => Just("18446744073709551615s".to_string()),
+            1 => Just("18446744073709551615ns".to_string()),
+            1 => any::<u64>().prop_map(|n| format!("{n}s")),
+            1 => any::<u64>().prop_map(|n| format!("{n}ms")),
+            1 => (0u64..100_000).prop_map(|n| format!("{n}s")),
+        ]
+    }
+
+    /// Mostly `low..=high`, with every extreme now and then.
+    fn number(low: i64, high: i64) -> impl Strategy<Value = i64> {
+        prop_oneof![
+            100 => low..=high,
+            1 => Just(0i64),
+            1 => Just(-1),
+            1 => Just(1024),
+            1 => Just(1025),
+            1 => Just(10_000),
+            1 => Just(10_001),
+            1 => Just(1_000_000),
+            1 => Just(1_000_001),
+            1 => Just(i64::from(u32::MAX)),
+            1 => Just(i64::from(u32::MAX) + 1),
+            1 => Just(i64::MAX),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever extreme values a config holds, either it is refused with a
+        /// location or nothing panics building the state and the limiter, serving a
+        /// few operations, or computing the shutdown deadlines.
+        #[test]
+        fn a_validated_config_never_panics_when_served(
+            server in (number(1, 64), duration(), duration()),
+            queue in (
+                duration(), duration(), duration(), duration(),
+                number(10, 100_000), number(1, 10),
+            ),
+            rate in (number(1, 10_000), duration()),
+            upstream in (duration(), duration(), duration()),
+        ) {
+            let text = format!(
+                "[server]\nthreads = {}\ngrace_period = \"{}\"\nshutdown_timeout = \"{}\"\n\
+                 [queue]\nactive_timeout = \"{}\"\nwaiting_timeout = \"{}\"\n\
+                 reap_interval = \"{}\"\nmax_hold = \"{}\"\nmax_sessions = {}\n\
+                 max_sessions_per_client = {}\n\
+                 [rate_limit]\nburst = {}\nrefill_every = \"{}\"\n{MINIMAL}\
+                 connect_timeout = \"{}\"\nread_timeout = \"{}\"\nwrite_timeout = \"{}\"\n",
+                server.0, server.1, server.2,
+                queue.0, queue.1, queue.2, queue.3, queue.4, queue.5,
+                rate.0, rate.1,
+                upstream.0, upstream.1, upstream.2,
+            );
+            let config = match Config::parse(&text, "t.toml") {
+                Err(e) => {
+                    prop_assert!(e.line >= 1, "{e}");
+                    prop_assert!(!e.message.contains('\n'), "{e}");
+                    return Ok(());
+                }
+                Ok(c) => c,
+            };
+            let now = Instant::now();
+            crate::server::drain_deadline(now, config.server.grace_period);
+            let conf = crate::server::server_conf(&config);
+            prop_assert!(conf.threads >= 1);
+            let tick = crate::reaper::tick(config.queue.reap_interval);
+            prop_assert!(now.checked_add(tick.saturating_mul(2)).is_some());
+            for up in &config.upstreams {
+                for t in [up.connect_timeout, up.read_timeout, up.write_timeout] {
+                    prop_assert!(now.checked_add(t).is_some());
+                }
+            }
+            let limiter = SessionLimiter::new(&config.rate_limit);
+            let client: IpAddr = [10, 0, 0, 1].into();
+            let _ = limiter.check(client);
+            let shared = Shared::new(config).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let created = shared.create_session(client, None, now);
+            let _ = shared.create_session("2001:db8::1".parse().unwrap(), None, now);
+            if let Ok((id, _)) = created {
+                let _ = shared.gate(SessionHeader::One(Some(id)), None, now);
+                shared.hold_remaining(now);
+                shared.retry_after(2, now);
+                let _ = shared.end_session(&id, EndReason::Deleted, now);
+            }
+            shared.reap(now + Duration::from_secs(3600));
+        }
+    }
+}

@@ -16,10 +16,11 @@ use toml::Spanned;
 
 use super::raw::{Dur, RawConfig, RawQueue, RawSecret, RawServer, RawUpstream, RawUpstreamTls};
 use super::{
-    problem, span_of, DemoLabConfig, IdentityConfig, IdentitySource, MetricsConfig, Problem,
-    QueueConfig, RateLimitConfig, ServerConfig, Span,
+    problem, span_of, CompatConfig, DemoLabConfig, IdentityConfig, IdentitySource, MetricsConfig,
+    Problem, QueueConfig, RateLimitConfig, ServerConfig, Span,
 };
 use crate::forward;
+use crate::limits;
 use crate::path::{self, RouteTable};
 use crate::queue::Timeouts;
 
@@ -34,6 +35,7 @@ pub(super) struct Checked {
     pub(super) demo_lab: Option<DemoLabConfig>,
     pub(super) admin_socket: Option<PathBuf>,
     pub(super) identity: Option<IdentityConfig>,
+    pub(super) compat: CompatConfig,
 }
 
 /// One `[[upstream]]` whose address is well-formed but not yet resolved and whose
@@ -66,11 +68,55 @@ pub(super) enum SecretSource {
     File(String),
 }
 
-fn positive(d: &Spanned<Dur>, what: &str) -> Result<Duration, Problem> {
+/// Upper bounds of every duration and number: beyond any sensible setting, and well
+/// within what the code can hold (`Instant` arithmetic, governor's u64 nanoseconds,
+/// threads and memory), so a config `labgate check` passes never panics when served.
+pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const MAX_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// grace_period, shutdown_timeout, reap_interval.
+pub const MAX_SERVER_DURATION: Duration = Duration::from_secs(3600);
+pub const MAX_THREADS: usize = 1024;
+pub const MAX_SESSIONS: usize = 1_000_000;
+
+/// A duration in `(0, max]`.
+fn positive_at_most(d: &Spanned<Dur>, what: &str, max: Duration) -> Result<Duration, Problem> {
     if d.get_ref().0.is_zero() {
         return problem(span_of(d), format!("{what} must be greater than zero"));
     }
-    Ok(d.get_ref().0)
+    at_most(d, what, max)
+}
+
+/// A duration in `[0, max]`.
+fn at_most(d: &Spanned<Dur>, what: &str, max: Duration) -> Result<Duration, Problem> {
+    let value = d.get_ref().0;
+    if value > max {
+        return problem(
+            span_of(d),
+            format!(
+                "{what} must be at most {} (got {})",
+                humantime::format_duration(max),
+                humantime::format_duration(value)
+            ),
+        );
+    }
+    Ok(value)
+}
+
+/// A number in `[min, max]`.
+fn within<T: PartialOrd + std::fmt::Display + Copy>(
+    n: &Spanned<T>,
+    what: &str,
+    min: T,
+    max: T,
+) -> Result<T, Problem> {
+    let value = *n.get_ref();
+    if value < min || value > max {
+        return problem(
+            span_of(n),
+            format!("{what} must be between {min} and {max} (got {value})"),
+        );
+    }
+    Ok(value)
 }
 
 /// Checks the whole file, section by section.
@@ -86,15 +132,19 @@ pub(super) fn validate(raw: RawConfig) -> Result<Checked, Problem> {
         );
     }
     let queue = validate_queue(raw.queue)?;
-    let burst = NonZeroU32::new(*raw.rate_limit.burst.get_ref()).ok_or_else(|| {
-        (
-            span_of(&raw.rate_limit.burst),
-            "rate_limit.burst must be at least 1".to_string(),
-        )
-    })?;
+    let burst = within(
+        &raw.rate_limit.burst,
+        "rate_limit.burst",
+        1,
+        limits::MAX_BURST.get(),
+    )?;
     let rate_limit = RateLimitConfig {
-        burst,
-        refill_every: positive(&raw.rate_limit.refill_every, "rate_limit.refill_every")?,
+        burst: NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN),
+        refill_every: positive_at_most(
+            &raw.rate_limit.refill_every,
+            "rate_limit.refill_every",
+            limits::MAX_REFILL_EVERY,
+        )?,
     };
     let demo_lab = match raw.demo_lab {
         Some(d) => {
@@ -175,6 +225,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Checked, Problem> {
         demo_lab,
         admin_socket,
         identity,
+        compat: CompatConfig {
+            active_session_id: raw.compat.active_session_id,
+        },
     })
 }
 
@@ -185,9 +238,7 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, Problem> {
             "server.listen needs at least one address",
         );
     }
-    if *raw.threads.get_ref() == 0 {
-        return problem(span_of(&raw.threads), "server.threads must be at least 1");
-    }
+    let threads = within(&raw.threads, "server.threads", 1, MAX_THREADS)?;
     let mut trusted_proxies = Vec::new();
     for p in &raw.trusted_proxies {
         let text = p.get_ref().trim();
@@ -205,32 +256,47 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, Problem> {
     let tls = raw.tls.as_ref().map(|t| t.validate()).transpose()?;
     Ok(ServerConfig {
         listen: raw.listen.into_inner(),
-        threads: raw.threads.into_inner(),
-        grace_period: raw.grace_period.get_ref().0,
-        shutdown_timeout: raw.shutdown_timeout.get_ref().0,
+        threads,
+        grace_period: at_most(
+            &raw.grace_period,
+            "server.grace_period",
+            MAX_SERVER_DURATION,
+        )?,
+        shutdown_timeout: at_most(
+            &raw.shutdown_timeout,
+            "server.shutdown_timeout",
+            MAX_SERVER_DURATION,
+        )?,
         trusted_proxies,
         tls,
     })
 }
 
 fn validate_queue(raw: RawQueue) -> Result<QueueConfig, Problem> {
-    if *raw.max_sessions.get_ref() == 0 {
-        return problem(
-            span_of(&raw.max_sessions),
-            "queue.max_sessions must be at least 1",
-        );
-    }
+    let max_sessions = within(&raw.max_sessions, "queue.max_sessions", 1, MAX_SESSIONS)?;
+    // Written: at most max_sessions. Defaulted: the default, or max_sessions if lower.
+    let max_sessions_per_client = match &raw.max_sessions_per_client {
+        Some(n) => within(n, "queue.max_sessions_per_client", 1, max_sessions)?,
+        None => limits::DEFAULT_MAX_SESSIONS_PER_CLIENT.min(max_sessions),
+    };
+    let session_timeout =
+        |d: &Spanned<Dur>, what: &str| positive_at_most(d, what, MAX_SESSION_TIMEOUT);
     Ok(QueueConfig {
         timeouts: Timeouts {
-            active: positive(&raw.active_timeout, "queue.active_timeout")?,
-            waiting: positive(&raw.waiting_timeout, "queue.waiting_timeout")?,
+            active: session_timeout(&raw.active_timeout, "queue.active_timeout")?,
+            waiting: session_timeout(&raw.waiting_timeout, "queue.waiting_timeout")?,
         },
-        reap_interval: positive(&raw.reap_interval, "queue.reap_interval")?,
+        reap_interval: positive_at_most(
+            &raw.reap_interval,
+            "queue.reap_interval",
+            MAX_SERVER_DURATION,
+        )?,
         max_hold: raw
             .max_hold
             .as_ref()
-            .map(|d| positive(d, "queue.max_hold"))
+            .map(|d| session_timeout(d, "queue.max_hold"))
             .transpose()?,
+        max_sessions_per_client,
         state_path: match &raw.state_path {
             Some(p) if p.get_ref().trim().is_empty() => {
                 return problem(
@@ -241,7 +307,7 @@ fn validate_queue(raw: RawQueue) -> Result<QueueConfig, Problem> {
             Some(p) => Some(PathBuf::from(p.get_ref())),
             None => None,
         },
-        max_sessions: raw.max_sessions.into_inner(),
+        max_sessions,
     })
 }
 
@@ -324,9 +390,13 @@ fn validate_upstream(
         authority,
         authority_span: span_of(&raw.address),
         strip_prefix: raw.strip_prefix,
-        connect_timeout: positive(&raw.connect_timeout, "connect_timeout")?,
-        read_timeout: positive(&raw.read_timeout, "read_timeout")?,
-        write_timeout: positive(&raw.write_timeout, "write_timeout")?,
+        connect_timeout: positive_at_most(
+            &raw.connect_timeout,
+            "connect_timeout",
+            MAX_UPSTREAM_TIMEOUT,
+        )?,
+        read_timeout: positive_at_most(&raw.read_timeout, "read_timeout", MAX_UPSTREAM_TIMEOUT)?,
+        write_timeout: positive_at_most(&raw.write_timeout, "write_timeout", MAX_UPSTREAM_TIMEOUT)?,
         headers,
         tls: None,
     })

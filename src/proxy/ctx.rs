@@ -10,7 +10,7 @@ use std::time::Instant;
 use pingora::http::RequestHeader;
 use pingora::Error;
 
-use crate::forward::{self, UpstreamError};
+use crate::forward::UpstreamError;
 use crate::gate::Verdict;
 use crate::identity::Identity;
 use crate::queue::SessionId;
@@ -104,7 +104,7 @@ impl RequestCtx {
         tracing::info!(
             target: ACCESS,
             method = %req.method,
-            path = %forward::loggable_path(req.raw_path()),
+            path = %crate::logfield::path(req.raw_path()),
             client = %self.client.map(|c| c.to_string()).unwrap_or_default(),
             identity = self.identity.as_ref().map_or("-", Identity::as_str),
             session = session_tag.as_deref().unwrap_or("-"),

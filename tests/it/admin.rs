@@ -240,7 +240,7 @@ async fn kicking_the_holder_promotes_the_next_and_cuts_its_connections() {
         "{text}"
     );
     // Promotion happened in the kick itself.
-    assert_eq!(active_session(&gw).await.as_deref(), Some(b.as_str()));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&b).as_str()));
     assert_eq!(lab_get(&gw, "/lab/x", &b).await.0, 200);
     assert_eq!(get_session(&gw, &a).await.0, 404);
     assert_eq!(lab_get(&gw, "/lab/x", &a).await.0, 404);
@@ -304,7 +304,7 @@ async fn kick_refuses_unknown_sessions_and_a_missing_reason() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--reason"), "{}", stderr(&out));
 
-    assert_eq!(active_session(&gw).await.as_deref(), Some(a.as_str()));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&a).as_str()));
     assert!(gw.audit_events("session_kicked").is_empty());
 }
 
@@ -316,7 +316,7 @@ async fn kicking_a_waiting_session_leaves_the_holder_alone() {
     let (b, _) = create_session(&gw).await;
     let (c, _) = create_session(&gw).await;
     ok(&gw.admin(&["kick", &b, "--reason", "left for lunch"]));
-    assert_eq!(active_session(&gw).await.as_deref(), Some(a.as_str()));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&a).as_str()));
     assert_eq!(get_session(&gw, &b).await.0, 404);
     let (code, body) = get_session(&gw, &c).await;
     assert_eq!(code, 200);
@@ -378,7 +378,7 @@ async fn draining_refuses_new_sessions_while_the_queue_moves_on() {
     assert_eq!(heartbeat(&gw, &b).await, 204);
     assert_eq!(lab_get(&gw, "/lab/x", &a).await.0, 200);
     assert_eq!(delete_session(&gw, &a).await, 204);
-    assert_eq!(active_session(&gw).await.as_deref(), Some(b.as_str()));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&b).as_str()));
     assert_eq!(lab_get(&gw, "/lab/y", &b).await.0, 200);
     assert_eq!(gw.metric("labgate_queue_depth").await, Some(1.0));
 
@@ -486,7 +486,7 @@ async fn the_admin_api_is_not_served_on_any_tcp_listener() {
         );
     }
     // Nothing happened: not draining, not kicked.
-    assert_eq!(active_session(&gw).await.as_deref(), Some(a.as_str()));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&a).as_str()));
     assert_eq!(create_session(&gw).await.1, 1);
     assert!(gw.audit_events("admin_drain").is_empty());
 }

@@ -79,7 +79,10 @@ async fn a_restart_keeps_the_queue_in_order_and_seqs_keep_growing() {
             "session {i} after the restart"
         );
     }
-    assert_eq!(active_session(&gw).await.as_deref(), Some(ids[0].as_str()));
+    assert_eq!(
+        active_session(&gw).await.as_deref(),
+        Some(tag(&ids[0]).as_str())
+    );
     assert_eq!(gw.metric("labgate_queue_depth").await, Some(4.0));
     // Same holder, same fencing number.
     assert_eq!(seq_of(&gw, &up, &ids[0]).await, seq_first);
@@ -131,7 +134,7 @@ async fn restored_sessions_get_a_full_idle_timeout_from_the_restart() {
     // Well past the original deadline, both are still there (looked at without
     // refreshing them: /active-session and the depth gauge touch nothing).
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(active_session(&gw).await.as_deref(), Some(a.as_str()));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&a).as_str()));
     assert_eq!(gw.metric("labgate_queue_depth").await, Some(2.0));
     // And the timeout still applies: both go stale a full timeout after the restart.
     eventually(

@@ -29,6 +29,7 @@ mod deploy;
 mod durability;
 mod forwarding;
 mod gate;
+mod hostile;
 mod identity;
 mod limits;
 mod metrics_lint;

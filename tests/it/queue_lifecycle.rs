@@ -30,7 +30,7 @@ async fn delete_promotes_the_next_waiter_at_once_and_positions_shift() {
 
     // Deleting the holder promotes the next one in the same operation.
     assert_eq!(delete_session(&gw, a).await, 204);
-    assert_eq!(active_session(&gw).await.as_deref(), Some(b.as_str()));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(b).as_str()));
     assert_eq!(get_session(&gw, b).await, status_body("active", 0));
     assert_eq!(get_session(&gw, d).await, status_body("waiting", 1));
     assert_eq!(lab_get(&gw, "/lab/x", b).await.0, 200);
@@ -60,7 +60,7 @@ async fn reaping_a_stale_holder_promotes_the_next_waiter() {
         || async {
             assert_eq!(heartbeat(&gw, &b).await, 204);
             assert_eq!(heartbeat(&gw, &c).await, 204);
-            (active_session(&gw).await.as_deref() == Some(b.as_str())).then_some(())
+            (active_session(&gw).await.as_deref() == Some(tag(&b).as_str())).then_some(())
         },
     )
     .await;
@@ -111,7 +111,7 @@ async fn a_session_with_a_request_in_flight_is_not_reaped() {
         assert_eq!(heartbeat(&gw, &b).await, 204);
         assert_eq!(
             active_session(&gw).await.as_deref(),
-            Some(a.as_str()),
+            Some(tag(&a).as_str()),
             "reaped with a request in flight, {:?} into it",
             started.elapsed()
         );
@@ -131,7 +131,7 @@ async fn a_session_with_a_request_in_flight_is_not_reaped() {
         "the now idle holder to be reaped",
         || async {
             assert_eq!(heartbeat(&gw, &b).await, 204);
-            (active_session(&gw).await.as_deref() == Some(b.as_str())).then_some(())
+            (active_session(&gw).await.as_deref() == Some(tag(&b).as_str())).then_some(())
         },
     )
     .await;
@@ -152,7 +152,7 @@ async fn heartbeats_keep_active_and_waiting_sessions_alive() {
     while Instant::now() < until {
         assert_eq!(heartbeat(&gw, &a).await, 204);
         assert_eq!(heartbeat(&gw, &b).await, 204);
-        assert_eq!(active_session(&gw).await.as_deref(), Some(a.as_str()));
+        assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&a).as_str()));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
@@ -168,7 +168,7 @@ async fn heartbeats_keep_active_and_waiting_sessions_alive() {
             204,
             "the beating waiter was reaped"
         );
-        if active_session(&gw).await.as_deref() == Some(b.as_str()) {
+        if active_session(&gw).await.as_deref() == Some(tag(&b).as_str()) {
             break;
         }
         assert!(
@@ -188,8 +188,8 @@ async fn active_session_lookups_do_not_refresh_the_holder() {
     let (a, _) = create_session(&gw).await;
     let mut seen_active = 0;
     let deadline = Instant::now() + Duration::from_secs(6);
-    while let Some(id) = active_session(&gw).await {
-        assert_eq!(id, a);
+    while let Some(active) = active_session(&gw).await {
+        assert_eq!(active, tag(&a));
         seen_active += 1;
         assert!(Instant::now() < deadline, "the holder never went stale");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -215,7 +215,7 @@ async fn get_session_and_forwarded_requests_refresh_the_holder() {
         i += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(active_session(&gw).await.as_deref(), Some(a.as_str()));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&a).as_str()));
 }
 
 fn ws_cfg(http: &Upstream, ws: &WsUpstream) -> Cfg {
@@ -239,7 +239,7 @@ async fn an_open_websocket_keeps_its_session_from_being_reaped() {
     let mut socket = open_ws(&gw, &a).await;
     let until = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < until {
-        assert_eq!(active_session(&gw).await.as_deref(), Some(a.as_str()));
+        assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&a).as_str()));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     socket
@@ -264,7 +264,7 @@ async fn ending_the_holder_cuts_its_open_websocket() {
     let (b, _) = create_session(&gw).await;
     let mut socket = open_ws(&gw, &a).await;
     assert_eq!(delete_session(&gw, &a).await, 204);
-    assert_eq!(active_session(&gw).await.as_deref(), Some(b.as_str()));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(&b).as_str()));
     // The contract promises 100 ms (§7); allow 2 s for a loaded test machine.
     let next = tokio::time::timeout(Duration::from_secs(2), socket.next()).await;
     match next {

@@ -254,7 +254,7 @@ async fn cmd_gets_the_session_and_url_and_holds_the_lab_while_it_runs() {
     let (id, url) = env.split_once(' ').expect("two words");
     assert!(is_uuid_v4(id), "{env}");
     assert_eq!(url, gw.base_url());
-    assert_eq!(active_session(&gw).await.as_deref(), Some(id));
+    assert_eq!(active_session(&gw).await.as_deref(), Some(tag(id).as_str()));
     std::fs::write(dir.path().join("go"), "").expect("go");
     assert_eq!(c.code().await, 0, "{}", c.stderr());
     assert_eq!(c.stdout(), "out\n", "CMD's stdout is labgate's");
@@ -304,7 +304,7 @@ async fn sigterm_passes_to_cmd_and_promotes_the_next_waiter_at_once() {
         c.stderr()
     );
     let promoted = eventually(Duration::from_secs(5), "next waiter promoted", || async {
-        (active_session(&gw).await.as_deref() == Some(next.as_str())).then(|| t0.elapsed())
+        (active_session(&gw).await.as_deref() == Some(tag(&next).as_str())).then(|| t0.elapsed())
     })
     .await;
     assert_eq!(get_session(&gw, &held).await.0, 404, "held session ended");
@@ -348,7 +348,10 @@ async fn sigterm_while_waiting_ends_the_session_without_running_cmd() {
     );
     assert!(!dir.path().join("ran").exists(), "CMD must not run");
     assert_eq!(queue_depth(&gw).await, 1.0, "waiter's session ended");
-    assert_eq!(active_session(&gw).await.as_deref(), Some(holder.as_str()));
+    assert_eq!(
+        active_session(&gw).await.as_deref(),
+        Some(tag(&holder).as_str())
+    );
 }
 
 #[tokio::test]
@@ -465,7 +468,10 @@ async fn a_wait_timeout_exits_75_without_running_cmd() {
         c.stderr()
     );
     assert_eq!(queue_depth(&gw).await, 1.0, "the waiting session was ended");
-    assert_eq!(active_session(&gw).await.as_deref(), Some(holder.as_str()));
+    assert_eq!(
+        active_session(&gw).await.as_deref(),
+        Some(tag(&holder).as_str())
+    );
 }
 
 #[tokio::test]
@@ -578,7 +584,10 @@ async fn session_subcommands_print_plain_or_json_and_fail_clearly() {
     let mut c = session("end", &["end", &first]);
     assert_eq!(c.code().await, 0, "{}", c.stderr());
     assert_eq!(c.stdout(), "");
-    assert_eq!(active_session(&gw).await.as_deref(), Some(second.as_str()));
+    assert_eq!(
+        active_session(&gw).await.as_deref(),
+        Some(tag(&second).as_str())
+    );
 
     // Unknown sessions: one line on stderr, exit 66, nothing on stdout.
     for (name, args) in [

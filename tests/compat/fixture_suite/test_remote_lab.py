@@ -4,7 +4,9 @@ the package's pytest11 plugin. tests/it/neops_compat.rs runs it against labgate.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import uuid
 from pathlib import Path
 
 import requests
@@ -17,7 +19,9 @@ lab = remote_lab_fixture(Path(__file__).with_name("topology.yml"), name="lab")
 def test_client_holds_the_active_session(remote_lab_client):
     r = requests.get(os.environ["REMOTE_LAB_URL"] + "/active-session", timeout=10)
     assert r.status_code == 200
-    assert r.json() == {"status": "active", "position": 0, "session_id": remote_lab_client.session_id}
+    # labgate names the holder by its public tag, never by its id (the credential).
+    tag = hashlib.sha256(uuid.UUID(remote_lab_client.session_id).bytes).hexdigest()[:8]
+    assert r.json() == {"status": "active", "position": 0, "session_tag": tag}
 
 
 def test_lab_fixture_acquires_devices_through_the_gate(lab, remote_lab_client):

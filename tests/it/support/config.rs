@@ -92,6 +92,12 @@ pub struct Cfg {
     /// The listener speaks HTTPS (`[server.tls]` in `extra`): the start-up health
     /// check then only waits for the port.
     pub https: bool,
+    /// `[queue] max_sessions_per_client` (at most `max_sessions` is written); `None`
+    /// leaves the key out (labgate's default). The harness lifts it, as it lifts the
+    /// rate limit, since every test client is 127.0.0.1.
+    pub max_sessions_per_client: Option<usize>,
+    /// `[compat] active_session_id`; written only when set.
+    pub compat_active_session_id: bool,
 }
 
 impl Cfg {
@@ -119,6 +125,8 @@ impl Cfg {
             state_path: None,
             extra: toml::Table::new(),
             https: false,
+            max_sessions_per_client: Some(10_000),
+            compat_active_session_id: false,
         }
     }
 
@@ -126,6 +134,16 @@ impl Cfg {
     pub fn extra(mut self, toml_text: &str) -> Self {
         let more: toml::Table = toml::from_str(toml_text).expect("extra config is TOML");
         merge(&mut self.extra, more);
+        self
+    }
+
+    pub fn max_sessions_per_client(mut self, n: Option<usize>) -> Self {
+        self.max_sessions_per_client = n;
+        self
+    }
+
+    pub fn compat_active_session_id(mut self, on: bool) -> Self {
+        self.compat_active_session_id = on;
         self
     }
 
@@ -246,6 +264,9 @@ impl Cfg {
                 waiting_timeout: &self.waiting_timeout,
                 reap_interval: &self.reap_interval,
                 max_sessions: self.max_sessions,
+                max_sessions_per_client: self
+                    .max_sessions_per_client
+                    .map(|n| n.min(self.max_sessions)),
                 max_hold: self.max_hold.as_deref(),
                 state_path: self.state_path.as_deref(),
             },
@@ -255,6 +276,9 @@ impl Cfg {
             },
             admin: self.admin_socket.as_ref().map(|socket| AdminToml {
                 socket: dir.join(socket),
+            }),
+            compat: self.compat_active_session_id.then_some(CompatToml {
+                active_session_id: true,
             }),
             upstream,
         };
@@ -291,6 +315,8 @@ struct FileToml<'a> {
     rate_limit: RateLimitToml<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     admin: Option<AdminToml>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compat: Option<CompatToml>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     upstream: Vec<UpstreamToml<'a>>,
 }
@@ -315,6 +341,8 @@ struct QueueToml<'a> {
     waiting_timeout: &'a str,
     reap_interval: &'a str,
     max_sessions: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_sessions_per_client: Option<usize>,
     /// Left out when `None`: no hold limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_hold: Option<&'a str>,
@@ -327,6 +355,11 @@ struct QueueToml<'a> {
 struct RateLimitToml<'a> {
     burst: u32,
     refill_every: &'a str,
+}
+
+#[derive(Serialize)]
+struct CompatToml {
+    active_session_id: bool,
 }
 
 #[derive(Serialize)]

@@ -60,7 +60,8 @@ pub async fn heartbeat(gw: &Gateway, id: &str) -> u16 {
         .as_u16()
 }
 
-/// The ACTIVE session id per `GET /active-session` (which refreshes nothing).
+/// The ACTIVE session's public tag per `GET /active-session` (which refreshes nothing
+/// and, by default, never hands out the id: compare with [`tag`]).
 pub async fn active_session(gw: &Gateway) -> Option<String> {
     let r = client()
         .get(gw.url("/active-session"))
@@ -71,7 +72,16 @@ pub async fn active_session(gw: &Gateway) -> Option<String> {
         return None;
     }
     let v: serde_json::Value = r.json().await.expect("json");
-    v["session_id"].as_str().map(str::to_string)
+    v["session_tag"].as_str().map(str::to_string)
+}
+
+/// A session's public tag, as labgate computes it (`queue::id`): the first 8 hex digits
+/// of a SHA-256 of the UUID's 16 bytes.
+pub fn tag(id: &str) -> String {
+    use sha2::Digest;
+    let uuid = uuid::Uuid::parse_str(id).expect("a session id");
+    let digest = sha2::Sha256::digest(uuid.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `GET {path}` under the gate with `id`: (status, body).
