@@ -64,6 +64,7 @@
 //!   `tests/it/main.rs`, with shared helpers in `tests/it/support/`).
 
 pub mod admin;
+pub mod bridge;
 pub mod api;
 pub mod client;
 pub mod config;
