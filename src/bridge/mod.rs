@@ -1,3 +1,7 @@
 //! Upstream sessions (neops-remote-lab), per-turn tokens and handoff hooks (contract §8).
 
 pub mod machine;
+pub mod token;
+pub mod neops;
+pub mod hooks;
+pub mod config;
