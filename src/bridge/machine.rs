@@ -301,6 +301,14 @@ impl Lane {
         )
     }
 
+    /// Something suggests the upstream forgot the session (a forwarded request got a
+    /// `404`): check it now instead of at the next keepalive.
+    pub fn check_now(&mut self, now: Instant) {
+        if let State::Held { id: Some(_), due, .. } = &mut self.state {
+            *due = (*due).min(now);
+        }
+    }
+
     /// An operator retries a failed handoff: the reset and health steps run again.
     pub fn retry(&mut self, now: Instant) -> bool {
         let State::Failed { turn } = self.state else {

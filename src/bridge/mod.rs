@@ -5,3 +5,5 @@ pub mod token;
 pub mod neops;
 pub mod hooks;
 pub mod config;
+pub mod metrics;
+pub mod persist;
