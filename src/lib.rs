@@ -64,8 +64,8 @@
 //!   `tests/it/main.rs`, with shared helpers in `tests/it/support/`).
 
 pub mod admin;
-pub mod bridge;
 pub mod api;
+pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod cut;

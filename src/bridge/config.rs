@@ -160,10 +160,9 @@ fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
 fn dur(d: &Option<Spanned<Dur>>, default: Duration, what: &str) -> Result<Duration, Problem> {
     match d {
         None => Ok(default),
-        Some(s) if s.get_ref().0.is_zero() => Err((
-            span_of(s),
-            format!("{what} must be greater than zero"),
-        )),
+        Some(s) if s.get_ref().0.is_zero() => {
+            Err((span_of(s), format!("{what} must be greater than zero")))
+        }
         Some(s) => Ok(s.get_ref().0),
     }
 }
@@ -195,7 +194,11 @@ impl RawBridge {
         let neops_raw = self.neops.as_ref().map(|n| n.get_ref());
         let get = |f: fn(&RawNeops) -> &Option<Spanned<Dur>>| neops_raw.and_then(|n| f(n).as_ref());
         let opt = |f: fn(&RawNeops) -> &Option<Spanned<Dur>>| get(f).cloned();
-        let keepalive = dur(&opt(|n| &n.keepalive), Duration::from_secs(60), "neops.keepalive")?;
+        let keepalive = dur(
+            &opt(|n| &n.keepalive),
+            Duration::from_secs(60),
+            "neops.keepalive",
+        )?;
         if keepalive >= NEOPS_REAP {
             return Err((
                 get(|n| &n.keepalive).and_then(span_of),
@@ -204,7 +207,11 @@ impl RawBridge {
         }
         let neops = match &self.neops {
             Some(_) => Some(NeopsConfig {
-                call_timeout: dur(&opt(|n| &n.call_timeout), Duration::from_secs(10), "neops.call_timeout")?,
+                call_timeout: dur(
+                    &opt(|n| &n.call_timeout),
+                    Duration::from_secs(10),
+                    "neops.call_timeout",
+                )?,
                 delete_timeout: dur(
                     &opt(|n| &n.delete_timeout),
                     Duration::from_secs(600),
@@ -218,7 +225,10 @@ impl RawBridge {
             Some(t) => {
                 let text = t.header.get_ref().trim().to_ascii_lowercase();
                 let header = HeaderName::from_bytes(text.as_bytes()).map_err(|_| {
-                    (span_of(&t.header), format!("invalid token header name {text:?}"))
+                    (
+                        span_of(&t.header),
+                        format!("invalid token header name {text:?}"),
+                    )
                 })?;
                 if RESERVED.contains(&header.as_str()) || injected.contains(&header) {
                     return Err((
@@ -251,7 +261,11 @@ impl RawBridge {
             keepalive,
             poll: dur(&opt(|n| &n.poll), Duration::from_secs(1), "neops.poll")?,
             retry_min: Duration::from_secs(1),
-            retry_max: dur(&opt(|n| &n.retry_max), Duration::from_secs(30), "neops.retry_max")?,
+            retry_max: dur(
+                &opt(|n| &n.retry_max),
+                Duration::from_secs(30),
+                "neops.retry_max",
+            )?,
             report_waiting_after: dur(
                 &opt(|n| &n.report_waiting_after),
                 Duration::from_secs(10),
@@ -265,25 +279,37 @@ impl RawBridge {
             token_header,
             hooks,
             timing,
-            ready_wait: dur(&opt(|n| &n.ready_wait), Duration::from_secs(10), "neops.ready_wait")?,
+            ready_wait: dur(
+                &opt(|n| &n.ready_wait),
+                Duration::from_secs(10),
+                "neops.ready_wait",
+            )?,
         })
     }
 }
 
-fn hook(raw: Option<Spanned<RawHook>>, which: &str, timeout: Duration) -> Result<Option<Hook>, Problem> {
+fn hook(
+    raw: Option<Spanned<RawHook>>,
+    which: &str,
+    timeout: Duration,
+) -> Result<Option<Hook>, Problem> {
     let Some(raw) = raw else {
         return Ok(None);
     };
     let span = span_of(&raw);
     let raw = raw.into_inner();
     if which != "health" && (raw.every.is_some() || raw.within.is_some()) {
-        return Err((span, format!("hooks.{which}: `every` and `within` are for hooks.health only")));
+        return Err((
+            span,
+            format!("hooks.{which}: `every` and `within` are for hooks.health only"),
+        ));
     }
     let timeout = dur(&raw.timeout, timeout, &format!("hooks.{which}.timeout"))?;
     let target = match (raw.url, raw.command) {
         (Some(url), None) => {
             let text = url.get_ref().trim();
-            let addr = http_target(text).map_err(|m| (span_of(&url), format!("hooks.{which}.url: {m}")))?;
+            let addr = http_target(text)
+                .map_err(|m| (span_of(&url), format!("hooks.{which}.url: {m}")))?;
             Target::Http {
                 url: text.to_string(),
                 addr,
@@ -303,7 +329,10 @@ fn hook(raw: Option<Spanned<RawHook>>, which: &str, timeout: Duration) -> Result
             Target::Command { argv }
         }
         _ => {
-            return Err((span, format!("hooks.{which}: give exactly one of `url` or `command`")));
+            return Err((
+                span,
+                format!("hooks.{which}: give exactly one of `url` or `command`"),
+            ));
         }
     };
     Ok(Some(Hook { target, timeout }))
@@ -318,7 +347,9 @@ fn http_target(text: &str) -> Result<SocketAddr, String> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err("credentials do not belong in a hook URL".into());
     }
-    let host = url.host_str().ok_or_else(|| format!("{text:?} has no host"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("{text:?} has no host"))?;
     let port = url.port_or_known_default().unwrap_or(80);
     (host.trim_matches(['[', ']']), port)
         .to_socket_addrs()
@@ -378,13 +409,27 @@ mod tests {
             ("[token]\nheader = \"X-Session-ID\"", "already managed"),
             ("[token]\nheader = \"bad header\"", "invalid token header"),
             ("[hooks]\nreset = { }", "exactly one of"),
-            ("[hooks]\nreset = { url = \"https://x/\" }", "not an http://"),
-            ("[hooks]\nreset = { url = \"http://u:p@127.0.0.1/\" }", "credentials"),
-            ("[hooks]\nreset = { command = [\"reset.sh\"] }", "absolute path"),
+            (
+                "[hooks]\nreset = { url = \"https://x/\" }",
+                "not an http://",
+            ),
+            (
+                "[hooks]\nreset = { url = \"http://u:p@127.0.0.1/\" }",
+                "credentials",
+            ),
+            (
+                "[hooks]\nreset = { command = [\"reset.sh\"] }",
+                "absolute path",
+            ),
             ("[hooks]\nreset = { command = [] }", "absolute path"),
-            ("[hooks]\nstart = { command = [\"/bin/true\"], within = \"1s\" }", "health only"),
+            (
+                "[hooks]\nstart = { command = [\"/bin/true\"], within = \"1s\" }",
+                "health only",
+            ),
         ] {
-            let err = parse(text).err().unwrap_or_else(|| panic!("{text} was accepted"));
+            let err = parse(text)
+                .err()
+                .unwrap_or_else(|| panic!("{text} was accepted"));
             assert!(err.1.contains(want), "{text}: {}", err.1);
         }
     }

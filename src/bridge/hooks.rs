@@ -213,10 +213,7 @@ mod tests {
     async fn a_command_hook_gets_the_event_on_stdin_and_passes_on_exit_zero() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("event");
-        let hook = cmd(
-            &format!("cat > {}", out.display()),
-            Duration::from_secs(10),
-        );
+        let hook = cmd(&format!("cat > {}", out.display()), Duration::from_secs(10));
         let runner = Runner::new().unwrap();
         let event = serde_json::json!({"event": "start", "seq": 3});
         runner.run(&hook, &event, false).await.unwrap();

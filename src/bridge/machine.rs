@@ -29,9 +29,8 @@ impl UpstreamId {
     /// An id as the upstream sent it; `None` when empty, over 128 bytes, or not a plain
     /// visible-ASCII token (it is sent back in a header).
     pub fn new(s: &str) -> Option<UpstreamId> {
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+        let ok =
+            !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
         ok.then(|| UpstreamId(s.to_string()))
     }
 
@@ -130,26 +129,63 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Note {
     /// A turn began on this lane: mint its token.
-    Began { turn: u64 },
+    Began {
+        turn: u64,
+    },
     /// The lane is ready to forward the turn's requests.
-    Ready { turn: u64 },
+    Ready {
+        turn: u64,
+    },
     /// The turn ended on this lane: revoke its token.
-    Ended { turn: u64 },
+    Ended {
+        turn: u64,
+    },
     /// An upstream session was opened (`reopened` after the upstream lost one).
-    Opened { turn: u64, id: UpstreamId, reopened: bool },
-    OpenFailed { turn: u64, attempt: u32, retry_in: Duration },
+    Opened {
+        turn: u64,
+        id: UpstreamId,
+        reopened: bool,
+    },
+    OpenFailed {
+        turn: u64,
+        attempt: u32,
+        retry_in: Duration,
+    },
     /// The upstream session has waited longer than `report_waiting_after`: someone holds
     /// the upstream around labgate.
-    UpstreamWaiting { turn: u64, position: i64, waited: Duration },
+    UpstreamWaiting {
+        turn: u64,
+        position: i64,
+        waited: Duration,
+    },
     /// The upstream forgot a live session (restart, its own reaping): it is reopened.
-    Lost { turn: u64, id: UpstreamId },
-    Deleted { turn: u64, id: UpstreamId },
-    DeleteFailed { turn: u64, id: UpstreamId, attempt: u32, retry_in: Duration },
-    HookFailed { turn: u64, hook: &'static str },
+    Lost {
+        turn: u64,
+        id: UpstreamId,
+    },
+    Deleted {
+        turn: u64,
+        id: UpstreamId,
+    },
+    DeleteFailed {
+        turn: u64,
+        id: UpstreamId,
+        attempt: u32,
+        retry_in: Duration,
+    },
+    HookFailed {
+        turn: u64,
+        hook: &'static str,
+    },
     /// The lane's end steps for `turn` passed: it no longer holds back the next holder.
-    HandoffDone { turn: u64 },
+    HandoffDone {
+        turn: u64,
+    },
     /// The reset failed or the lab never became healthy: the lab stays held.
-    HandoffFailed { turn: u64, why: &'static str },
+    HandoffFailed {
+        turn: u64,
+        why: &'static str,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,7 +233,9 @@ enum State {
         health_until: Option<Instant>,
     },
     /// The barrier failed: nothing moves until an operator retries.
-    Failed { turn: u64 },
+    Failed {
+        turn: u64,
+    },
 }
 
 /// One upstream's lane.
@@ -277,9 +315,12 @@ impl Lane {
     /// The upstream session this lane owns (for persistence), with its turn.
     pub fn owned(&self) -> Option<(u64, &UpstreamId)> {
         match &self.state {
-            State::Held { turn, id: Some(id), .. } | State::Ending { turn, id: Some(id), .. } => {
-                Some((*turn, id))
+            State::Held {
+                turn, id: Some(id), ..
             }
+            | State::Ending {
+                turn, id: Some(id), ..
+            } => Some((*turn, id)),
             State::Starting {
                 turn,
                 step: StartStep::Poll(id),
@@ -304,7 +345,10 @@ impl Lane {
     /// Something suggests the upstream forgot the session (a forwarded request got a
     /// `404`): check it now instead of at the next keepalive.
     pub fn check_now(&mut self, now: Instant) {
-        if let State::Held { id: Some(_), due, .. } = &mut self.state {
+        if let State::Held {
+            id: Some(_), due, ..
+        } = &mut self.state
+        {
             *due = (*due).min(now);
         }
     }
@@ -508,7 +552,11 @@ impl Lane {
                 (action, *due)
             }
             State::Ending {
-                turn, id, step, due, ..
+                turn,
+                id,
+                step,
+                due,
+                ..
             } => {
                 let turn = *turn;
                 let action = match (step, id) {
@@ -543,7 +591,10 @@ impl Lane {
             // ---- start steps
             (Action::StartHook { turn }, State::Starting { step, .. }) => {
                 if outcome != Outcome::Ok {
-                    notes.push(Note::HookFailed { turn, hook: "start" });
+                    notes.push(Note::HookFailed {
+                        turn,
+                        hook: "start",
+                    });
                 }
                 *step = StartStep::Open;
                 self.skip_start_steps(now, &mut notes);
@@ -703,7 +754,10 @@ impl Lane {
                     *step = EndStep::Health;
                     self.skip_end_steps(now, &mut notes);
                 } else {
-                    notes.push(Note::HookFailed { turn, hook: "reset" });
+                    notes.push(Note::HookFailed {
+                        turn,
+                        hook: "reset",
+                    });
                     notes.push(Note::HandoffFailed {
                         turn,
                         why: "reset failed",
@@ -895,7 +949,13 @@ mod tests {
                     Err(None) => panic!("stuck"),
                 }
             };
-            assert_eq!(action, Action::Delete { turn: 1, id: id("a") });
+            assert_eq!(
+                action,
+                Action::Delete {
+                    turn: 1,
+                    id: id("a")
+                }
+            );
             match lane.done(Outcome::Failed, now).as_slice() {
                 [Note::DeleteFailed { retry_in, .. }] => delays.push(retry_in.as_secs()),
                 other => panic!("{other:?}"),
@@ -905,7 +965,13 @@ mod tests {
         }
         assert_eq!(delays, vec![1, 2, 4, 8, 8, 8]);
         now += 8 * S;
-        assert_eq!(lane.next(now), Ok(Action::Delete { turn: 1, id: id("a") }));
+        assert_eq!(
+            lane.next(now),
+            Ok(Action::Delete {
+                turn: 1,
+                id: id("a")
+            })
+        );
         lane.done(Outcome::Gone, now);
         // Only now does turn 2 open its session.
         assert_eq!(lane.want(active(2), now), vec![Note::Began { turn: 2 }]);
@@ -969,7 +1035,14 @@ mod tests {
             },
             at,
         );
-        assert_eq!(n[0], Note::Opened { turn: 4, id: id("second"), reopened: true });
+        assert_eq!(
+            n[0],
+            Note::Opened {
+                turn: 4,
+                id: id("second"),
+                reopened: true
+            }
+        );
         assert_eq!(lane.ready(), Some((4, Some(&id("second")))));
     }
 
@@ -1084,7 +1157,10 @@ mod tests {
         assert_eq!(
             order,
             vec![
-                Action::Delete { turn: 9, id: id("h") },
+                Action::Delete {
+                    turn: 9,
+                    id: id("h")
+                },
                 Action::EndHook { turn: 9 },
                 Action::Reset { turn: 9 },
                 Action::Health { turn: 9 },
@@ -1121,7 +1197,10 @@ mod tests {
         assert_eq!(lane.want(w, t0), vec![]);
         assert!(lane.retry(t0));
         assert_eq!(lane.next(t0), Ok(Action::Reset { turn: 1 }));
-        assert_eq!(lane.done(Outcome::Ok, t0), vec![Note::HandoffDone { turn: 1 }]);
+        assert_eq!(
+            lane.done(Outcome::Ok, t0),
+            vec![Note::HandoffDone { turn: 1 }]
+        );
     }
 
     #[test]

@@ -328,7 +328,10 @@ async fn perform(
             bridge.hook(lane, "health", event).await
         }
         // The machine asks for these only on a neops lane, which always has an API.
-        Action::Open { .. } | Action::Poll { .. } | Action::Keepalive { .. } | Action::Delete { .. } => {
+        Action::Open { .. }
+        | Action::Poll { .. }
+        | Action::Keepalive { .. }
+        | Action::Delete { .. } => {
             let Some(api) = lane.api.as_ref() else {
                 return Outcome::Failed;
             };
@@ -361,7 +364,14 @@ async fn run_lane(
     if let Some((turn, id)) = bridge.owned.get(&name) {
         tracing::info!(target: AUDIT, event = "upstream_session_restored", upstream = %name, seq = turn, upstream_session = id.short());
         let notes = machine.adopt(turn, id, turns.wanted(), Instant::now());
-        apply(&bridge, &lane, &*turns, &mut token, &mut waiting_reported, notes);
+        apply(
+            &bridge,
+            &lane,
+            &*turns,
+            &mut token,
+            &mut waiting_reported,
+            notes,
+        );
     }
     loop {
         if *stop.borrow() {
@@ -369,7 +379,14 @@ async fn run_lane(
         }
         let now = Instant::now();
         let notes = machine.want(turns.wanted(), now);
-        apply(&bridge, &lane, &*turns, &mut token, &mut waiting_reported, notes);
+        apply(
+            &bridge,
+            &lane,
+            &*turns,
+            &mut token,
+            &mut waiting_reported,
+            notes,
+        );
         publish(&bridge, &lane, &machine, &token);
         match machine.next(now) {
             Ok(action) => {
@@ -379,7 +396,14 @@ async fn run_lane(
                     _ = stop.changed() => break,
                 };
                 let notes = machine.done(outcome, Instant::now());
-                apply(&bridge, &lane, &*turns, &mut token, &mut waiting_reported, notes);
+                apply(
+                    &bridge,
+                    &lane,
+                    &*turns,
+                    &mut token,
+                    &mut waiting_reported,
+                    notes,
+                );
                 publish(&bridge, &lane, &machine, &token);
             }
             Err(until) => {
@@ -462,7 +486,9 @@ fn apply(
                         }
                         // No token means every request of the turn is refused by a lab
                         // that checks it: loud, not fatal.
-                        Err(e) => tracing::error!(upstream = name, seq = turn, error = %e, "cannot mint a turn token"),
+                        Err(e) => {
+                            tracing::error!(upstream = name, seq = turn, error = %e, "cannot mint a turn token")
+                        }
                     }
                 }
             }
@@ -484,11 +510,19 @@ fn apply(
                 m.sessions_opened.with_label_values(&[name, kind]).inc();
                 tracing::info!(target: AUDIT, event = "upstream_session_opened", upstream = name, seq = turn, upstream_session = id.short(), kind);
             }
-            Note::OpenFailed { turn, attempt, retry_in } => {
+            Note::OpenFailed {
+                turn,
+                attempt,
+                retry_in,
+            } => {
                 m.open_failures.with_label_values(&[name]).inc();
                 tracing::warn!(target: AUDIT, event = "upstream_session_open_failed", upstream = name, seq = turn, attempt, retry_in_secs = retry_in.as_secs_f64());
             }
-            Note::UpstreamWaiting { turn, position, waited } => {
+            Note::UpstreamWaiting {
+                turn,
+                position,
+                waited,
+            } => {
                 *waiting_reported = true;
                 m.waiting.with_label_values(&[name]).set(1);
                 tracing::warn!(
@@ -509,7 +543,12 @@ fn apply(
                 m.sessions_deleted.with_label_values(&[name]).inc();
                 tracing::info!(target: AUDIT, event = "upstream_session_deleted", upstream = name, seq = turn, upstream_session = id.short());
             }
-            Note::DeleteFailed { turn, id, attempt, retry_in } => {
+            Note::DeleteFailed {
+                turn,
+                id,
+                attempt,
+                retry_in,
+            } => {
                 m.delete_failures.with_label_values(&[name]).inc();
                 tracing::error!(target: AUDIT, event = "upstream_session_delete_failed", upstream = name, seq = turn, upstream_session = id.short(), attempt, retry_in_secs = retry_in.as_secs_f64(), "cannot delete the upstream session of an ended turn; retrying");
             }

@@ -50,7 +50,10 @@ impl Owned {
     pub fn open(path: PathBuf) -> anyhow::Result<Owned> {
         let entries = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                anyhow::anyhow!("{}: not a labgate upstream session file ({e})", path.display())
+                anyhow::anyhow!(
+                    "{}: not a labgate upstream session file ({e})",
+                    path.display()
+                )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
