@@ -567,3 +567,6 @@ fn apply(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
