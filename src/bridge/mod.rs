@@ -430,8 +430,24 @@ async fn run_lane(
             .with_label_values(&[name.as_str()])
             .set(i64::from(machine.undeleted()));
     }
+    // A memory-only queue forgets every session on the way down: so must the upstream,
+    // or its lab stays up for nobody until the server reaps it (300 s). A durable queue
+    // restores the holder, whose upstream session is then re-established.
+    if let (false, Some((turn, id)), Some(api)) = (
+        bridge.owned.is_durable(),
+        machine.owned().map(|(t, id)| (t, id.clone())),
+        lane.api.as_ref(),
+    ) {
+        let outcome = tokio::time::timeout(SHUTDOWN_DELETE, api.delete(&id)).await;
+        let deleted = matches!(outcome, Ok(Ok(Outcome::Deleted | Outcome::Gone)));
+        tracing::info!(target: AUDIT, event = "upstream_session_deleted_at_shutdown", upstream = %name, seq = turn, upstream_session = id.short(), deleted);
+    }
     tracing::debug!(upstream = %name, "bridge lane stopped");
 }
+
+/// How long a shutdown waits for the server to accept an upstream session's deletion
+/// (it tears the lab down on its own after answering or after the connection closes).
+const SHUTDOWN_DELETE: Duration = Duration::from_secs(3);
 
 /// Publishes what requests of the lane's turn carry, and remembers the owned session.
 fn publish(bridge: &Bridge, lane: &LaneHandle, machine: &Lane, token: &TurnToken) {

@@ -64,6 +64,11 @@ impl Owned {
         })
     }
 
+    /// Whether what it records survives a restart (the queue is durable).
+    pub fn is_durable(&self) -> bool {
+        self.path.is_some()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -276,3 +276,20 @@ async fn a_session_the_upstream_forgot_is_reopened_for_the_same_turn() {
     );
     let _ = stop.send(true);
 }
+
+#[tokio::test]
+async fn stopping_with_a_memory_only_queue_deletes_the_upstream_session() {
+    let neops = Arc::new(Mutex::new(FakeNeops::default()));
+    let (bridge, turns, stop) = start(neops.clone(), "lane-d").await;
+    turns.set(active(1));
+    bridge.ready(0, 1).await.unwrap();
+    assert_eq!(neops.lock().unwrap().queue.len(), 1);
+    let _ = stop.send(true);
+    for _ in 0..100 {
+        if neops.lock().unwrap().queue.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(neops.lock().unwrap().queue.is_empty(), "leaked at shutdown");
+}
