@@ -237,6 +237,8 @@ impl ProxyHttp for LabGate {
             authority: &up.authority,
             seq: routed.in_flight.allowed.seq,
             configured: &up.headers,
+            upstream_session: None,
+            token: None,
         };
         for edit in forward::request_edits(&req.headers, &hop) {
             match edit {

@@ -170,22 +170,6 @@ fn dur(d: &Option<Spanned<Dur>>, default: Duration, what: &str) -> Result<Durati
 /// The neops server reaps an ACTIVE session after 300 s without a heartbeat.
 const NEOPS_REAP: Duration = Duration::from_secs(300);
 
-/// Header names that labgate manages itself or that break framing.
-pub const RESERVED: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "x-session-id",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-lab-session-seq",
-];
 
 impl RawBridge {
     /// Validates the bridge options of upstream `name`; `injected` are the names of the
@@ -230,7 +214,7 @@ impl RawBridge {
                         format!("invalid token header name {text:?}"),
                     )
                 })?;
-                if RESERVED.contains(&header.as_str()) || injected.contains(&header) {
+                if crate::forward::is_managed(header.as_str()) || injected.contains(&header) {
                     return Err((
                         span_of(&t.header),
                         format!("token.header {text:?} is already managed by labgate or injected for upstream {name:?}"),

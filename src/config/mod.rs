@@ -120,6 +120,8 @@ pub struct Upstream {
     pub write_timeout: Duration,
     /// Injected into every forwarded request, replacing any client-sent header of the name.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Upstream sessions, per-turn token, handoff hooks (§8).
+    pub bridge: crate::bridge::config::BridgeConfig,
 }
 
 impl fmt::Display for Upstream {

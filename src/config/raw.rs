@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+use crate::bridge;
+
 /// A duration written as a humantime string: "300s", "10m", "500ms".
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Dur(pub(super) Duration);
@@ -146,6 +148,10 @@ pub(super) struct RawUpstream {
     pub(super) write_timeout: Spanned<Dur>,
     #[serde(default)]
     pub(super) headers: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
+    /// `[upstream.neops]`, `[upstream.token]`, `[upstream.hooks]`: the bridge (§8).
+    pub(super) neops: Option<Spanned<bridge::config::RawNeops>>,
+    pub(super) token: Option<bridge::config::RawToken>,
+    pub(super) hooks: Option<bridge::config::RawHooks>,
 }
 
 fn default_connect_timeout() -> Spanned<Dur> {

@@ -9,7 +9,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use super::validate::{Checked, CheckedHeader, CheckedUpstream, SecretSource};
 use super::{Config, Problem, Upstream};
@@ -35,6 +35,9 @@ pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
 
 fn resolve_upstream(u: CheckedUpstream) -> Result<Upstream, Problem> {
     let addr = resolve_addr(&u.authority).map_err(|msg| (u.authority_span.clone(), msg))?;
+    let injected: Vec<HeaderName> = u.headers.iter().map(|h| h.name.clone()).collect();
+    // Checked here rather than in `validate` because hook URLs resolve their host now.
+    let bridge = u.bridge.validate(&u.name, &injected)?;
     let headers = u
         .headers
         .into_iter()
@@ -52,6 +55,7 @@ fn resolve_upstream(u: CheckedUpstream) -> Result<Upstream, Problem> {
         read_timeout: u.read_timeout,
         write_timeout: u.write_timeout,
         headers,
+        bridge,
     })
 }
 

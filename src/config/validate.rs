@@ -19,6 +19,7 @@ use super::{
     problem, span_of, DemoLabConfig, MetricsConfig, Problem, QueueConfig, RateLimitConfig,
     ServerConfig, Span,
 };
+use crate::bridge;
 use crate::forward;
 use crate::path::{self, RouteTable};
 use crate::queue::Timeouts;
@@ -46,6 +47,8 @@ pub(super) struct CheckedUpstream {
     pub(super) read_timeout: Duration,
     pub(super) write_timeout: Duration,
     pub(super) headers: Vec<CheckedHeader>,
+    /// The bridge options, checked (and hook hosts resolved) by `resolve`.
+    pub(super) bridge: bridge::config::RawBridge,
 }
 
 /// An injected header: its name (as written, for messages, and parsed), its source, and
@@ -117,9 +120,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Checked, Problem> {
     let mut routes: Vec<(String, usize)> = Vec::new();
     for raw in raw.upstream {
         let span = span_of(&raw);
-        let raw = raw.into_inner();
+        let mut raw = raw.into_inner();
         let index = upstreams.len();
-        let up = validate_upstream(&raw, span, &upstreams)?;
+        let mut up = validate_upstream(&raw, span, &upstreams)?;
+        up.bridge = bridge::config::RawBridge {
+            neops: raw.neops.take(),
+            token: raw.token.take(),
+            hooks: raw.hooks.take(),
+        };
         for route in raw.routes.get_ref() {
             let prefix = validate_route(route)?;
             if let Some(i) = routes.iter().position(|(p, _)| *p == prefix) {
@@ -294,6 +302,7 @@ fn validate_upstream(
         read_timeout: positive(&raw.read_timeout, "read_timeout")?,
         write_timeout: positive(&raw.write_timeout, "write_timeout")?,
         headers,
+        bridge: bridge::config::RawBridge::default(),
     })
 }
 
