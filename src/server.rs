@@ -22,7 +22,7 @@ use crate::admin::{self, AdminService};
 use crate::config::Config;
 use crate::demo::DemoLab;
 use crate::proxy::LabGate;
-use crate::reaper::Reaper;
+use crate::reaper::{BridgeService, Reaper};
 use crate::state::Shared;
 
 /// How often a draining shutdown looks at the in-flight count.
@@ -90,6 +90,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(gateway);
     server.add_service(metrics);
     server.add_service(background_service("reaper", Reaper::new(shared.clone())));
+    server.add_service(background_service(
+        "bridge",
+        BridgeService::new(shared.clone()),
+    ));
     if let Some(admin) = admin {
         server.add_service(background_service("admin API", admin));
     }
