@@ -326,7 +326,7 @@ async fn a_failing_reset_hook_leaves_the_lab_draining_with_an_alert() {
     assert_eq!(gw.audit_events("handoff_failed").len(), 1);
     // The operator fixes the lab and retries: b gets it.
     std::fs::write(&fixed, b"").unwrap();
-    let out = gw.admin(&["handoff", "retry"]);
+    let out = gw.admin(&["retry-handoff"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = client().get(gw.url(&format!("/session/{b}?wait=20"))).send().await.unwrap();
     let v: serde_json::Value = r.json().await.unwrap();
