@@ -21,6 +21,9 @@ pub struct UpstreamCfg {
     pub write_timeout: String,
     /// Injected headers: (name, secret value); the value is written to a file.
     pub headers: Vec<(String, String)>,
+    /// The bridge tables (`[upstream.neops]`, `[upstream.token]`, `[upstream.hooks]`),
+    /// given as TOML text relative to the upstream.
+    pub bridge: toml::Table,
 }
 
 impl UpstreamCfg {
@@ -34,6 +37,7 @@ impl UpstreamCfg {
             read_timeout: "30s".to_string(),
             write_timeout: "30s".to_string(),
             headers: Vec::new(),
+            bridge: toml::Table::new(),
         }
     }
     pub fn routes(mut self, routes: &[&str]) -> Self {
@@ -50,6 +54,11 @@ impl UpstreamCfg {
     }
     pub fn connect_timeout(mut self, t: &str) -> Self {
         self.connect_timeout = t.to_string();
+        self
+    }
+    /// Bridge tables as TOML text, like `"[neops]\nkeepalive = \"1s\""`.
+    pub fn bridge(mut self, toml_text: &str) -> Self {
+        self.bridge = toml::from_str(toml_text).expect("bridge tables are TOML");
         self
     }
     pub fn header(mut self, name: &str, secret: &str) -> Self {
@@ -197,6 +206,7 @@ impl Cfg {
                     read_timeout: &u.read_timeout,
                     write_timeout: &u.write_timeout,
                     headers,
+                    bridge: &u.bridge,
                 }
             })
             .collect();
@@ -298,6 +308,9 @@ struct UpstreamToml<'a> {
     /// `[upstream.headers]`: header name -> `{ file = ... }`. Left out when empty.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     headers: BTreeMap<String, SecretFile>,
+    /// The bridge tables, after every plain value.
+    #[serde(flatten)]
+    bridge: &'a toml::Table,
 }
 
 #[derive(Serialize)]

@@ -10,6 +10,7 @@
 //!
 //! - `config`: the config builder (`Cfg`, `UpstreamCfg`), rendered with `toml`.
 //! - `gateway`: the `labgate serve` process (`Gateway`), its log and its metrics.
+//! - `neops_server`: the real neops-remote-lab server with a recording netlab stand-in.
 //! - `process`: bounded child processes, signals, free ports, external tools.
 //! - `raw_http`: a raw HTTP/1.1 client for exact bytes on the wire.
 //! - `session`: the session API as one-line calls (create, heartbeat, delete, …).
@@ -20,6 +21,7 @@
 
 mod config;
 mod gateway;
+mod neops_server;
 mod process;
 mod raw_http;
 mod session;
@@ -28,6 +30,7 @@ mod websocket;
 
 pub use config::*;
 pub use gateway::*;
+pub use neops_server::*;
 pub use process::*;
 pub use raw_http::*;
 pub use session::*;
