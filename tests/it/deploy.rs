@@ -180,7 +180,7 @@ fn alert_rules_pass_promtool_check() {
         text(&out)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 5 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 8 rules found"),
         "{}",
         text(&out)
     );
@@ -219,7 +219,10 @@ fn every_alert_is_annotated_and_has_firing_and_quiet_test_cases() {
             "LabgateQueueBackingUp",
             "LabgateHoldFarLongerThanUsual",
             "LabgateUpstreamErrors",
-            "LabgateSessionsReapedStale"
+            "LabgateSessionsReapedStale",
+            "LabgateHandoffFailed",
+            "LabgateUpstreamSessionUndeleted",
+            "LabgateUpstreamUsedAroundLabgate"
         ]
     );
     let count = |needle: &str| {
