@@ -438,8 +438,14 @@ mod tests {
             ..hop(false, &[])
         };
         let h = apply(client.clone(), &bridged);
-        assert_eq!(h.get_all(X_SESSION_ID).iter().collect::<Vec<_>>(), ["up-1234"]);
-        assert_eq!(h.get_all(&token_header).iter().collect::<Vec<_>>(), ["turn-token"]);
+        assert_eq!(
+            h.get_all(X_SESSION_ID).iter().collect::<Vec<_>>(),
+            ["up-1234"]
+        );
+        assert_eq!(
+            h.get_all(&token_header).iter().collect::<Vec<_>>(),
+            ["turn-token"]
+        );
         // No token (yet): the client's copy is still dropped.
         let tokenless = Hop {
             token: Some((&token_header, None)),

@@ -170,7 +170,6 @@ fn dur(d: &Option<Spanned<Dur>>, default: Duration, what: &str) -> Result<Durati
 /// The neops server reaps an ACTIVE session after 300 s without a heartbeat.
 const NEOPS_REAP: Duration = Duration::from_secs(300);
 
-
 impl RawBridge {
     /// Validates the bridge options of upstream `name`; `injected` are the names of the
     /// headers the upstream already injects (a token header must not collide).

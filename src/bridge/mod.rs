@@ -510,6 +510,10 @@ fn apply(
             }
             Note::Ready { turn } => {
                 tracing::info!(target: AUDIT, event = "bridge_ready", upstream = name, seq = turn);
+                if *waiting_reported {
+                    *waiting_reported = false;
+                    m.waiting.with_label_values(&[name]).set(0);
+                }
             }
             Note::Ended { turn } => {
                 if let Some((_, t)) = token.0.take() {

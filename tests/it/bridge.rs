@@ -78,7 +78,8 @@ async fn client_turn(gw: &Gateway, python: PathBuf, hold_secs: u32) -> serde_jso
 
 /// `POST /lab` with the topology, as the neops client sends it (multipart).
 async fn acquire(gw: &Gateway, id: &str) -> (u16, String) {
-    let topology = std::fs::read(compat_dir().join("fixture_suite/topology.yml")).expect("topology");
+    let topology =
+        std::fs::read(compat_dir().join("fixture_suite/topology.yml")).expect("topology");
     let boundary = "labgate-test-boundary";
     let mut body = Vec::new();
     body.extend_from_slice(
@@ -94,7 +95,10 @@ async fn acquire(gw: &Gateway, id: &str) -> (u16, String) {
     let r = client()
         .post(gw.url("/lab"))
         .header("X-Session-ID", id)
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
         .body(body)
         .send()
         .await
@@ -114,11 +118,25 @@ async fn real_client_turn_runs_netlab_up_and_down_through_labgate() {
     let neops = NeopsServer::start(python.clone()).await;
     let gw = Gateway::start(&bridged(neops.addr(), NEOPS)).await;
     let result = client_turn(&gw, python, 0).await;
-    assert_eq!(result["devices"], serde_json::json!(["r1", "r2"]), "{result}");
-    assert_eq!(result["listed"], serde_json::json!(["r1", "r2"]), "{result}");
-    assert_eq!(result["mgmt"], serde_json::json!(["192.0.2.1", "192.0.2.2"]));
+    assert_eq!(
+        result["devices"],
+        serde_json::json!(["r1", "r2"]),
+        "{result}"
+    );
+    assert_eq!(
+        result["listed"],
+        serde_json::json!(["r1", "r2"]),
+        "{result}"
+    );
+    assert_eq!(
+        result["mgmt"],
+        serde_json::json!(["192.0.2.1", "192.0.2.2"])
+    );
     // The upstream's session id never reaches the client.
-    assert!(result["listed_headers"].get("x-session-id").is_none(), "{result}");
+    assert!(
+        result["listed_headers"].get("x-session-id").is_none(),
+        "{result}"
+    );
     // Closing the labgate session deleted the upstream one: netlab down ran.
     eventually(WITHIN, "netlab down after close", || async {
         (neops.ups_and_downs() == ["up topology.yml", "down --cleanup"]).then_some(())
@@ -132,9 +150,28 @@ async fn real_client_turn_runs_netlab_up_and_down_through_labgate() {
     let short = opened[0]["upstream_session"].as_str().expect("short id");
     assert_eq!(short.len(), 8);
     assert!(!labgate_id.starts_with(short));
-    assert!(!gw.log().contains(labgate_id), "a full labgate id in the log");
-    assert_eq!(upstream_metric(&gw, "labgate_upstream_sessions_opened_total", "kind=\"new\",upstream=\"netlab\"").await, 1.0);
-    assert_eq!(upstream_metric(&gw, "labgate_upstream_sessions_deleted_total", "upstream=\"netlab\"").await, 1.0);
+    assert!(
+        !gw.log().contains(labgate_id),
+        "a full labgate id in the log"
+    );
+    assert_eq!(
+        upstream_metric(
+            &gw,
+            "labgate_upstream_sessions_opened_total",
+            "kind=\"new\",upstream=\"netlab\""
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        upstream_metric(
+            &gw,
+            "labgate_upstream_sessions_deleted_total",
+            "upstream=\"netlab\""
+        )
+        .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -142,9 +179,21 @@ async fn two_real_clients_are_serialized_with_one_upstream_session_each() {
     let python = venv().await;
     let neops = NeopsServer::start(python.clone()).await;
     let gw = Gateway::start(&bridged(neops.addr(), NEOPS)).await;
-    let (a, b) = tokio::join!(client_turn(&gw, python.clone(), 2), client_turn(&gw, python, 2));
-    let span = |r: &serde_json::Value| (r["active_at"].as_f64().unwrap(), r["closed_at"].as_f64().unwrap());
-    let (first, second) = if span(&a).0 < span(&b).0 { (span(&a), span(&b)) } else { (span(&b), span(&a)) };
+    let (a, b) = tokio::join!(
+        client_turn(&gw, python.clone(), 2),
+        client_turn(&gw, python, 2)
+    );
+    let span = |r: &serde_json::Value| {
+        (
+            r["active_at"].as_f64().unwrap(),
+            r["closed_at"].as_f64().unwrap(),
+        )
+    };
+    let (first, second) = if span(&a).0 < span(&b).0 {
+        (span(&a), span(&b))
+    } else {
+        (span(&b), span(&a))
+    };
     assert!(first.1 <= second.0, "the turns overlap: {a} {b}");
     assert_ne!(a["session_id"], b["session_id"]);
     eventually(WITHIN, "both labs torn down", || async {
@@ -154,9 +203,22 @@ async fn two_real_clients_are_serialized_with_one_upstream_session_each() {
     // Never two labs at once: each up is followed by its down.
     assert_eq!(
         neops.ups_and_downs(),
-        ["up topology.yml", "down --cleanup", "up topology.yml", "down --cleanup"]
+        [
+            "up topology.yml",
+            "down --cleanup",
+            "up topology.yml",
+            "down --cleanup"
+        ]
     );
-    assert_eq!(upstream_metric(&gw, "labgate_upstream_sessions_opened_total", "kind=\"new\",upstream=\"netlab\"").await, 2.0);
+    assert_eq!(
+        upstream_metric(
+            &gw,
+            "labgate_upstream_sessions_opened_total",
+            "kind=\"new\",upstream=\"netlab\""
+        )
+        .await,
+        2.0
+    );
     assert_eq!(neops.active_session().await, None);
 }
 
@@ -188,16 +250,25 @@ async fn a_client_killed_mid_turn_is_reaped_and_its_lab_torn_down() {
     let held = tokio::time::timeout(Duration::from_secs(60), held).await;
     send_signal(&child, Signal::SIGKILL);
     let _ = child.wait();
-    assert!(matches!(held, Ok(Ok(Some(_)))), "the client never held the lab");
+    assert!(
+        matches!(held, Ok(Ok(Some(_)))),
+        "the client never held the lab"
+    );
     let killed = Instant::now();
     assert_eq!(neops.ups_and_downs(), ["up topology.yml"]);
     eventually(WITHIN, "netlab down after the reap", || async {
-        neops.ups_and_downs().contains(&"down --cleanup".to_string()).then_some(())
+        neops
+            .ups_and_downs()
+            .contains(&"down --cleanup".to_string())
+            .then_some(())
     })
     .await;
     let took = killed.elapsed();
     // active_timeout 3 s, reaped within a reap interval, deleted at once.
-    assert!(took < Duration::from_secs(3 + 5), "netlab down {took:?} after the kill");
+    assert!(
+        took < Duration::from_secs(3 + 5),
+        "netlab down {took:?} after the kill"
+    );
     assert_eq!(neops.active_session().await, None);
     let ended = gw.audit_events("session_ended");
     assert_eq!(ended[0]["reason"], "stale");
@@ -219,7 +290,15 @@ async fn a_restarted_upstream_gets_a_new_session_for_the_same_turn() {
     })
     .await;
     assert_eq!(gw.audit_events("upstream_session_lost").len(), 1);
-    assert_eq!(upstream_metric(&gw, "labgate_upstream_sessions_opened_total", "kind=\"reopened\",upstream=\"netlab\"").await, 1.0);
+    assert_eq!(
+        upstream_metric(
+            &gw,
+            "labgate_upstream_sessions_opened_total",
+            "kind=\"reopened\",upstream=\"netlab\""
+        )
+        .await,
+        1.0
+    );
     // Same labgate turn: the client uploads its topology again and carries on.
     let (status, body) = eventually(WITHIN, "acquire after the restart", || async {
         let r = acquire(&gw, &id).await;
@@ -233,7 +312,10 @@ async fn a_restarted_upstream_gets_a_new_session_for_the_same_turn() {
         neops.active_session().await.is_none().then_some(())
     })
     .await;
-    assert_eq!(neops.ups_and_downs().last().map(String::as_str), Some("down --cleanup"));
+    assert_eq!(
+        neops.ups_and_downs().last().map(String::as_str),
+        Some("down --cleanup")
+    );
 }
 
 #[tokio::test]
@@ -284,19 +366,38 @@ async fn a_two_second_reset_hook_delays_the_next_holder() {
     let ended = Instant::now();
     assert_eq!(delete_session(&gw, &a).await, 204);
     // While the lab resets nobody holds it, the page says so, and b still waits.
-    let status = client().get(gw.url("/status")).send().await.unwrap().text().await.unwrap();
+    let status = client()
+        .get(gw.url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(status.contains("resetting the lab"), "{status}");
     let (code, body) = get_session(&gw, &b).await;
     assert_eq!(code, 200);
     assert!(body.contains("\"waiting\""), "{body}");
-    let r = client().get(gw.url(&format!("/session/{b}?wait=20"))).send().await.unwrap();
+    let r = client()
+        .get(gw.url(&format!("/session/{b}?wait=20")))
+        .send()
+        .await
+        .unwrap();
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["status"], "active");
     let delay = ended.elapsed();
-    assert!(delay >= Duration::from_millis(1900), "promoted after {delay:?}");
+    assert!(
+        delay >= Duration::from_millis(1900),
+        "promoted after {delay:?}"
+    );
     assert!(delay < Duration::from_secs(10), "promoted after {delay:?}");
     let hooks = gw.audit_events("hook");
-    assert!(hooks.iter().any(|h| h["hook"] == "reset" && h["result"] == "ok"), "{hooks:?}");
+    assert!(
+        hooks
+            .iter()
+            .any(|h| h["hook"] == "reset" && h["result"] == "ok"),
+        "{hooks:?}"
+    );
 }
 
 #[tokio::test]
@@ -306,7 +407,10 @@ async fn a_failing_reset_hook_leaves_the_lab_draining_with_an_alert() {
     let fixed = flag.path().join("fixed");
     let cfg = hook_cfg(
         up.addr,
-        &format!(r#"reset = {{ command = ["/usr/bin/test", "-e", {:?}], timeout = "5s" }}"#, fixed.display().to_string()),
+        &format!(
+            r#"reset = {{ command = ["/usr/bin/test", "-e", {:?}], timeout = "5s" }}"#,
+            fixed.display().to_string()
+        ),
     )
     .admin_socket("admin.sock");
     let gw = Gateway::start(&cfg).await;
@@ -314,7 +418,10 @@ async fn a_failing_reset_hook_leaves_the_lab_draining_with_an_alert() {
     let (b, _) = create_session(&gw).await;
     assert_eq!(delete_session(&gw, &a).await, 204);
     eventually(WITHIN, "the handoff failed", || async {
-        (gw.metric("labgate_handoff_failed{upstream=\"netlab\"}").await == Some(1.0)).then_some(())
+        (gw.metric("labgate_handoff_failed{upstream=\"netlab\"}")
+            .await
+            == Some(1.0))
+        .then_some(())
     })
     .await;
     // Held: b is not promoted, and new sessions are refused.
@@ -327,11 +434,23 @@ async fn a_failing_reset_hook_leaves_the_lab_draining_with_an_alert() {
     // The operator fixes the lab and retries: b gets it.
     std::fs::write(&fixed, b"").unwrap();
     let out = gw.admin(&["retry-handoff"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = client().get(gw.url(&format!("/session/{b}?wait=20"))).send().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = client()
+        .get(gw.url(&format!("/session/{b}?wait=20")))
+        .send()
+        .await
+        .unwrap();
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["status"], "active");
-    assert_eq!(gw.metric("labgate_handoff_failed{upstream=\"netlab\"}").await, Some(0.0));
+    assert_eq!(
+        gw.metric("labgate_handoff_failed{upstream=\"netlab\"}")
+            .await,
+        Some(0.0)
+    );
 }
 
 // ------------------------------------------------------------------ tokens
@@ -360,10 +479,16 @@ impl TokenLab {
                     .headers()
                     .get("x-lab-token")
                     .map(|v| v.to_str().unwrap_or_default().to_string());
-                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 let status = match path.as_str() {
                     "/hooks/start" => {
-                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
                         let t = v["token"].as_str().unwrap_or_default().to_string();
                         seen.lock().unwrap().push(t.clone());
                         *current.lock().unwrap() = Some(t);
@@ -376,11 +501,19 @@ impl TokenLab {
                     _ if token.is_some() && token == *current.lock().unwrap() => 200,
                     _ => 403,
                 };
-                Response::builder().status(status).body(Full::new(Bytes::new())).unwrap()
+                Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap()
             }
         })
         .await;
-        TokenLab { addr, current, seen, task }
+        TokenLab {
+            addr,
+            current,
+            seen,
+            task,
+        }
     }
 
     async fn direct(&self, token: &str) -> u16 {
@@ -445,4 +578,68 @@ async fn tokens_rotate_per_turn_and_a_revoked_token_is_refused() {
     assert!(!log.contains(&t1) && !log.contains(&seen[1]));
     assert_eq!(gw.audit_events("token_minted").len(), 2);
     assert_eq!(gw.audit_events("token_revoked").len(), 2);
+}
+
+#[tokio::test]
+async fn a_client_around_labgate_shows_up_as_a_reported_wait() {
+    let python = venv().await;
+    let neops = NeopsServer::start(python).await;
+    // Somebody holds the server directly, around labgate.
+    let direct: serde_json::Value = client()
+        .post(neops.url("/session"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let direct_id = direct["session_id"]
+        .as_str()
+        .expect("direct id")
+        .to_string();
+    let bridge = "[neops]\nkeepalive = \"1s\"\npoll = \"200ms\"\nready_wait = \"1s\"\nreport_waiting_after = \"1s\"\n";
+    let gw = Gateway::start(&bridged(neops.addr(), bridge)).await;
+    let (id, position) = create_session(&gw).await;
+    assert_eq!(position, 0);
+    // labgate's holder is told the lab is busy, not left hanging.
+    let (status, body) = lab_get(&gw, "/lab/devices", &id).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (423, r#"{"detail":"Lab currently busy"}"#)
+    );
+    eventually(WITHIN, "the wait reported", || async {
+        (!gw.audit_events("upstream_session_waiting").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        gw.metric("labgate_upstream_session_waiting{upstream=\"netlab\"}")
+            .await,
+        Some(1.0)
+    );
+    // The direct user leaves: labgate's upstream session gets the server.
+    let r = client()
+        .delete(neops.url(&format!("/session/{direct_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let (status, body) = eventually(WITHIN, "served after the direct user left", || async {
+        let r = lab_get(&gw, "/lab/devices", &id).await;
+        (r.0 != 423).then_some(r)
+    })
+    .await;
+    // The server's own answer under labgate's upstream session: no lab uploaded yet.
+    assert_eq!(
+        (status, body.as_str()),
+        (404, r#"{"detail":"No lab running"}"#)
+    );
+    assert_eq!(
+        gw.metric("labgate_upstream_session_waiting{upstream=\"netlab\"}")
+            .await,
+        Some(0.0)
+    );
+    let not_ready = gw
+        .metric("labgate_bridge_not_ready_total{upstream=\"netlab\"}")
+        .await;
+    assert!(not_ready >= Some(1.0), "{not_ready:?}");
 }
