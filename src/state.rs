@@ -97,6 +97,9 @@ struct Core {
     handoff: Option<(u64, BTreeSet<usize>)>,
     /// A lane could not reset the lab: it stays held until an operator retries.
     handoff_failed: bool,
+    /// The reset last recorded beside the store, to record each change once.
+    handoff_recorded: Option<u64>,
+    bridge: Arc<Bridge>,
 }
 
 /// How many recent end reasons are kept for the end hooks.
@@ -209,6 +212,13 @@ impl Core {
         if let Some(p) = &change.promoted {
             self.history.promoted(p.waited);
         }
+        // Under the lock, before anyone hears of the change: a restart resumes a reset
+        // that was under way instead of handing the lab on.
+        let resetting = self.queue.resetting();
+        if resetting != self.handoff_recorded {
+            self.bridge.record_handoff(resetting);
+            self.handoff_recorded = resetting;
+        }
         Outcome {
             snapshot: self.snapshot(now),
             change,
@@ -270,6 +280,14 @@ impl Shared {
         queue.set_max_hold(config.queue.max_hold);
         let bridge = Arc::new(build_bridge(&config)?);
         queue.set_handoff(bridge.has_barrier());
+        if let Some(turn) = bridge.pending_handoff() {
+            if queue.resume_reset(turn, now) {
+                tracing::warn!(target: AUDIT, event = "handoff_resumed", seq = turn, "labgate stopped while the lab was being reset; resetting it again");
+            } else {
+                bridge.record_handoff(None);
+            }
+        }
+        let handoff_recorded = queue.resetting();
         let limiter = SessionLimiter::new(&config.rate_limit);
         let metrics = metrics();
         for up in &config.upstreams {
@@ -279,7 +297,7 @@ impl Shared {
         let (changes, _) = watch::channel(0);
         Ok(Arc::new(Shared {
             config,
-            bridge,
+            bridge: bridge.clone(),
             core: Mutex::new(Core {
                 queue,
                 conns: cut::Registry::default(),
@@ -290,6 +308,8 @@ impl Shared {
                 recent_ends: VecDeque::new(),
                 handoff: None,
                 handoff_failed: false,
+                handoff_recorded,
+                bridge: bridge.clone(),
             }),
             draining: AtomicBool::new(false),
             probes: Mutex::new(limits::ProbeDetector::default()),

@@ -137,6 +137,19 @@ impl Bridge {
         })
     }
 
+    /// The turn whose reset was under way when labgate last stopped (durable queue only).
+    pub fn pending_handoff(&self) -> Option<u64> {
+        self.owned.handoff()
+    }
+
+    /// Records the turn whose reset holds the queue (`None`: none), durably when the queue
+    /// is durable.
+    pub fn record_handoff(&self, turn: Option<u64>) {
+        if let Err(e) = self.owned.set_handoff(turn) {
+            tracing::error!(error = %e, "cannot record the pending handoff");
+        }
+    }
+
     /// No upstream uses the bridge.
     pub fn is_empty(&self) -> bool {
         self.lanes.iter().all(Option::is_none)

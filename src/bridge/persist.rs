@@ -1,6 +1,8 @@
 //! Which upstream sessions labgate owns, kept on disk beside the durable queue so that a
 //! restarted labgate re-establishes the restored holder's upstream session or deletes one
-//! whose turn is over, instead of leaking it until the upstream reaps it.
+//! whose turn is over, instead of leaking it until the upstream reaps it; and the turn
+//! whose reset (handoff barrier) was under way, so a restart resumes the reset instead of
+//! handing a dirty lab to the next holder.
 //!
 //! A small JSON file (`<state_path>.upstreams`), replaced atomically (write, fsync,
 //! rename, fsync the directory) with mode 0600: it holds upstream credentials. Owns the
@@ -23,10 +25,20 @@ struct Entry {
     id: String,
 }
 
-/// The owned upstream sessions, by upstream name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+struct File {
+    /// The owned upstream sessions, by upstream name.
+    #[serde(default)]
+    sessions: BTreeMap<String, Entry>,
+    /// The ended turn whose reset holds the queue.
+    #[serde(default)]
+    handoff: Option<u64>,
+}
+
+/// The owned upstream sessions and the pending handoff.
 pub struct Owned {
     path: Option<PathBuf>,
-    entries: Mutex<BTreeMap<String, Entry>>,
+    file: Mutex<File>,
 }
 
 /// The file that goes with a queue store at `state_path`.
@@ -41,26 +53,26 @@ impl Owned {
     pub fn memory() -> Owned {
         Owned {
             path: None,
-            entries: Mutex::default(),
+            file: Mutex::default(),
         }
     }
 
     /// Loads `path` (missing: empty). A file that cannot be parsed is an error: it may
     /// name sessions that must be cleaned up.
     pub fn open(path: PathBuf) -> anyhow::Result<Owned> {
-        let entries = match std::fs::read(&path) {
+        let file = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 anyhow::anyhow!(
                     "{}: not a labgate upstream session file ({e})",
                     path.display()
                 )
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
             Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
         };
         Ok(Owned {
             path: Some(path),
-            entries: Mutex::new(entries),
+            file: Mutex::new(file),
         })
     }
 
@@ -69,35 +81,55 @@ impl Owned {
         self.path.is_some()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, File> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The session `upstream` owned when labgate stopped.
     pub fn get(&self, upstream: &str) -> Option<(u64, UpstreamId)> {
-        let e = self.lock().get(upstream).cloned()?;
+        let e = self.lock().sessions.get(upstream).cloned()?;
         Some((e.turn, UpstreamId::new(&e.id)?))
+    }
+
+    /// The turn whose reset was under way when labgate stopped.
+    pub fn handoff(&self) -> Option<u64> {
+        self.lock().handoff
+    }
+
+    /// Records the turn whose reset holds the queue (`None`: over), written before the
+    /// caller acts on it.
+    pub fn set_handoff(&self, turn: Option<u64>) -> std::io::Result<()> {
+        let mut file = self.lock();
+        if file.handoff == turn {
+            return Ok(());
+        }
+        file.handoff = turn;
+        self.save(&file)
+    }
+
+    fn save(&self, file: &File) -> std::io::Result<()> {
+        match &self.path {
+            Some(path) => write_atomically(path, &serde_json::to_vec(file).unwrap_or_default()),
+            None => Ok(()),
+        }
     }
 
     /// Records what `upstream` owns now (`None`: nothing) and writes the file if it
     /// changed.
     pub fn set(&self, upstream: &str, owned: Option<(u64, &UpstreamId)>) -> std::io::Result<()> {
-        let mut entries = self.lock();
+        let mut file = self.lock();
         let new = owned.map(|(turn, id)| Entry {
             turn,
             id: id.as_str().to_string(),
         });
-        if entries.get(upstream) == new.as_ref() {
+        if file.sessions.get(upstream) == new.as_ref() {
             return Ok(());
         }
         match new {
-            Some(e) => entries.insert(upstream.to_string(), e),
-            None => entries.remove(upstream),
+            Some(e) => file.sessions.insert(upstream.to_string(), e),
+            None => file.sessions.remove(upstream),
         };
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        write_atomically(path, &serde_json::to_vec(&*entries).unwrap_or_default())
+        self.save(&file)
     }
 }
 
@@ -136,7 +168,10 @@ mod tests {
         let again = Owned::open(path.clone()).unwrap();
         assert_eq!(again.get("lab"), Some((7, id)));
         again.set("lab", None).unwrap();
-        assert_eq!(Owned::open(path.clone()).unwrap().get("lab"), None);
+        again.set_handoff(Some(9)).unwrap();
+        let third = Owned::open(path.clone()).unwrap();
+        assert_eq!(third.get("lab"), None);
+        assert_eq!(third.handoff(), Some(9));
         std::fs::write(&path, b"garbage").unwrap();
         assert!(Owned::open(path).is_err());
     }

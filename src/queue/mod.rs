@@ -240,6 +240,22 @@ impl Queue {
         self.resetting
     }
 
+    /// After a restart during a reset (the barrier's turn `seq` was persisted): the
+    /// restored head goes back to waiting and the reset resumes. With the barrier off, or
+    /// `seq` not older than every session (nothing ended before them), nothing changes.
+    pub fn resume_reset(&mut self, seq: u64, now: Instant) -> bool {
+        let head = self.order.first();
+        if !self.handoff || head.is_some_and(|(h, _)| h <= seq) {
+            return false;
+        }
+        if let Some(entry) = head.and_then(|(_, id)| self.sessions.get_mut(&id)) {
+            entry.promoted_at = None;
+            refresh(&mut self.deadlines, self.timeouts, entry, now);
+        }
+        self.resetting = Some(seq);
+        true
+    }
+
     /// The reset after a holder is over: promotes the head, if any. `None` (and nothing
     /// changes) when no reset was pending.
     pub fn finish_handoff(&mut self, now: Instant) -> Option<Promoted> {

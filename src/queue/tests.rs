@@ -594,3 +594,25 @@ fn a_reset_after_the_last_holder_leaves_the_next_newcomer_waiting_until_it_is_ov
     assert!(q.finish_handoff(t0 + secs(ACTIVE_SECS + 3)).is_some());
     q.check_invariants();
 }
+
+#[test]
+fn a_restart_during_a_reset_resumes_it_instead_of_promoting() {
+    let t0 = Instant::now();
+    let restored = vec![(sid(2), 2, t0), (sid(3), 3, t0)];
+    let mut q = Queue::restore(timeouts(), 4, restored, t0).unwrap();
+    q.set_handoff(true);
+    // The reset of turn 1 was under way: sid(2) waits again.
+    assert!(q.resume_reset(1, t0));
+    assert_eq!(q.active(), None);
+    assert_eq!(
+        positions(&q),
+        vec![(sid(2), Status::Waiting, 1), (sid(3), Status::Waiting, 2)]
+    );
+    q.check_invariants();
+    assert_eq!(q.finish_handoff(t0 + secs(1)).map(|p| p.id), Some(sid(2)));
+    // A persisted turn that is not older than the head is stale: nothing changes.
+    let mut q = Queue::restore(timeouts(), 4, vec![(sid(2), 2, t0)], t0).unwrap();
+    q.set_handoff(true);
+    assert!(!q.resume_reset(2, t0));
+    assert_eq!(q.active().map(|v| v.id), Some(sid(2)));
+}

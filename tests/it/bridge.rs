@@ -643,3 +643,48 @@ async fn a_client_around_labgate_shows_up_as_a_reported_wait() {
         .await;
     assert!(not_ready >= Some(1.0), "{not_ready:?}");
 }
+
+#[tokio::test]
+async fn a_labgate_killed_during_a_reset_resets_again_before_promoting() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let count = dir.path().join("resets");
+    // The first reset is slow (labgate is killed during it), the next one quick.
+    let script = format!(
+        "echo reset >> {0}; [ $(wc -l < {0}) -ge 2 ] || sleep 3",
+        count.display()
+    );
+    let cfg = hook_cfg(
+        up.addr,
+        &format!(r#"reset = {{ command = ["/bin/sh", "-c", {script:?}], timeout = "20s" }}"#),
+    )
+    .state_path(&dir.path().join("queue.redb"));
+    let mut gw = Gateway::start(&cfg).await;
+    let (a, _) = create_session(&gw).await;
+    let (b, _) = create_session(&gw).await;
+    assert_eq!(delete_session(&gw, &a).await, 204);
+    eventually(WITHIN, "the first reset running", || async {
+        count.exists().then_some(())
+    })
+    .await;
+    assert!(gw.kill9().await.is_some());
+    let gw = Gateway::start(&cfg).await;
+    let r = client()
+        .get(gw.url(&format!("/session/{b}?wait=20")))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "active");
+    let resets = std::fs::read_to_string(&count).unwrap_or_default();
+    assert_eq!(resets.lines().count(), 2, "{resets}");
+    // Restored, but not handed a lab whose reset never finished: the reset ran again
+    // first, then b was promoted.
+    let events: Vec<String> = gw
+        .log_target("labgate::audit")
+        .iter()
+        .filter_map(|e| e["event"].as_str().map(str::to_string))
+        .filter(|e| ["handoff_resumed", "hook", "session_promoted"].contains(&e.as_str()))
+        .collect();
+    assert_eq!(events, ["handoff_resumed", "hook", "session_promoted"]);
+}

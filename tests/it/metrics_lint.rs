@@ -24,7 +24,9 @@ async fn live_metrics_pass_promtool_check_metrics() {
         UpstreamCfg::new("dead", dead)
             .routes(&["/lab/dead"])
             .connect_timeout("1s")
-            .bridge("[token]\nheader = \"X-Lab-Token\"\n[hooks]\nend = { command = [\"/bin/true\"] }\n"),
+            .bridge(
+                "[token]\nheader = \"X-Lab-Token\"\n[hooks]\nend = { command = [\"/bin/true\"] }\n",
+            ),
     );
     let gw = Gateway::start(&cfg).await;
 
