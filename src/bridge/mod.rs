@@ -20,6 +20,7 @@ pub mod neops;
 pub mod persist;
 pub mod token;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +72,8 @@ pub struct LaneHandle {
     pub name: String,
     pub config: BridgeConfig,
     view: watch::Sender<Option<Arc<Ready>>>,
+    /// The lane's barrier failed and waits for an operator.
+    failed: AtomicBool,
     nudge: Notify,
     retry: Notify,
     api: Option<NeopsApi>,
@@ -125,6 +128,7 @@ impl Bridge {
                 name: spec.name,
                 config: spec.config,
                 view: watch::channel(None).0,
+                failed: AtomicBool::new(false),
                 nudge: Notify::new(),
                 retry: Notify::new(),
                 api,
@@ -221,12 +225,7 @@ impl Bridge {
     pub fn retry_failed_handoffs(&self) -> usize {
         let mut n = 0;
         for l in self.lanes.iter().flatten() {
-            if metrics::metrics()
-                .handoff_failed
-                .with_label_values(&[l.name.as_str()])
-                .get()
-                > 0
-            {
+            if l.failed.load(Ordering::SeqCst) {
                 l.retry.notify_one();
                 n += 1;
             }
@@ -589,10 +588,12 @@ fn apply(
                 tracing::warn!(target: AUDIT, event = "hook_failed", upstream = name, seq = turn, hook);
             }
             Note::HandoffDone { turn } => {
+                lane.failed.store(false, Ordering::SeqCst);
                 m.handoff_failed.with_label_values(&[name]).set(0);
                 turns.handoff_done(lane.index, turn);
             }
             Note::HandoffFailed { turn, why } => {
+                lane.failed.store(true, Ordering::SeqCst);
                 m.handoff_failed.with_label_values(&[name]).set(1);
                 tracing::error!(target: AUDIT, event = "handoff_failed", upstream = name, seq = turn, why, "the lab stays held and draining until an operator retries");
                 turns.handoff_failed(lane.index, turn, why);
