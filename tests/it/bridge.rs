@@ -264,6 +264,7 @@ async fn a_client_killed_mid_turn_is_reaped_and_its_lab_torn_down() {
     })
     .await;
     let took = killed.elapsed();
+    println!("netlab down {took:?} after the client was killed (active_timeout 3 s)");
     // active_timeout 3 s, reaped within a reap interval, deleted at once.
     assert!(
         took < Duration::from_secs(3 + 5),
@@ -386,6 +387,7 @@ async fn a_two_second_reset_hook_delays_the_next_holder() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["status"], "active");
     let delay = ended.elapsed();
+    println!("the next holder was promoted {delay:?} after the holder left (reset hook: sleep 2)");
     assert!(
         delay >= Duration::from_millis(1900),
         "promoted after {delay:?}"
