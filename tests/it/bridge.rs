@@ -183,10 +183,11 @@ async fn two_real_clients_are_serialized_with_one_upstream_session_each() {
         client_turn(&gw, python.clone(), 2),
         client_turn(&gw, python, 2)
     );
+    // (became ACTIVE, released the lab) as each client saw it.
     let span = |r: &serde_json::Value| {
         (
             r["active_at"].as_f64().unwrap(),
-            r["closed_at"].as_f64().unwrap(),
+            r["released_at"].as_f64().unwrap(),
         )
     };
     let (first, second) = if span(&a).0 < span(&b).0 {
@@ -194,6 +195,8 @@ async fn two_real_clients_are_serialized_with_one_upstream_session_each() {
     } else {
         (span(&b), span(&a))
     };
+    // The second client got the lab only after the first had released it (and closed:
+    // its close is what promoted the second).
     assert!(first.1 <= second.0, "the turns overlap: {a} {b}");
     assert_ne!(a["session_id"], b["session_id"]);
     eventually(WITHIN, "both labs torn down", || async {
