@@ -408,6 +408,16 @@ pub fn not_active() -> Reply {
     Reply::fixed(423, br#"{"detail":"Session is not active"}"#)
 }
 
+/// `423` for an ACTIVE session whose turn the bridge is not ready to serve yet (its
+/// upstream session is still being opened, or waits behind somebody else's): what the
+/// neops server itself answers when its lab is busy, which its client retries.
+pub fn lab_busy() -> Reply {
+    Reply::detail(423, "Lab currently busy").with_header("Retry-After", LAB_BUSY_RETRY_AFTER_SECS)
+}
+
+/// The neops client retries a busy lab every 5 s whatever it is told; others may listen.
+const LAB_BUSY_RETRY_AFTER_SECS: u64 = 5;
+
 pub fn session_not_found() -> Reply {
     Reply::fixed(404, br#"{"detail":"Session not found"}"#)
 }

@@ -51,6 +51,13 @@ pub struct Hop<'a> {
     pub configured: &'a [(HeaderName, HeaderValue)],
     /// Identity mode only.
     pub identity: Option<IdentityHop<'a>>,
+    /// A bridged upstream's own session id for this turn (§8): replaces the client's
+    /// `X-Session-ID`, which never reaches such an upstream.
+    pub upstream_session: Option<&'a str>,
+    /// The upstream's per-turn token header (`[upstream.token]`) and the turn's token:
+    /// the one managed header whose name the config picks. A client's copy is always
+    /// dropped; the token is sent when there is one.
+    pub token: Option<(&'a HeaderName, Option<&'a str>)>,
 }
 
 /// What labgate does with one managed header.
@@ -61,8 +68,9 @@ pub enum Role {
     /// Connection-level (RFC 9110 §7.6.1): never forwarded; `Upgrade` and `Connection`
     /// are rebuilt for an upgrade handshake.
     HopByHop,
-    /// The client's own, forwarded as sent; labgate never sets it.
-    Passed,
+    /// The client's own, forwarded as sent, unless the hop has labgate's replacement:
+    /// then the client's copy is dropped and the replacement sent.
+    Swapped(fn(&Hop) -> Option<HeaderValue>),
     /// labgate's value from the hop; any client copy is dropped first. `None`: sent
     /// without one.
     Own(fn(&Hop) -> Option<HeaderValue>),
@@ -110,7 +118,7 @@ pub const MANAGED: &[Managed] = &[
     managed("upgrade", Role::HopByHop),
     managed("proxy-authenticate", Role::HopByHop),
     managed("proxy-authorization", Role::HopByHop),
-    managed("x-session-id", Role::Passed),
+    managed("x-session-id", Role::Swapped(upstream_session)),
     managed("x-forwarded-for", Role::Chain(forwarded_for)),
     managed("x-forwarded-proto", Role::Chain(forwarded_proto)),
     managed("forwarded", Role::FromTrustedProxy),
@@ -160,6 +168,12 @@ fn underscore_twins(
         }
     }
     found
+}
+
+fn upstream_session(hop: &Hop) -> Option<HeaderValue> {
+    // The bridge checked the id (visible ASCII): it always makes a header value.
+    hop.upstream_session
+        .and_then(|id| HeaderValue::from_str(id).ok())
 }
 
 fn host(hop: &Hop) -> Option<HeaderValue> {
@@ -251,6 +265,12 @@ pub fn request_edits(headers: &HeaderMap, hop: &Hop) -> Vec<Edit> {
         edits.push(Edit::Remove(name.clone()));
         edits.push(Edit::Insert(name.clone(), value.clone()));
     }
+    if let Some((name, token)) = hop.token {
+        edits.push(Edit::Remove(name.clone()));
+        if let Some(v) = token.and_then(|t| HeaderValue::from_str(t).ok()) {
+            edits.push(Edit::Insert(name.clone(), v));
+        }
+    }
     for m in MANAGED {
         match m.role {
             Role::Own(value) => {
@@ -286,7 +306,13 @@ pub fn request_edits(headers: &HeaderMap, hop: &Hop) -> Vec<Edit> {
             Role::FromTrustedProxy if !hop.peer_trusted => {
                 edits.push(Edit::Remove(m.name()));
             }
-            Role::FromTrustedProxy | Role::Framing | Role::HopByHop | Role::Passed => {}
+            Role::Swapped(value) => {
+                if let Some(v) = value(hop) {
+                    edits.push(Edit::Remove(m.name()));
+                    edits.push(Edit::Insert(m.name(), v));
+                }
+            }
+            Role::FromTrustedProxy | Role::Framing | Role::HopByHop => {}
         }
     }
     edits
@@ -302,6 +328,10 @@ pub fn response_removals(status: u16) -> &'static [&'static str] {
         DROPPED
     }
 }
+
+/// Headers dropped from a bridged upstream's response: its own session id must never
+/// reach the client (§8), should a server echo it.
+pub const BRIDGED_RESPONSE_REMOVALS: &[&str] = &["x-session-id"];
 
 /// Why forwarding failed, as labgate classifies pingora's error types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,7 +478,39 @@ mod tests {
             seq: 7,
             configured,
             identity: None,
+            upstream_session: None,
+            token: None,
         }
+    }
+
+    #[test]
+    fn a_bridged_upstream_gets_its_own_session_id_and_the_turns_token_never_the_clients() {
+        let token_header = HeaderName::from_static("x-lab-token");
+        let mut client = client_headers();
+        client.append(X_SESSION_ID, HeaderValue::from_static("second"));
+        client.insert(token_header.clone(), HeaderValue::from_static("forged"));
+        let bridged = Hop {
+            upstream_session: Some("up-1234"),
+            token: Some((&token_header, Some("turn-token"))),
+            ..hop(false, &[])
+        };
+        let h = apply(client.clone(), &bridged);
+        assert_eq!(
+            h.get_all(X_SESSION_ID).iter().collect::<Vec<_>>(),
+            ["up-1234"]
+        );
+        assert_eq!(
+            h.get_all(&token_header).iter().collect::<Vec<_>>(),
+            ["turn-token"]
+        );
+        // No token (yet): the client's copy is still dropped.
+        let tokenless = Hop {
+            token: Some((&token_header, None)),
+            ..hop(false, &[])
+        };
+        let h = apply(client, &tokenless);
+        assert!(h.get(&token_header).is_none());
+        assert_eq!(h[X_SESSION_ID], "abc");
     }
 
     fn client_headers() -> HeaderMap {

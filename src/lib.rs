@@ -24,6 +24,8 @@
 //!   per-identity cap.
 //! - [`logfield`]: what a log line may hold of a request: bounded fields, ids redacted
 //!   in every spelling.
+//! - `bridge::machine`: one upstream lane around each turn (upstream session, hooks,
+//!   the handoff barrier's end steps), decisions as values.
 //!
 //! Edges around the core (I/O or shared state, no pingora types where avoidable):
 //! - [`config`]: TOML -> [`config::Config`]: `raw` (serde mirror, defaults) -> `validate`
@@ -44,11 +46,17 @@
 //! - [`metrics`]: every Prometheus metric, its name, help, labels and buckets.
 //! - [`status`]: the public view of the lab and its page (HTML and JSON), sessions by
 //!   tag only.
+//! - [`bridge`]: §8 around each turn: upstream sessions on a neops-remote-lab server
+//!   (`bridge::neops`), per-turn tokens (`bridge::token`), handoff hooks
+//!   (`bridge::hooks`), their options (`bridge::config`), metrics, and the file of owned
+//!   upstream sessions beside a durable queue (`bridge::persist`); one task per lane,
+//!   following the queue through [`bridge::Turns`] (which [`state::Shared`] implements).
 //!
 //! Adapters and processes:
 //! - [`proxy`]: `impl ProxyHttp`, the thin pingora adapter calling the modules above;
 //!   `proxy::ctx` the per-request context, `proxy::wire` pingora <-> `http` translation.
-//! - [`reaper`]: the background service reaping stale and expired sessions on a tick.
+//! - [`reaper`]: the background services: reaping stale and expired sessions on a tick,
+//!   and running the bridge's lanes.
 //! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::cli` for
 //!   `labgate admin`, one command model ([`admin::Action`]) for both.
 //! - [`server`]: assembles and runs the pingora server; start-up and shutdown.
@@ -78,6 +86,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod cut;

@@ -21,6 +21,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
 use crate::api::{self, Caller, Endpoint, Reply};
+use crate::bridge::NotReady;
 use crate::config::{IdentitySource, Upstream};
 use crate::forward::{self, Edit};
 use crate::gate::{self, Denied, Verdict};
@@ -227,10 +228,21 @@ impl ProxyHttp for LabGate {
         } else {
             target.to_request_target()
         };
+        // A bridged upstream serves the turn once its upstream session (and token) is
+        // ready; the wait is bounded by the lane's ready_wait.
+        let bridged = match shared.bridge.ready(upstream, in_flight.allowed.seq).await {
+            Ok(bridged) => bridged,
+            Err(NotReady) => {
+                let answered = self.answer(session, ctx, api::lab_busy()).await;
+                drop(in_flight);
+                return answered;
+            }
+        };
         ctx.routed = Some(Routed {
             in_flight,
             upstream,
             target,
+            bridged,
         });
         if session.is_upgrade_req() {
             // An upgraded connection may idle for as long as its user likes; pingora's
@@ -308,6 +320,20 @@ impl ProxyHttp for LabGate {
             seq: routed.in_flight.allowed.seq,
             configured: &up.headers,
             identity,
+            upstream_session: routed
+                .bridged
+                .as_ref()
+                .and_then(|b| b.upstream_id.as_ref())
+                .map(|id| id.as_str()),
+            token: self
+                .shared
+                .bridge
+                .lane(routed.upstream)
+                .and_then(|l| l.config.token_header.as_ref())
+                .map(|name| {
+                    let token = routed.bridged.as_ref().and_then(|b| b.token.as_ref());
+                    (name, token.map(|t| t.expose()))
+                }),
         };
         for edit in forward::request_edits(&req.headers, &hop) {
             match edit {
@@ -359,10 +385,24 @@ impl ProxyHttp for LabGate {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         for name in forward::response_removals(resp.status.as_u16()) {
             resp.remove_header(*name);
+        }
+        let neops_lane = ctx.routed.as_ref().and_then(|r| {
+            let lane = self.shared.bridge.lane(r.upstream)?;
+            lane.config.neops.is_some().then_some(r.upstream)
+        });
+        if let Some(upstream) = neops_lane {
+            for name in forward::BRIDGED_RESPONSE_REMOVALS {
+                resp.remove_header(*name);
+            }
+            // Maybe the server forgot the turn's session (a restart): check it now
+            // rather than at the next keepalive.
+            if resp.status == http::StatusCode::NOT_FOUND {
+                self.shared.bridge.nudge(upstream);
+            }
         }
         Ok(())
     }

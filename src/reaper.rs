@@ -1,7 +1,8 @@
-//! The stale reaper: a pingora background service that ends idle sessions on a tick and
-//! promotes the next one (contract §3).
+//! The background services: the stale reaper, which ends idle sessions on a tick and
+//! promotes the next one (contract §3), and the bridge's lanes (§8).
 //!
-//! Owns only the schedule; what is stale is the queue's decision. It stops when pingora
+//! Owns only the schedules; what is stale is the queue's decision, what a lane does the
+//! bridge's. It stops when pingora
 //! signals shutdown. Must never sleep while holding the queue lock.
 
 use std::sync::Arc;
@@ -33,6 +34,30 @@ impl Reaper {
 /// because tokio's interval panics on a zero period and on an `Instant` overflow.
 pub fn tick(reap_interval: Duration) -> Duration {
     reap_interval.clamp(Duration::from_millis(1), MAX_SERVER_DURATION)
+}
+
+/// Runs the bridge's lanes (contract §8) until shutdown; nothing when no upstream is
+/// bridged.
+pub struct BridgeService {
+    shared: Arc<Shared>,
+}
+
+impl BridgeService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        BridgeService { shared }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for BridgeService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        if self.shared.bridge.is_empty() {
+            return;
+        }
+        let turns: Arc<dyn crate::bridge::Turns> = self.shared.clone();
+        self.shared.bridge.clone().run(turns, shutdown).await;
+        tracing::debug!("bridge stopped");
+    }
 }
 
 #[async_trait]

@@ -25,7 +25,7 @@ use crate::admin::{self, AdminService};
 use crate::config::{Config, MAX_SERVER_DURATION};
 use crate::demo::DemoLab;
 use crate::proxy::LabGate;
-use crate::reaper::Reaper;
+use crate::reaper::{BridgeService, Reaper};
 use crate::state::Shared;
 use crate::tls::listener::ListenerTls;
 
@@ -88,6 +88,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(gateway);
     server.add_service(metrics);
     server.add_service(background_service("reaper", Reaper::new(shared.clone())));
+    server.add_service(background_service(
+        "bridge",
+        BridgeService::new(shared.clone()),
+    ));
     if let Some(admin) = admin {
         server.add_service(background_service("admin API", admin));
     }

@@ -13,11 +13,16 @@
 //! a minute on a lab, not thousands of times a second. Metrics and logs are recorded
 //! after the lock is released.
 //!
+//! With a handoff barrier (an upstream with a reset hook or a health check, contract §8)
+//! the end of the holder starts a reset instead of a promotion; the bridge's lanes report
+//! back through [`bridge::Turns`], which this handle implements, and the last report
+//! promotes the next holder.
+//!
 //! It exposes operations and one raw [`Picture`] of the queue; the views built from it
 //! (the admin listing, the status page) live with their modules, which import this one
 //! and never the other way round. Must never render anything.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::bridge::{self, machine::Wanted, Bridge};
 use crate::config::Config;
 use crate::cut::{self, Ticket};
 use crate::gate::{self, Denied, SessionHeader, Verdict};
@@ -92,7 +98,19 @@ struct Core {
     history: History,
     /// Identity mode: who owns which session.
     owners: Owners,
+    /// Why recent turns ended (seq, reason), for the end hooks; bounded.
+    recent_ends: VecDeque<(u64, EndReason)>,
+    /// The turn whose reset holds the queue, and the lanes still working on it.
+    handoff: Option<(u64, BTreeSet<usize>)>,
+    /// A lane could not reset the lab: it stays held until an operator retries.
+    handoff_failed: bool,
+    /// The reset last recorded beside the store, to record each change once.
+    handoff_recorded: Option<u64>,
+    bridge: Arc<Bridge>,
 }
+
+/// How many recent end reasons are kept for the end hooks.
+const RECENT_ENDS: usize = 64;
 
 /// One session with where it came from, as [`Shared::picture`] reports it.
 #[derive(Debug, Clone)]
@@ -116,10 +134,16 @@ pub struct Picture {
     pub active_hold: Duration,
     pub typical_wait: Option<Duration>,
     pub typical_hold: Option<Duration>,
+    /// The lab is being reset between two holders (nobody holds it).
+    pub resetting: bool,
+    /// The reset failed: the lab stays held until an operator retries.
+    pub handoff_failed: bool,
 }
 
 pub struct Shared {
     pub config: Config,
+    /// Upstream sessions, per-turn tokens and handoff hooks (§8).
+    pub bridge: Arc<Bridge>,
     core: Mutex<Core>,
     limiter: SessionLimiter,
     metrics: &'static Metrics,
@@ -197,11 +221,22 @@ impl Core {
             if let Some(held) = e.held {
                 self.history.hold_ended(held);
             }
+            if self.recent_ends.len() == RECENT_ENDS {
+                self.recent_ends.pop_front();
+            }
+            self.recent_ends.push_back((e.seq, e.reason));
         }
         let mut promoted_owner = None;
         if let Some(p) = &change.promoted {
             self.history.promoted(p.waited);
             promoted_owner = self.owners.owner(&p.id).cloned();
+        }
+        // Under the lock, before anyone hears of the change: a restart resumes a reset
+        // that was under way instead of handing the lab on.
+        let resetting = self.queue.resetting();
+        if resetting != self.handoff_recorded {
+            self.bridge.record_handoff(resetting);
+            self.handoff_recorded = resetting;
         }
         Outcome {
             snapshot: self.snapshot(now),
@@ -276,6 +311,16 @@ impl Shared {
         };
         let mut queue = queue;
         queue.set_max_hold(config.queue.max_hold);
+        let bridge = Arc::new(build_bridge(&config)?);
+        queue.set_handoff(bridge.has_barrier());
+        if let Some(turn) = bridge.pending_handoff() {
+            if queue.resume_reset(turn, now) {
+                tracing::warn!(target: AUDIT, event = "handoff_resumed", seq = turn, "labgate stopped while the lab was being reset; resetting it again");
+            } else {
+                bridge.record_handoff(None);
+            }
+        }
+        let handoff_recorded = queue.resetting();
         let limiter = SessionLimiter::new(&config.rate_limit);
         let metrics = metrics();
         for up in &config.upstreams {
@@ -285,6 +330,7 @@ impl Shared {
         let (changes, _) = watch::channel(0);
         Ok(Arc::new(Shared {
             config,
+            bridge: bridge.clone(),
             core: Mutex::new(Core {
                 queue,
                 conns: cut::Registry::default(),
@@ -294,6 +340,11 @@ impl Shared {
                 per_client: limits::LiveSessions::default(),
                 history: History::default(),
                 owners,
+                recent_ends: VecDeque::new(),
+                handoff: None,
+                handoff_failed: false,
+                handoff_recorded,
+                bridge: bridge.clone(),
             }),
             draining: AtomicBool::new(false),
             probes: Mutex::new(limits::ProbeDetector::default()),
@@ -725,6 +776,113 @@ impl Shared {
             active_hold: core.queue.active_hold(now),
             typical_wait: core.history.typical_wait(),
             typical_hold: core.history.typical_hold(),
+            resetting: core.queue.resetting().is_some(),
+            handoff_failed: core.handoff_failed,
         }
+    }
+
+    /// An operator retries failed handoffs; returns how many lanes run their reset again.
+    pub fn retry_handoff(&self) -> usize {
+        let n = self.bridge.retry_failed_handoffs();
+        if n > 0 {
+            self.lock().handoff_failed = false;
+        }
+        n
+    }
+}
+
+/// The bridge's lanes for the configured upstreams; owned upstream sessions are kept
+/// beside a durable queue store.
+fn build_bridge(config: &Config) -> anyhow::Result<Bridge> {
+    let specs = config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(index, u)| bridge::LaneSpec {
+            index,
+            name: u.name.clone(),
+            authority: u.authority.clone(),
+            addr: u.addr,
+            connect_timeout: u.connect_timeout,
+            config: u.bridge.clone(),
+        })
+        .collect();
+    let owned = match &config.queue.state_path {
+        Some(path) => bridge::persist::Owned::open(bridge::persist::path_for(path))?,
+        None => bridge::persist::Owned::memory(),
+    };
+    Bridge::new(config.upstreams.len(), specs, owned)
+}
+
+impl bridge::Turns for Shared {
+    fn wanted(&self) -> Wanted {
+        let core = self.lock();
+        Wanted {
+            active: core.queue.active().map(|v| v.seq),
+            resetting: core.queue.resetting(),
+        }
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn end_reason(&self, seq: u64) -> Option<&'static str> {
+        self.lock()
+            .recent_ends
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, r)| r.as_str())
+    }
+
+    fn hold_limit(&self) -> Option<Duration> {
+        self.config.queue.max_hold
+    }
+
+    fn handoff_done(&self, lane: usize, turn: u64) {
+        let now = Instant::now();
+        let outcome = {
+            let mut core = self.lock();
+            if core.queue.resetting() != Some(turn) {
+                return;
+            }
+            let pending = core
+                .handoff
+                .get_or_insert_with(|| (turn, self.bridge.barrier_lanes().collect()));
+            if pending.0 != turn {
+                *pending = (turn, self.bridge.barrier_lanes().collect());
+            }
+            pending.1.remove(&lane);
+            if !pending.1.is_empty() {
+                return;
+            }
+            core.handoff = None;
+            core.handoff_failed = false;
+            let promoted = core.queue.finish_handoff(now);
+            let change = Change {
+                ended: Vec::new(),
+                promoted,
+            };
+            core.settle(change, now, None)
+        };
+        tracing::info!(target: AUDIT, event = "handoff_done", seq = turn);
+        self.record(outcome);
+        // Nobody was promoted (an empty queue): the wake-up still tells the lanes.
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn handoff_failed(&self, lane: usize, turn: u64, why: &'static str) {
+        self.lock().handoff_failed = true;
+        let was = self.set_draining(true);
+        tracing::error!(
+            target: AUDIT,
+            event = "lab_held",
+            seq = turn,
+            lane,
+            why,
+            was_draining = was,
+            "the lab is held and draining until an operator retries the handoff"
+        );
     }
 }

@@ -24,6 +24,10 @@ pub struct LabStatus {
     pub typical_wait_secs: Option<f64>,
     pub typical_hold_secs: Option<f64>,
     pub draining: bool,
+    /// Between two holders the lab is being reset (contract §8): nobody holds it yet.
+    pub resetting: bool,
+    /// The reset failed: the lab stays held until an operator has fixed it.
+    pub reset_failed: bool,
     pub max_hold_secs: Option<f64>,
     /// The first sessions in order: (position, tag, state, seconds in state).
     pub queue: Vec<QueueEntry>,
@@ -66,7 +70,9 @@ pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
         })
         .collect();
     LabStatus {
-        held: picture.len > 0,
+        held: picture.len > 0 || picture.resetting,
+        resetting: picture.resetting,
+        reset_failed: picture.handoff_failed,
         hold_secs: picture.active_hold.as_secs_f64(),
         waiting: picture.waiting,
         typical_wait_secs: picture.typical_wait.map(|d| d.as_secs_f64()),
@@ -113,14 +119,20 @@ pub fn html(status: &LabStatus) -> String {
         .first()
         .filter(|e| e.position == 0)
         .and_then(|e| e.identity.as_deref());
-    let headline = match (status.held, holder) {
-        (true, Some(who)) => format!(
-            "{} holds the lab, for {} so far.",
-            escape(who),
-            human(status.hold_secs)
-        ),
-        (true, None) => format!("The lab is held, for {} so far.", human(status.hold_secs)),
-        (false, _) => "The lab is free.".to_string(),
+    let headline = if status.reset_failed {
+        "Resetting the lab failed: it is held until an operator has fixed it.".to_string()
+    } else if status.resetting {
+        "labgate is resetting the lab for the next holder.".to_string()
+    } else {
+        match (status.held, holder) {
+            (true, Some(who)) => format!(
+                "{} holds the lab, for {} so far.",
+                escape(who),
+                human(status.hold_secs)
+            ),
+            (true, None) => format!("The lab is held, for {} so far.", human(status.hold_secs)),
+            (false, _) => "The lab is free.".to_string(),
+        }
     };
     let named = status.queue.iter().any(|e| e.identity.is_some());
     let waiting = match status.waiting {
@@ -197,6 +209,8 @@ mod tests {
             typical_wait_secs: Some(30.0),
             typical_hold_secs: None,
             draining: true,
+            resetting: false,
+            reset_failed: false,
             max_hold_secs: Some(1800.0),
             queue: vec![QueueEntry {
                 position: 0,
@@ -269,6 +283,16 @@ mod tests {
         assert!(page.contains("The lab is free."));
         assert!(page.contains("Nobody is waiting."));
         assert!(!page.contains("class=\"drain\""));
+        let resetting = LabStatus {
+            resetting: true,
+            ..status()
+        };
+        assert!(html(&resetting).contains("resetting the lab"));
+        let failed = LabStatus {
+            reset_failed: true,
+            ..status()
+        };
+        assert!(html(&failed).contains("Resetting the lab failed"));
     }
 
     #[test]

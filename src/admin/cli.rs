@@ -12,7 +12,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 
-use super::{Action, KickRequest, Kicked, QueueListing};
+use super::{Action, KickRequest, Kicked, QueueListing, Retried};
 
 /// One admin call from the CLI: `(status, JSON body)`. Errors name the socket and say
 /// what to do in one line.
@@ -88,6 +88,7 @@ pub fn run_cli(socket: &Path, json_out: bool, action: Action) -> anyhow::Result<
         }
         Action::Drain => (Method::POST, "/v1/drain".to_string(), None),
         Action::Resume => (Method::POST, "/v1/resume".to_string(), None),
+        Action::RetryHandoff => (Method::POST, "/v1/handoff/retry".to_string(), None),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -117,6 +118,14 @@ pub fn run_cli(socket: &Path, json_out: bool, action: Action) -> anyhow::Result<
         }
         Action::Drain => println!("draining: new sessions are refused; the queue goes on"),
         Action::Resume => println!("resumed: new sessions are accepted"),
+        Action::RetryHandoff => {
+            let r: Retried = serde_json::from_value(value).context("unexpected retry answer")?;
+            if r.retried == 0 {
+                println!("no failed handoff to retry");
+            } else {
+                println!("retrying the reset of {} upstream(s)", r.retried);
+            }
+        }
     }
     Ok(())
 }

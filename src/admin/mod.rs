@@ -32,6 +32,16 @@ pub enum Action {
     Drain,
     /// Accept new sessions again.
     Resume,
+    /// Run the reset and health check again after a failed handoff (the lab was held);
+    /// `resume` afterwards reopens the queue to new sessions.
+    RetryHandoff,
+}
+
+/// `POST /v1/handoff/retry` answer.
+#[derive(Serialize, Deserialize)]
+pub struct Retried {
+    /// Upstreams whose failed reset runs again.
+    pub retried: usize,
 }
 
 /// `POST /v1/sessions/{id}/kick` request body.

@@ -27,7 +27,7 @@ use pingora::services::background::BackgroundService;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Drained, KickRequest, Kicked, QueueListing, SessionRow};
+use super::{Drained, KickRequest, Kicked, QueueListing, Retried, SessionRow};
 use crate::queue::SessionId;
 use crate::state::{Shared, AUDIT};
 
@@ -231,9 +231,18 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
                 },
             )
         }
+        (Method::POST, ["v1", "handoff", "retry"]) => {
+            let retried = shared.retry_handoff();
+            tracing::warn!(target: AUDIT, event = "admin_handoff_retry", uid, retried);
+            answer(StatusCode::OK, &Retried { retried })
+        }
         (
             _,
-            ["v1", "queue"] | ["v1", "drain"] | ["v1", "resume"] | ["v1", "sessions", _, "kick"],
+            ["v1", "queue"]
+            | ["v1", "drain"]
+            | ["v1", "resume"]
+            | ["v1", "handoff", "retry"]
+            | ["v1", "sessions", _, "kick"],
         ) => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         _ => detail(StatusCode::NOT_FOUND, "Not Found"),
     }

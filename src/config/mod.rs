@@ -149,6 +149,8 @@ pub struct Upstream {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// `[upstream.tls]`: HTTPS (and HTTP/2 by ALPN) to this upstream.
     pub tls: Option<UpstreamTls>,
+    /// Upstream sessions, per-turn token, handoff hooks (§8).
+    pub bridge: crate::bridge::config::BridgeConfig,
 }
 
 impl fmt::Display for Upstream {

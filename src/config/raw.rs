@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 pub(super) use super::identity::{RawIdentity, RawServerTls};
+use crate::bridge;
 pub(super) use crate::tls::upstream::RawUpstreamTls;
 
 /// A duration written as a humantime string: "300s", "10m", "500ms".
@@ -167,6 +168,10 @@ pub(super) struct RawUpstream {
     pub(super) headers: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
     /// Absent: plain HTTP to this upstream.
     pub(super) tls: Option<RawUpstreamTls>,
+    /// `[upstream.neops]`, `[upstream.token]`, `[upstream.hooks]`: the bridge (§8).
+    pub(super) neops: Option<Spanned<bridge::config::RawNeops>>,
+    pub(super) token: Option<bridge::config::RawToken>,
+    pub(super) hooks: Option<bridge::config::RawHooks>,
 }
 
 fn default_connect_timeout() -> Spanned<Dur> {

@@ -10,7 +10,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use super::validate::{Checked, CheckedHeader, CheckedUpstream, SecretSource};
 use super::{Config, IdentitySource, Problem, Upstream};
@@ -58,6 +58,9 @@ fn resolve_upstream(u: CheckedUpstream) -> Result<Upstream, Problem> {
         .map(|t| t.resolve(&u.authority))
         .transpose()
         .map_err(|(span, msg)| (span, format!("upstream {:?}: {msg}", u.name)))?;
+    let injected: Vec<HeaderName> = u.headers.iter().map(|h| h.name.clone()).collect();
+    // Checked here rather than in `validate` because hook URLs resolve their host now.
+    let bridge = u.bridge.validate(&u.name, &injected)?;
     let headers = u
         .headers
         .into_iter()
@@ -76,6 +79,7 @@ fn resolve_upstream(u: CheckedUpstream) -> Result<Upstream, Problem> {
         write_timeout: u.write_timeout,
         headers,
         tls,
+        bridge,
     })
 }
 

@@ -471,3 +471,34 @@ mod extreme {
         }
     }
 }
+
+#[test]
+fn bridge_tables_reach_the_upstream_and_their_errors_are_located() {
+    let text = format!(
+        "{MINIMAL}[upstream.neops]\nkeepalive = \"30s\"\n[upstream.token]\nheader = \"X-Lab-Token\"\n[upstream.hooks]\nreset = {{ command = [\"/bin/true\"] }}\n"
+    );
+    let c = Config::parse(&text, "t.toml").unwrap();
+    let b = &c.upstreams[0].bridge;
+    assert!(b.neops.is_some());
+    assert_eq!(b.timing.keepalive, Duration::from_secs(30));
+    assert_eq!(
+        b.token_header.as_ref().map(|h| h.as_str()),
+        Some("x-lab-token")
+    );
+    assert!(b.features().barrier());
+    // Without the tables, no lane.
+    assert!(!Config::parse(MINIMAL, "t.toml").unwrap().upstreams[0]
+        .bridge
+        .is_active());
+    let e = err(&format!("{MINIMAL}[upstream.neops]\nkeepalive = \"5m\"\n"));
+    assert_eq!((e.line, e.column), (7, 13), "{e}");
+    assert!(e.message.contains("under 300s"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[upstream.token]\nheader = \"X-Lab-Session-Seq\"\n"
+    ));
+    assert_eq!(e.line, 7, "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[upstream.hooks]\nrest = {{ command = [\"/bin/true\"] }}\n"
+    ));
+    assert!(e.message.contains("rest"), "{e}");
+}

@@ -19,6 +19,7 @@ use super::{
     problem, span_of, CompatConfig, DemoLabConfig, IdentityConfig, IdentitySource, MetricsConfig,
     Problem, QueueConfig, RateLimitConfig, ServerConfig, Span,
 };
+use crate::bridge;
 use crate::forward;
 use crate::limits;
 use crate::path::{self, RouteTable};
@@ -51,6 +52,8 @@ pub(super) struct CheckedUpstream {
     pub(super) headers: Vec<CheckedHeader>,
     /// `[upstream.tls]`; its files are read in `resolve`.
     pub(super) tls: Option<RawUpstreamTls>,
+    /// The bridge options, checked (and hook hosts resolved) by `resolve`.
+    pub(super) bridge: bridge::config::RawBridge,
 }
 
 /// An injected header: its name (as written, for messages, and parsed), its source, and
@@ -191,6 +194,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Checked, Problem> {
         let index = upstreams.len();
         let mut up = validate_upstream(&raw, span, &upstreams, &identity_headers)?;
         up.tls = raw.tls.take();
+        up.bridge = bridge::config::RawBridge {
+            neops: raw.neops.take(),
+            token: raw.token.take(),
+            hooks: raw.hooks.take(),
+        };
         for route in raw.routes.get_ref() {
             let prefix = validate_route(route)?;
             if let Some(i) = routes.iter().position(|(p, _)| *p == prefix) {
@@ -399,6 +407,7 @@ fn validate_upstream(
         write_timeout: positive_at_most(&raw.write_timeout, "write_timeout", MAX_UPSTREAM_TIMEOUT)?,
         headers,
         tls: None,
+        bridge: bridge::config::RawBridge::default(),
     })
 }
 

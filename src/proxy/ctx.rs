@@ -64,6 +64,8 @@ pub(super) struct Routed {
     pub(super) upstream: usize,
     /// The checked (and maybe prefix-stripped) target to send upstream.
     pub(super) target: String,
+    /// On a bridged upstream: the turn's upstream session id and token (§8).
+    pub(super) bridged: Option<Arc<crate::bridge::Ready>>,
 }
 
 pub(super) struct Forwarded {

@@ -32,6 +32,15 @@
 //!
 //! Only the head ever has `promoted_at` set, so an entry knows its status in O(1).
 //!
+//! # Handoff barrier
+//!
+//! With [`Queue::set_handoff`] on (a lab that is reset between holders), the end of the
+//! ACTIVE session does not promote the next one: the queue is *resetting* (the ended
+//! seq in [`Queue::resetting`]) until the caller reports [`Queue::finish_handoff`].
+//! Meanwhile nobody is ACTIVE and every session counts the reset as one ahead of it
+//! (positions start at 1). With it off, promotion happens in the same operation that
+//! ends the holder (§3).
+//!
 //! Costs: lookups by id O(1); position, create, remove and promotion O(log n);
 //! `reap` O((k + 1) log n) for k sessions reaped. The treap arena keeps its high-water
 //! mark of memory (freed slots are reused, not returned).
@@ -195,6 +204,10 @@ pub struct Queue {
     sessions: HashMap<SessionId, Entry>,
     order: Treap,
     deadlines: BTreeSet<(Instant, u64)>,
+    /// Whether the end of a holder waits for [`Queue::finish_handoff`].
+    handoff: bool,
+    /// The ended holder's seq while the lab is being reset.
+    resetting: Option<u64>,
 }
 
 impl Queue {
@@ -212,6 +225,56 @@ impl Queue {
             sessions: HashMap::new(),
             order: Treap::new(),
             deadlines: BTreeSet::new(),
+            handoff: false,
+            resetting: None,
+        }
+    }
+
+    /// Turns the handoff barrier on or off (see the module docs).
+    pub fn set_handoff(&mut self, on: bool) {
+        self.handoff = on;
+    }
+
+    /// While the lab is reset after a holder: that holder's seq.
+    pub fn resetting(&self) -> Option<u64> {
+        self.resetting
+    }
+
+    /// After a restart during a reset (the barrier's turn `seq` was persisted): the
+    /// restored head goes back to waiting and the reset resumes. With the barrier off, or
+    /// `seq` not older than every session (nothing ended before them), nothing changes.
+    pub fn resume_reset(&mut self, seq: u64, now: Instant) -> bool {
+        let head = self.order.first();
+        if !self.handoff || head.is_some_and(|(h, _)| h <= seq) {
+            return false;
+        }
+        if let Some(entry) = head.and_then(|(_, id)| self.sessions.get_mut(&id)) {
+            entry.promoted_at = None;
+            refresh(&mut self.deadlines, self.timeouts, entry, now);
+        }
+        self.resetting = Some(seq);
+        true
+    }
+
+    /// The reset after a holder is over: promotes the head, if any. `None` (and nothing
+    /// changes) when no reset was pending.
+    pub fn finish_handoff(&mut self, now: Instant) -> Option<Promoted> {
+        self.resetting.take()?;
+        self.promote_head(now)
+    }
+
+    /// What waiting sessions count ahead of them besides the sessions: the reset.
+    fn offset(&self) -> usize {
+        usize::from(self.resetting.is_some())
+    }
+
+    /// The holder `seq` left: promote at once, or start the reset.
+    fn vacate(&mut self, seq: u64, now: Instant) -> Option<Promoted> {
+        if self.handoff {
+            self.resetting = Some(seq);
+            None
+        } else {
+            self.promote_head(now)
         }
     }
 
@@ -271,7 +334,10 @@ impl Queue {
 
     /// Sessions that are not ACTIVE.
     pub fn waiting(&self) -> usize {
-        self.sessions.len().saturating_sub(1)
+        // Outside a reset, a non-empty queue always has an ACTIVE head.
+        self.sessions
+            .len()
+            .saturating_sub(usize::from(self.resetting.is_none()))
     }
 
     /// The seq the next created session will get; persist this to keep seqs growing.
@@ -292,7 +358,7 @@ impl Queue {
         // `next_seq == u64::MAX` is the exhausted state, so every issued seq stays below it.
         self.next_seq = seq.checked_add(1).ok_or(QueueError::SeqExhausted)?;
         // Every live seq is below the old counter, so the new session goes last.
-        let position = self.sessions.len();
+        let position = self.sessions.len() + self.offset();
         let promoted = (position == 0).then_some(Promoted {
             id,
             seq,
@@ -337,7 +403,7 @@ impl Queue {
         let position = if entry.is_active() {
             0
         } else {
-            self.order.rank(entry.seq)?
+            self.order.rank(entry.seq)? + self.offset()
         };
         Some(make_view(*id, entry, position))
     }
@@ -345,7 +411,7 @@ impl Queue {
     /// The ACTIVE session, if any; refreshes nothing (`GET /active-session`).
     pub fn active(&self) -> Option<SessionView> {
         let (_, id) = self.order.first()?;
-        let entry = self.sessions.get(&id)?;
+        let entry = self.sessions.get(&id).filter(|e| e.is_active())?;
         Some(make_view(id, entry, 0))
     }
 
@@ -359,13 +425,13 @@ impl Queue {
     }
 
     /// Removes a session for `reason` and, if it was ACTIVE, promotes the next one in the
-    /// same step. `None` if unknown. Requests in flight do not prevent removal; they are
+    /// same step (or, with the handoff barrier, starts the reset). `None` if unknown. Requests in flight do not prevent removal; they are
     /// reported in [`Ended::inflight`] for the caller to cut.
     pub fn remove(&mut self, id: &SessionId, reason: EndReason, now: Instant) -> Option<Change> {
         let entry = self.take(id)?;
         let ended = ended(*id, &entry, reason, now);
         let promoted = if entry.is_active() {
-            self.promote_head(now)
+            self.vacate(entry.seq, now)
         } else {
             None
         };
@@ -379,9 +445,10 @@ impl Queue {
     /// `last_seen` and keeps the session out of reaping until the matching
     /// [`Queue::end_request`]. Returns the session's seq (the fencing token).
     pub fn begin_request(&mut self, id: &SessionId, now: Instant) -> Result<u64, Refusal> {
+        let offset = self.offset();
         let entry = self.sessions.get_mut(id).ok_or(Refusal::Unknown)?;
         if !entry.is_active() {
-            let position = self.order.rank(entry.seq).ok_or(Refusal::Unknown)?;
+            let position = self.order.rank(entry.seq).ok_or(Refusal::Unknown)? + offset;
             return Err(Refusal::Waiting { position });
         }
         // Saturating: four billion requests at once cannot happen, and a panic here
@@ -405,7 +472,7 @@ impl Queue {
     /// request in flight) and, with a hold limit, an ACTIVE session that has held longer
     /// than `max_hold` while another (not stale) session waits (reason `Expired`, even
     /// with requests in flight: the caller cuts them). Then promotes the new head if the
-    /// ACTIVE one went. All are judged on the state before this call: a WAITING session
+    /// ACTIVE one went (or, with the handoff barrier, starts the reset). All are judged on the state before this call: a WAITING session
     /// that is already stale is reaped, not promoted; a stale head is `Stale`, not
     /// `Expired`. `ended` is in queue order.
     pub fn reap(&mut self, now: Instant) -> Change {
@@ -426,7 +493,8 @@ impl Queue {
                     .push(ended(id, &entry, EndReason::Expired, now));
             }
         }
-        let mut head_gone = !change.ended.is_empty();
+        // The seq of the ACTIVE session, if it goes.
+        let mut head_gone = change.ended.first().map(|e| e.seq);
         for seq in stale {
             let Some(id) = self.order.remove(seq) else {
                 continue;
@@ -434,11 +502,13 @@ impl Queue {
             let Some(entry) = self.sessions.remove(&id) else {
                 continue;
             };
-            head_gone |= entry.is_active();
+            if entry.is_active() {
+                head_gone = Some(seq);
+            }
             change.ended.push(ended(id, &entry, EndReason::Stale, now));
         }
-        if head_gone {
-            change.promoted = self.promote_head(now);
+        if let Some(seq) = head_gone {
+            change.promoted = self.vacate(seq, now);
         }
         change
     }
@@ -466,9 +536,14 @@ impl Queue {
             .iter()
             .enumerate()
             .filter_map(move |(position, (_, id))| {
-                self.sessions
-                    .get(&id)
-                    .map(|entry| make_view(id, entry, position))
+                self.sessions.get(&id).map(|entry| {
+                    let position = if entry.is_active() {
+                        position
+                    } else {
+                        position + self.offset()
+                    };
+                    make_view(id, entry, position)
+                })
             })
     }
 
@@ -508,8 +583,12 @@ impl Queue {
             assert_eq!(e.seq, seq, "seq of {id}");
             assert!(seq >= 1 && seq < self.next_seq, "seq {seq} out of range");
             assert_eq!(self.order.rank(seq), Some(position));
-            assert_eq!(e.is_active(), position == 0, "only the head is promoted");
-            if position > 0 {
+            assert_eq!(
+                e.is_active(),
+                position == 0 && self.resetting.is_none(),
+                "only the head is promoted, and nobody while the lab resets"
+            );
+            if !e.is_active() {
                 assert_eq!(e.inflight, 0, "a WAITING session has nothing in flight");
             }
             let timeout = if e.is_active() {

@@ -22,6 +22,10 @@ struct Model {
     next_seq: u64,
     t: Timeouts,
     max_hold: Option<Duration>,
+    /// The handoff barrier is on.
+    handoff: bool,
+    /// The ended holder's seq while the lab resets.
+    resetting: Option<u64>,
 }
 
 impl Model {
@@ -29,17 +33,23 @@ impl Model {
         self.v.iter().position(|m| m.id == *id)
     }
 
+    /// Whether the session at index `i` is ACTIVE: the head, unless the lab resets.
+    fn active(&self, i: usize) -> bool {
+        i == 0 && self.resetting.is_none()
+    }
+
     fn view(&self, i: usize) -> SessionView {
         let m = &self.v[i];
         SessionView {
             id: m.id,
             seq: m.seq,
-            status: if i == 0 {
+            status: if self.active(i) {
                 Status::Active
             } else {
                 Status::Waiting
             },
-            position: i,
+            // The reset counts as one ahead of everybody.
+            position: i + usize::from(self.resetting.is_some()),
             created: m.created,
             last_seen: m.last_seen,
             promoted_at: m.promoted_at,
@@ -52,7 +62,7 @@ impl Model {
     }
 
     fn timeout(&self, i: usize) -> Duration {
-        if i == 0 {
+        if self.active(i) {
             self.t.active
         } else {
             self.t.waiting
@@ -68,6 +78,21 @@ impl Model {
             seq: m.seq,
             waited: now.duration_since(m.created),
         })
+    }
+
+    /// The holder with `seq` left: the next one is promoted, or the reset starts.
+    fn vacate(&mut self, seq: u64, now: Instant) -> Option<Promoted> {
+        if self.handoff {
+            self.resetting = Some(seq);
+            None
+        } else {
+            self.promote(now)
+        }
+    }
+
+    fn finish_handoff(&mut self, now: Instant) -> Option<Promoted> {
+        self.resetting.take()?;
+        self.promote(now)
     }
 
     fn ended(m: &M, reason: EndReason, now: Instant) -> Ended {
@@ -99,18 +124,25 @@ impl Model {
             promoted_at: None,
             inflight: 0,
         });
-        let promoted = if self.v.len() == 1 {
+        let promoted = if self.v.len() == 1 && self.resetting.is_none() {
             self.promote(now)
         } else {
             None
         };
-        Ok((self.v.len() - 1, promoted))
+        Ok((
+            self.v.len() - 1 + usize::from(self.resetting.is_some()),
+            promoted,
+        ))
     }
 
     fn remove(&mut self, id: &SessionId, reason: EndReason, now: Instant) -> Option<Change> {
         let i = self.find(id)?;
         let m = self.v.remove(i);
-        let promoted = if i == 0 { self.promote(now) } else { None };
+        let promoted = if m.promoted_at.is_some() {
+            self.vacate(m.seq, now)
+        } else {
+            None
+        };
         Some(Change {
             ended: vec![Self::ended(&m, reason, now)],
             promoted,
@@ -120,7 +152,9 @@ impl Model {
     fn begin(&mut self, id: &SessionId, now: Instant) -> Result<u64, Refusal> {
         match self.find(id) {
             None => Err(Refusal::Unknown),
-            Some(i) if i > 0 => Err(Refusal::Waiting { position: i }),
+            Some(i) if !self.active(i) => Err(Refusal::Waiting {
+                position: i + usize::from(self.resetting.is_some()),
+            }),
             Some(i) => {
                 self.v[i].inflight += 1;
                 self.refresh(i, now);
@@ -154,7 +188,9 @@ impl Model {
             }
             _ => false,
         };
-        let head_gone = stale.first() == Some(&true) || expired;
+        let head_active = self.v.first().is_some_and(|h| h.promoted_at.is_some());
+        let head_seq = self.v.first().map(|h| h.seq);
+        let head_gone = head_active && (stale.first() == Some(&true) || expired);
         let mut ended = Vec::new();
         let mut kept = Vec::new();
         for (i, (m, s)) in self.v.drain(..).zip(stale).enumerate() {
@@ -167,7 +203,10 @@ impl Model {
             }
         }
         self.v = kept;
-        let promoted = if head_gone { self.promote(now) } else { None };
+        let promoted = match (head_gone, head_seq) {
+            (true, Some(seq)) => self.vacate(seq, now),
+            _ => None,
+        };
         Change { ended, promoted }
     }
 
@@ -193,6 +232,8 @@ enum Op {
     AdvanceMs(u64),
     /// Jump to the next deadline exactly (not yet stale), or just past it.
     ToDeadline(bool),
+    /// The reset after a holder is over (a no-op when none is pending).
+    FinishHandoff,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -209,6 +250,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..700).prop_map(Op::AdvanceSecs),
         2 => (0u64..2000).prop_map(Op::AdvanceMs),
         1 => any::<bool>().prop_map(Op::ToDeadline),
+        2 => Just(Op::FinishHandoff),
     ]
 }
 
@@ -232,15 +274,17 @@ fn compare(q: &Queue, m: &Model, now: Instant) -> Result<(), TestCaseError> {
     let want: Vec<SessionView> = (0..m.v.len()).map(|i| m.view(i)).collect();
     prop_assert_eq!(&views, &want);
     for (i, v) in views.iter().enumerate() {
-        prop_assert_eq!(v.position, i);
+        prop_assert_eq!(v.position, i + usize::from(m.resetting.is_some()));
         prop_assert_eq!(q.view(&v.id), Some(v.clone()));
     }
     let actives = views.iter().filter(|v| v.status == Status::Active).count();
-    prop_assert_eq!(actives, usize::from(!views.is_empty()));
-    prop_assert_eq!(q.active(), want.first().cloned());
+    let resetting = m.resetting.is_some();
+    prop_assert_eq!(actives, usize::from(!views.is_empty() && !resetting));
+    prop_assert_eq!(q.active(), want.first().filter(|_| !resetting).cloned());
+    prop_assert_eq!(q.resetting(), m.resetting);
     prop_assert_eq!(q.len(), m.v.len());
     prop_assert_eq!(q.is_empty(), m.v.is_empty());
-    prop_assert_eq!(q.waiting(), m.v.len().saturating_sub(1));
+    prop_assert_eq!(q.waiting(), m.v.len() - actives);
     prop_assert_eq!(q.next_seq(), m.next_seq);
     prop_assert_eq!(q.next_deadline(), m.next_deadline());
     let hold =
@@ -257,13 +301,15 @@ proptest! {
     fn queue_matches_the_reference_model(
         ops in proptest::collection::vec(op(), 0..60),
         max_hold in proptest::option::of(0u64..900),
+        handoff in any::<bool>(),
     ) {
         let t0 = Instant::now();
         let mut now = t0;
         let max_hold = max_hold.map(Duration::from_secs);
         let mut q = Queue::new(timeouts());
         q.set_max_hold(max_hold);
-        let mut m = Model { v: Vec::new(), next_seq: 1, t: timeouts(), max_hold };
+        q.set_handoff(handoff);
+        let mut m = Model { v: Vec::new(), next_seq: 1, t: timeouts(), max_hold, handoff, resetting: None };
         let mut seen: Vec<SessionId> = Vec::new();
         let mut fresh = 0u128;
         for op in ops {
@@ -305,6 +351,9 @@ proptest! {
                 }
                 Op::Reap => {
                     prop_assert_eq!(q.reap(now), m.reap(now));
+                }
+                Op::FinishHandoff => {
+                    prop_assert_eq!(q.finish_handoff(now), m.finish_handoff(now));
                 }
                 Op::AdvanceSecs(s) => now += Duration::from_secs(s),
                 Op::AdvanceMs(ms) => now += Duration::from_millis(ms),

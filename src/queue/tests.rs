@@ -546,3 +546,73 @@ fn restore_keeps_order_seqs_and_restarts_idle_clocks() {
     assert!(q.reap(now + secs(300)).is_empty());
     assert_eq!(q.reap(now + secs(300) + ms(1)).ended.len(), 1);
 }
+
+#[test]
+fn with_the_handoff_barrier_nobody_is_promoted_until_the_reset_is_over() {
+    let mut q = queue();
+    q.set_handoff(true);
+    let t0 = Instant::now();
+    let (a, b, c) = (sid(1), sid(2), sid(3));
+    q.create(a, t0).unwrap();
+    q.create(b, t0).unwrap();
+    let change = q.remove(&a, EndReason::Deleted, t0 + secs(5)).unwrap();
+    assert_eq!(change.promoted, None);
+    assert_eq!(q.resetting(), Some(1));
+    assert_eq!(q.active(), None);
+    assert_eq!(q.active_hold(t0 + secs(6)), Duration::ZERO);
+    // The reset counts as one ahead of everybody, newcomers included.
+    assert_eq!(q.create(c, t0 + secs(6)), Ok((2, None)));
+    assert_eq!(
+        positions(&q),
+        vec![(b, Status::Waiting, 1), (c, Status::Waiting, 2)]
+    );
+    assert_eq!(q.waiting(), 2);
+    assert_eq!(
+        q.begin_request(&b, t0 + secs(6)),
+        Err(Refusal::Waiting { position: 1 })
+    );
+    // Over: b is promoted then, not before.
+    let p = q.finish_handoff(t0 + secs(8)).unwrap();
+    assert_eq!((p.id, p.waited), (b, secs(8)));
+    assert_eq!(q.resetting(), None);
+    assert_eq!(q.finish_handoff(t0 + secs(9)), None);
+    assert_eq!(q.active().map(|v| v.id), Some(b));
+    q.check_invariants();
+}
+
+#[test]
+fn a_reset_after_the_last_holder_leaves_the_next_newcomer_waiting_until_it_is_over() {
+    let mut q = queue();
+    q.set_handoff(true);
+    let t0 = Instant::now();
+    q.create(sid(1), t0).unwrap();
+    // Reaped, not deleted: the reset is owed all the same.
+    let change = q.reap(t0 + secs(ACTIVE_SECS + 1));
+    assert_eq!(change.ended.len(), 1);
+    assert_eq!(q.resetting(), Some(1));
+    assert_eq!(q.create(sid(2), t0 + secs(ACTIVE_SECS + 2)), Ok((1, None)));
+    assert!(q.finish_handoff(t0 + secs(ACTIVE_SECS + 3)).is_some());
+    q.check_invariants();
+}
+
+#[test]
+fn a_restart_during_a_reset_resumes_it_instead_of_promoting() {
+    let t0 = Instant::now();
+    let restored = vec![(sid(2), 2, t0), (sid(3), 3, t0)];
+    let mut q = Queue::restore(timeouts(), 4, restored, t0).unwrap();
+    q.set_handoff(true);
+    // The reset of turn 1 was under way: sid(2) waits again.
+    assert!(q.resume_reset(1, t0));
+    assert_eq!(q.active(), None);
+    assert_eq!(
+        positions(&q),
+        vec![(sid(2), Status::Waiting, 1), (sid(3), Status::Waiting, 2)]
+    );
+    q.check_invariants();
+    assert_eq!(q.finish_handoff(t0 + secs(1)).map(|p| p.id), Some(sid(2)));
+    // A persisted turn that is not older than the head is stale: nothing changes.
+    let mut q = Queue::restore(timeouts(), 4, vec![(sid(2), 2, t0)], t0).unwrap();
+    q.set_handoff(true);
+    assert!(!q.resume_reset(2, t0));
+    assert_eq!(q.active().map(|v| v.id), Some(sid(2)));
+}

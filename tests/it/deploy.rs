@@ -180,7 +180,7 @@ fn alert_rules_pass_promtool_check() {
         text(&out)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 5 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 8 rules found"),
         "{}",
         text(&out)
     );
@@ -219,7 +219,10 @@ fn every_alert_is_annotated_and_has_firing_and_quiet_test_cases() {
             "LabgateQueueBackingUp",
             "LabgateHoldFarLongerThanUsual",
             "LabgateUpstreamErrors",
-            "LabgateSessionsReapedStale"
+            "LabgateSessionsReapedStale",
+            "LabgateHandoffFailed",
+            "LabgateUpstreamSessionUndeleted",
+            "LabgateUpstreamUsedAroundLabgate"
         ]
     );
     let count = |needle: &str| {
@@ -388,7 +391,11 @@ fn exported_names(metrics_text: &str) -> BTreeSet<String> {
 
 async fn live_metric_names() -> BTreeSet<String> {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&Cfg::new(upstream.addr)).await;
+    // A bridged upstream (token and a reset hook), so the bridge's metrics exist too.
+    let bridged = UpstreamCfg::new("lab", upstream.addr).bridge(
+        "[token]\nheader = \"X-Lab-Token\"\n[hooks]\nreset = { command = [\"/bin/true\"] }\n",
+    );
+    let gw = Gateway::start(&Cfg::bare().upstream(bridged)).await;
     let names = exported_names(&gw.metrics_text().await);
     assert!(
         names.contains("labgate_queue_depth") && names.contains("labgate_wait_seconds_bucket"),

@@ -24,6 +24,7 @@ mod support;
 
 mod admin;
 mod audit_log;
+mod bridge;
 mod cli_and_shutdown;
 mod deploy;
 mod durability;

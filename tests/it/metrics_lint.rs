@@ -17,12 +17,16 @@ use crate::support::*;
 async fn live_metrics_pass_promtool_check_metrics() {
     let upstream = Upstream::start().await;
     // A second upstream on a port nobody listens on: its requests fail to connect, so
-    // the error counters carry a non-zero sample too.
+    // the error counters carry a non-zero sample too. It has a per-turn token and an end
+    // hook, so the bridge's metrics are in the scrape as well.
     let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let cfg = Cfg::new(upstream.addr).upstream(
         UpstreamCfg::new("dead", dead)
             .routes(&["/lab/dead"])
-            .connect_timeout("1s"),
+            .connect_timeout("1s")
+            .bridge(
+                "[token]\nheader = \"X-Lab-Token\"\n[hooks]\nend = { command = [\"/bin/true\"] }\n",
+            ),
     );
     let gw = Gateway::start(&cfg).await;
 
@@ -58,6 +62,7 @@ async fn live_metrics_pass_promtool_check_metrics() {
             1.0,
         ),
         ("labgate_sessions_ended_total{reason=\"deleted\"}", 1.0),
+        ("labgate_turn_tokens_minted_total{upstream=\"dead\"}", 1.0),
         ("labgate_wait_seconds_count", 2.0),
     ] {
         let v = metric_value(&text, sample).unwrap_or_else(|| panic!("{sample} missing:\n{text}"));

@@ -100,7 +100,7 @@ fn run_bounded(mut cmd: Command, timeout: Duration, what: &str) -> Finished {
 /// The venv's python, built on first use and reused while the pinned requirements are
 /// unchanged. A failure is remembered, so the other tests fail at once with the same
 /// message instead of each retrying pip. Blocking: call it off the async runtime.
-fn venv_python() -> PathBuf {
+pub(crate) fn venv_python() -> PathBuf {
     static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     match VENV.get_or_init(build_venv) {
         Ok(python) => python.clone(),

@@ -113,12 +113,14 @@ fn assert_no_session_id(page: &str, ids: &[String], what: &str) {
     }
 }
 
-const STATUS_KEYS: [&str; 8] = [
+const STATUS_KEYS: [&str; 10] = [
     "draining",
     "held",
     "hold_secs",
     "max_hold_secs",
     "queue",
+    "reset_failed",
+    "resetting",
     "typical_hold_secs",
     "typical_wait_secs",
     "waiting",
@@ -138,6 +140,8 @@ async fn an_empty_lab_is_free_with_nothing_known_yet() {
             "typical_wait_secs": null,
             "typical_hold_secs": null,
             "draining": false,
+            "resetting": false,
+            "reset_failed": false,
             "max_hold_secs": null,
             "queue": [],
         })

@@ -23,6 +23,9 @@ pub struct UpstreamCfg {
     pub headers: Vec<(String, String)>,
     /// `[upstream.tls]`, as TOML text.
     pub tls: Option<toml::Table>,
+    /// The bridge tables (`[upstream.neops]`, `[upstream.token]`, `[upstream.hooks]`),
+    /// given as TOML text relative to the upstream.
+    pub bridge: toml::Table,
 }
 
 impl UpstreamCfg {
@@ -37,6 +40,7 @@ impl UpstreamCfg {
             write_timeout: "30s".to_string(),
             headers: Vec::new(),
             tls: None,
+            bridge: toml::Table::new(),
         }
     }
 
@@ -59,6 +63,11 @@ impl UpstreamCfg {
     }
     pub fn connect_timeout(mut self, t: &str) -> Self {
         self.connect_timeout = t.to_string();
+        self
+    }
+    /// Bridge tables as TOML text, like `"[neops]\nkeepalive = \"1s\""`.
+    pub fn bridge(mut self, toml_text: &str) -> Self {
+        self.bridge = toml::from_str(toml_text).expect("bridge tables are TOML");
         self
     }
     pub fn header(mut self, name: &str, secret: &str) -> Self {
@@ -245,6 +254,7 @@ impl Cfg {
                     write_timeout: &u.write_timeout,
                     headers,
                     tls: u.tls.clone(),
+                    bridge: &u.bridge,
                 }
             })
             .collect();
@@ -381,6 +391,9 @@ struct UpstreamToml<'a> {
     headers: BTreeMap<String, SecretFile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<toml::Table>,
+    /// The bridge tables, after every plain value.
+    #[serde(flatten)]
+    bridge: &'a toml::Table,
 }
 
 #[derive(Serialize)]

@@ -10,6 +10,7 @@
 //!
 //! - `config`: the config builder (`Cfg`, `UpstreamCfg`), rendered with `toml`.
 //! - `gateway`: the `labgate serve` process (`Gateway`), its log and its metrics.
+//! - `neops_server`: the real neops-remote-lab server with a recording netlab stand-in.
 //! - `process`: bounded child processes, signals, free ports, external tools.
 //! - `raw_http`: a raw HTTP/1.1 client for exact bytes on the wire.
 //! - `session`: the session API as one-line calls (create, heartbeat, delete, …).
@@ -22,6 +23,7 @@
 
 mod config;
 mod gateway;
+mod neops_server;
 pub mod nginx;
 mod process;
 mod raw_http;
@@ -32,6 +34,7 @@ mod websocket;
 
 pub use config::*;
 pub use gateway::*;
+pub use neops_server::*;
 pub use process::*;
 pub use raw_http::*;
 pub use session::*;
