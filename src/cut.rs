@@ -13,36 +13,77 @@
 //! Connections are also pooled per session (`HttpPeer::group_key`), so a socket of a cut
 //! session is never reused by another session.
 //!
+//! Connections labgate splices itself (device tunnels, upgraded `/lab` connections) are
+//! registered the same way, and their task is also woken ([`Ticket::cut_notified`]) with
+//! the reason, so that it can tell the client why (WebSocket close 4001) before dropping
+//! both legs. The shutdown of the registered socket happens under the lock, before the
+//! next session can be promoted: the next holder never shares a device with this one.
+//! Device tunnels are counted per session ([`Registry::begin_tunnel`]) for their limit.
+//!
 //! Owns only bookkeeping and the shutdown call; must be used under the same lock as the
 //! queue, so that "session ended" and "request registered" cannot interleave.
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::Notify;
 
 use crate::queue::SessionId;
+
+/// Set once, when the session ends: why, and a wake-up for the task serving it.
+#[derive(Debug, Default)]
+struct CutFlag {
+    reason: OnceLock<&'static str>,
+    notify: Notify,
+}
 
 /// A forwarded request's registration. `is_cut` turns true when its session ends.
 #[derive(Debug, Clone)]
 pub struct Ticket {
     pub token: u64,
-    cut: Arc<AtomicBool>,
+    cut: Arc<CutFlag>,
 }
 
 impl Ticket {
     pub fn is_cut(&self) -> bool {
-        self.cut.load(Ordering::Acquire)
+        self.cut.reason.get().is_some()
     }
+
+    /// Why the session ended (`deleted`, `kicked`...), once it has.
+    pub fn cut_reason(&self) -> Option<&'static str> {
+        self.cut.reason.get().copied()
+    }
+
+    /// Completes once the session has ended; cancel-safe.
+    pub async fn cut_notified(&self) {
+        // `notify_one` keeps a permit when nobody waits, so a cut between the check and
+        // the wait is not missed.
+        while !self.is_cut() {
+            self.cut.notify.notified().await;
+        }
+    }
+}
+
+/// What a registration stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Request,
+    Tunnel,
 }
 
 struct Entry {
     token: u64,
-    cut: Arc<AtomicBool>,
+    kind: Kind,
+    cut: Arc<CutFlag>,
     /// Our own duplicate of the upstream socket, once connected.
     socket: Option<TcpStream>,
 }
+
+/// The session already holds its maximum of open tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyTunnels;
 
 /// The request was cut before its upstream connection was registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +98,23 @@ pub struct Registry {
 impl Registry {
     /// Registers a request of `id` that the gate just allowed.
     pub fn begin(&mut self, id: SessionId) -> Ticket {
+        self.register(id, Kind::Request)
+    }
+
+    /// Registers a device tunnel of `id`, unless it already has `max` open.
+    pub fn begin_tunnel(&mut self, id: SessionId, max: usize) -> Result<Ticket, TooManyTunnels> {
+        if self.tunnels(&id) >= max {
+            return Err(TooManyTunnels);
+        }
+        Ok(self.register(id, Kind::Tunnel))
+    }
+
+    fn register(&mut self, id: SessionId, kind: Kind) -> Ticket {
         self.next_token += 1;
-        let cut = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(CutFlag::default());
         self.sessions.entry(id).or_default().push(Entry {
             token: self.next_token,
+            kind,
             cut: cut.clone(),
             socket: None,
         });
@@ -106,22 +160,37 @@ impl Registry {
 
     /// Cuts every request of `id`; returns how many.
     pub fn cut(&mut self, id: &SessionId) -> usize {
+        self.cut_because(id, "ended")
+    }
+
+    /// Cuts every request and tunnel of `id`, telling their tasks `reason`; returns how
+    /// many.
+    pub fn cut_because(&mut self, id: &SessionId, reason: &'static str) -> usize {
         let Some(entries) = self.sessions.remove(id) else {
             return 0;
         };
         for e in &entries {
-            e.cut.store(true, Ordering::Release);
+            // Set before the shutdown: a task woken by the dead socket sees why.
+            let _ = e.cut.reason.set(reason);
             if let Some(socket) = &e.socket {
                 // ENOTCONN (peer already gone) is fine: the connection is dead either way.
                 let _ = socket.shutdown(Shutdown::Both);
             }
+            e.cut.notify.notify_one();
         }
         entries.len()
     }
 
-    /// Requests in flight for `id`.
+    /// Requests (tunnels included) in flight for `id`.
     pub fn count(&self, id: &SessionId) -> usize {
         self.sessions.get(id).map_or(0, Vec::len)
+    }
+
+    /// Open device tunnels of `id`.
+    pub fn tunnels(&self, id: &SessionId) -> usize {
+        self.sessions
+            .get(id)
+            .map_or(0, |v| v.iter().filter(|e| e.kind == Kind::Tunnel).count())
     }
 }
 
@@ -174,6 +243,46 @@ mod tests {
         let (ours, _theirs) = pair();
         assert_eq!(r.attach(&id, t2.token, ours.as_raw_fd()), Err(AlreadyCut));
         assert_eq!(r.cut(&id), 0);
+    }
+
+    #[test]
+    fn tunnels_are_limited_per_session_and_told_why_they_end() {
+        let mut r = Registry::default();
+        let a = SessionId::random();
+        let b = SessionId::random();
+        let _req = r.begin(a);
+        let t1 = r.begin_tunnel(a, 2).unwrap();
+        let t2 = r.begin_tunnel(a, 2).unwrap();
+        assert_eq!(r.begin_tunnel(a, 2).unwrap_err(), TooManyTunnels);
+        assert!(r.begin_tunnel(b, 2).is_ok(), "the limit is per session");
+        assert_eq!((r.tunnels(&a), r.count(&a)), (2, 3));
+        r.end(&a, t2.token);
+        assert_eq!(r.tunnels(&a), 1);
+        assert_eq!(t1.cut_reason(), None);
+        assert_eq!(r.cut_because(&a, "kicked"), 2);
+        assert_eq!(t1.cut_reason(), Some("kicked"));
+        assert_eq!(r.tunnels(&a), 0);
+    }
+
+    #[tokio::test]
+    async fn cut_wakes_a_waiting_task_and_a_late_one() {
+        let mut r = Registry::default();
+        let id = SessionId::random();
+        let t = r.begin_tunnel(id, 1).unwrap();
+        let waiter = {
+            let t = t.clone();
+            tokio::spawn(async move { t.cut_notified().await })
+        };
+        tokio::task::yield_now().await;
+        r.cut_because(&id, "deleted");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        // Already cut: returns at once.
+        tokio::time::timeout(Duration::from_secs(5), t.cut_notified())
+            .await
+            .expect("no wait after the cut");
     }
 
     #[test]

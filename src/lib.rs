@@ -26,6 +26,8 @@
 //!   in every spelling.
 //! - `bridge::machine`: one upstream lane around each turn (upstream session, hooks,
 //!   the handoff barrier's end steps), decisions as values.
+//! - [`tunnel`]: device tunnels: the allowlist, its `[tunnels]` config, the WebSocket
+//!   handshake and framing without I/O, the tunnel metric labels.
 //!
 //! Edges around the core (I/O or shared state, no pingora types where avoidable):
 //! - [`config`]: TOML -> [`config::Config`]: `raw` (serde mirror, defaults) -> `validate`
@@ -60,6 +62,9 @@
 //! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::cli` for
 //!   `labgate admin`, one command model ([`admin::Action`]) for both.
 //! - [`server`]: assembles and runs the pingora server; start-up and shutdown.
+//! - [`splice`]: upgraded connections labgate owns end to end: device tunnels
+//!   (`splice::device`) and `/lab` upgrades on its own upstream connection
+//!   (`splice::upstream`), cut when the turn ends.
 //! - [`demo`]: a fake lab (the lab half of the neops-remote-lab API) for trying labgate
 //!   without hardware.
 //!
@@ -104,7 +109,9 @@ pub mod proxy;
 pub mod queue;
 pub mod reaper;
 pub mod server;
+pub mod splice;
 pub mod state;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod tunnel;

@@ -1,0 +1,634 @@
+//! Upgraded connections labgate owns end to end: device tunnels (a WebSocket on the
+//! client leg, raw TCP to the device) and WebSocket/`Upgrade` forwarding to `/lab/*`
+//! upstreams (raw bytes both ways after the upstream's `101`).
+//!
+//! Why labgate and not pingora relays these: pingora 0.9.1's proxied-upgrade path tears
+//! down about 1 in 20 upgrades right after the `101` (cloudflare/pingora#946). Here
+//! labgate answers the client itself and then moves bytes between pingora's downstream
+//! session (which keeps TLS, pre-read bytes and timeouts) and a TCP connection labgate
+//! opened, in one task, until either side ends or the session's turn ends
+//! ([`Ticket::cut_notified`]). On a cut the client gets a WebSocket close 4001 (tunnels)
+//! within [`CLOSE_GRACE`], then both legs are dropped.
+//!
+//! Owns sockets and byte moving only. Must never decide who may connect where (the gate
+//! and `tunnel::allowlist` do), never read a client or device without a bound on the
+//! buffer, and never outlive the session's turn.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cut::Ticket;
+use crate::tunnel::ws::{Event, ServerConn, CLOSE_SESSION_ENDED};
+
+/// How long the client gets to take the close frame once the turn has ended; after it,
+/// the connection is dropped regardless (the device leg is already shut down).
+pub const CLOSE_GRACE: Duration = Duration::from_millis(50);
+
+/// The most one read takes from either leg.
+const CHUNK: usize = 64 * 1024;
+
+/// Keepalive probes after the idle time: interval and count, so a vanished peer is noticed
+/// within `idle + 3 x 10 s`.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// How a spliced connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client closed the WebSocket (close frame) cleanly.
+    ClientClosed,
+    /// The client's TCP connection ended without a close frame, or failed.
+    ClientGone,
+    /// The device (or upstream) closed its side.
+    RemoteClosed,
+    /// Reading or writing the device (or upstream) failed.
+    RemoteError,
+    /// The client broke the WebSocket protocol; labgate closed with this code.
+    Protocol(u16),
+    /// The session stopped being ACTIVE, for this reason.
+    SessionEnded(&'static str),
+}
+
+impl End {
+    /// The `end` field of the audit line.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::ClientGone => "client_gone",
+            End::RemoteClosed => "remote_closed",
+            End::RemoteError => "remote_error",
+            End::Protocol(_) => "protocol_error",
+            End::SessionEnded(_) => "session_ended",
+        }
+    }
+}
+
+/// What one spliced connection did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub end: End,
+    /// Payload bytes from the client to the device (or upstream).
+    pub to_remote: u64,
+    /// Payload bytes from the device (or upstream) to the client.
+    pub to_client: u64,
+}
+
+/// Why labgate could not connect to a device or upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection timed out")]
+    Timeout,
+    #[error("cannot connect: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Turns TCP keepalive on for `socket`: first probe after `idle`, so that a vanished
+/// peer (laptop lid closed, VPN gone) does not keep a tunnel, and with it the lab, forever.
+pub fn set_keepalive(socket: impl AsFd, idle: Duration) -> std::io::Result<()> {
+    let keepalive = TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    SockRef::from(&socket).set_tcp_keepalive(&keepalive)
+}
+
+/// Connects to `addr` within `timeout`, with keepalive and no Nagle delay (interactive
+/// sessions: ssh, consoles).
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
+    set_keepalive(&stream, keepalive)?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Our own duplicate of the client's TCP socket, for socket options and a last-resort
+/// shutdown. pingora's stream id is its fd on plain TCP, but that is not a documented
+/// promise, so the duplicate is only trusted once its peer is the session's client.
+pub fn client_socket(session: &ServerSession) -> Option<std::net::TcpStream> {
+    let fd: RawFd = session.stream()?.id();
+    let peer = session.client_addr()?.as_inet().copied()?;
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the session owns an open stream for as long as we borrow it; the borrowed
+    // number is only duplicated, and the duplicate checked before it is used.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let owned = borrowed.try_clone_to_owned().ok()?;
+    let socket = std::net::TcpStream::from(owned);
+    (socket.peer_addr().ok()? == peer).then_some(socket)
+}
+
+/// Writes labgate's own `101` for a WebSocket tunnel.
+pub async fn answer_websocket(
+    session: &mut ServerSession,
+    accept_key: &str,
+    extra: &[(&'static str, String)],
+) -> pingora::Result<()> {
+    let mut head = ResponseHeader::build(101, Some(3 + extra.len()))?;
+    head.insert_header(header::UPGRADE, "websocket")?;
+    head.insert_header(header::CONNECTION, "Upgrade")?;
+    head.insert_header(header::SEC_WEBSOCKET_ACCEPT, accept_key)?;
+    for (name, value) in extra {
+        head.insert_header(*name, value.as_str())?;
+    }
+    session.write_response_header(Box::new(head)).await
+}
+
+/// `f`, unless the session's turn ends first (`None`).
+async fn unless_cut<T>(ticket: &Ticket, f: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = ticket.cut_notified() => None,
+        v = f => Some(v),
+    }
+}
+
+/// The end of a cut connection: a close frame for a tunnel's client, given
+/// [`CLOSE_GRACE`] to go out; a client that does not take it loses its socket instead,
+/// so that pingora's final flush cannot hang on it.
+async fn finish_cut(
+    session: &mut ServerSession,
+    ws: Option<&mut ServerConn>,
+    reason: &'static str,
+    client: Option<&std::net::TcpStream>,
+) -> End {
+    let mut sent = true;
+    if let Some(ws) = ws {
+        ws.close(CLOSE_SESSION_ENDED, &format!("session ended: {reason}"));
+        let out = ws.take_outbound();
+        sent = matches!(
+            tokio::time::timeout(CLOSE_GRACE, session.write_response_body(out, false)).await,
+            Ok(Ok(()))
+        );
+    }
+    if !sent {
+        if let Some(c) = client {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    End::SessionEnded(reason)
+}
+
+/// Writes `bytes` to the client unless the turn ends first; `Err` says how it ended.
+async fn to_client(
+    session: &mut ServerSession,
+    ticket: &Ticket,
+    bytes: Bytes,
+) -> Result<(), Option<End>> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    match unless_cut(ticket, session.write_response_body(bytes, false)).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(_)) => Err(Some(End::ClientGone)),
+        // Cut mid-write: the caller closes.
+        None => Err(None),
+    }
+}
+
+/// Splices a device tunnel after labgate wrote its `101`: WebSocket binary messages from
+/// the client become bytes to `device`, bytes from `device` become binary messages.
+/// Returns when either side ends or the turn ends.
+pub async fn tunnel(
+    session: &mut ServerSession,
+    device: TcpStream,
+    ticket: &Ticket,
+    client: Option<&std::net::TcpStream>,
+) -> Outcome {
+    let mut ws = ServerConn::new();
+    let mut device = device;
+    let (mut dr, mut dw) = device.split();
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    let mut to_remote = 0u64;
+    let mut to_client_n = 0u64;
+    let done = |end, to_remote, to_client| Outcome {
+        end,
+        to_remote,
+        to_client,
+    };
+    loop {
+        if let Some(reason) = ticket.cut_reason() {
+            let end = finish_cut(session, Some(&mut ws), reason, client).await;
+            return done(end, to_remote, to_client_n);
+        }
+        // Everything the client sent so far, in order, before reading more.
+        while let Some(event) = ws.next_event() {
+            match event {
+                Event::Data(data) => {
+                    let n = data.len() as u64;
+                    match unless_cut(ticket, dw.write_all(&data)).await {
+                        Some(Ok(())) => to_remote += n,
+                        Some(Err(_)) => {
+                            ws.close(1011, "device write failed");
+                            let _ = to_client(session, ticket, ws.take_outbound()).await;
+                            return done(End::RemoteError, to_remote, to_client_n);
+                        }
+                        None => break,
+                    }
+                }
+                Event::Closed { code, by_client } => {
+                    let _ = to_client(session, ticket, ws.take_outbound()).await;
+                    let end = if by_client {
+                        End::ClientClosed
+                    } else {
+                        End::Protocol(code)
+                    };
+                    return done(end, to_remote, to_client_n);
+                }
+            }
+        }
+        if ticket.is_cut() {
+            continue;
+        }
+        // Pongs and the like.
+        match to_client(session, ticket, ws.take_outbound()).await {
+            Ok(()) => {}
+            Err(Some(end)) => return done(end, to_remote, to_client_n),
+            Err(None) => continue,
+        }
+        buf.reserve(CHUNK);
+        tokio::select! {
+            biased;
+            _ = ticket.cut_notified() => continue,
+            read = session.read_request_body() => match read {
+                Ok(Some(bytes)) => ws.feed(&bytes),
+                Ok(None) | Err(_) => return done(End::ClientGone, to_remote, to_client_n),
+            },
+            read = dr.read_buf(&mut buf) => match read {
+                // The cut shuts the device socket down: its EOF is the cut's.
+                Ok(0) | Err(_) if ticket.is_cut() => continue,
+                Ok(0) => {
+                    ws.close(1000, "device closed the connection");
+                    let _ = to_client(session, ticket, ws.take_outbound()).await;
+                    return done(End::RemoteClosed, to_remote, to_client_n);
+                }
+                Ok(n) => {
+                    ws.send(buf.split().freeze());
+                    match to_client(session, ticket, ws.take_outbound()).await {
+                        Ok(()) => to_client_n += n as u64,
+                        Err(Some(end)) => return done(end, to_remote, to_client_n),
+                        Err(None) => continue,
+                    }
+                }
+                Err(_) => {
+                    ws.close(1011, "device connection failed");
+                    let _ = to_client(session, ticket, ws.take_outbound()).await;
+                    return done(End::RemoteError, to_remote, to_client_n);
+                }
+            },
+        }
+    }
+}
+
+/// Splices raw bytes between the client (after labgate relayed an upstream's `101`) and
+/// that upstream, until either side ends or the turn ends.
+pub async fn raw<S: AsyncRead + AsyncWrite + Unpin>(
+    session: &mut ServerSession,
+    upstream: S,
+    ticket: &Ticket,
+    client: Option<&std::net::TcpStream>,
+) -> Outcome {
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    let mut to_remote = 0u64;
+    let mut to_client_n = 0u64;
+    let done = |end, to_remote, to_client| Outcome {
+        end,
+        to_remote,
+        to_client,
+    };
+    loop {
+        if let Some(reason) = ticket.cut_reason() {
+            let end = finish_cut(session, None, reason, client).await;
+            return done(end, to_remote, to_client_n);
+        }
+        buf.reserve(CHUNK);
+        tokio::select! {
+            biased;
+            _ = ticket.cut_notified() => continue,
+            read = session.read_request_body() => match read {
+                Ok(Some(bytes)) => {
+                    let n = bytes.len() as u64;
+                    match unless_cut(ticket, async { uw.write_all(&bytes).await?; uw.flush().await }).await {
+                        Some(Ok(())) => to_remote += n,
+                        Some(Err(_)) => return done(End::RemoteError, to_remote, to_client_n),
+                        None => continue,
+                    }
+                }
+                Ok(None) | Err(_) => return done(End::ClientGone, to_remote, to_client_n),
+            },
+            read = ur.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) if ticket.is_cut() => continue,
+                Ok(0) => return done(End::RemoteClosed, to_remote, to_client_n),
+                Ok(n) => match to_client(session, ticket, buf.split().freeze()).await {
+                    Ok(()) => to_client_n += n as u64,
+                    Err(Some(end)) => return done(end, to_remote, to_client_n),
+                    Err(None) => continue,
+                },
+                Err(_) => return done(End::RemoteError, to_remote, to_client_n),
+            },
+        }
+    }
+}
+
+/// The raw fd of a connected TCP stream, for the cut registry (which duplicates it).
+pub fn raw_fd(stream: &TcpStream) -> RawFd {
+    stream.as_raw_fd()
+}
+
+/// What an upstream answered an upgrade request.
+pub enum UpstreamAnswer {
+    /// `101`: the head to relay, then raw bytes over `io`.
+    Switched {
+        head: http::response::Parts,
+        io: hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
+    },
+    /// Anything else: relayed as an ordinary response.
+    Other(http::Response<hyper::body::Incoming>),
+}
+
+/// Why an upgrade request did not reach an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    #[error("upstream protocol error: {0}")]
+    Http(#[from] hyper::Error),
+    /// The session ended while connecting.
+    #[error("session ended")]
+    Cut,
+}
+
+/// Sends an upgrade request (already shaped by the forwarding policy) to the upstream at
+/// `addr` on a fresh connection of labgate's own, and waits for its answer head.
+/// `register` gets the socket's fd once connected (the cut registry duplicates it) and
+/// returns false when the session already ended. HTTP/1 parsing is hyper's.
+pub async fn request_upgrade(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    request: http::Request<http_body_util::Empty<Bytes>>,
+    register: impl FnOnce(RawFd) -> bool,
+) -> Result<UpstreamAnswer, UpstreamError> {
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+        .map_err(ConnectError::Io)?;
+    stream.set_nodelay(true).map_err(ConnectError::Io)?;
+    if !register(stream.as_raw_fd()) {
+        return Err(UpstreamError::Cut);
+    }
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    // The connection task hands the socket to `upgrade::on` after a 101, or ends with
+    // the response body; it never outlives the socket.
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream upgrade connection ended");
+        }
+    });
+    let mut response = tokio::time::timeout(read_timeout, sender.send_request(request))
+        .await
+        .map_err(|_| UpstreamError::Timeout)??;
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(UpstreamAnswer::Other(response));
+    }
+    let upgraded = tokio::time::timeout(read_timeout, hyper::upgrade::on(&mut response))
+        .await
+        .map_err(|_| UpstreamError::Timeout)??;
+    let (head, _) = response.into_parts();
+    Ok(UpstreamAnswer::Switched {
+        head,
+        io: hyper_util::rt::TokioIo::new(upgraded),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cut::Registry;
+    use crate::queue::SessionId;
+    use crate::tunnel::ws::accept_key;
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::Instant;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// A device that echoes every byte, and counts connections.
+    async fn echo_device() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// One labgate-side tunnel on a real pingora HTTP/1 session: accepts one client,
+    /// answers its handshake and splices it to `device` until it ends.
+    async fn serve_one(
+        device: SocketAddr,
+        ticket: Ticket,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Outcome>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let stream = pingora::protocols::l4::stream::Stream::from(tcp);
+            let mut session = ServerSession::new_http1(Box::new(stream));
+            assert!(session.read_request().await.unwrap());
+            let req = session.req_header();
+            let key = accept_key(&req.method, req.version, &req.headers).unwrap();
+            let dev = connect(device, Duration::from_secs(5), Duration::from_secs(30))
+                .await
+                .unwrap();
+            answer_websocket(&mut session, &key, &[]).await.unwrap();
+            tunnel(&mut session, dev, &ticket, None).await
+        });
+        (addr, task)
+    }
+
+    type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+    async fn open(addr: SocketAddr) -> Client {
+        let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{addr}/lab/tunnel/x:1"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 101);
+        ws
+    }
+
+    async fn next(ws: &mut Client) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("not the end")
+            .expect("no error")
+    }
+
+    #[tokio::test]
+    async fn tunnel_round_trips_bytes_and_counts_them() {
+        let mut reg = Registry::default();
+        let ticket = reg.begin_tunnel(SessionId::random(), 1).unwrap();
+        let (addr, task) = serve_one(echo_device().await, ticket).await;
+        let mut ws = open(addr).await;
+        let mut sent = Vec::new();
+        let mut got = Vec::new();
+        for i in 0..50u8 {
+            let chunk = vec![i; 1000 + i as usize];
+            sent.extend_from_slice(&chunk);
+            ws.send(Message::binary(chunk)).await.unwrap();
+        }
+        while got.len() < sent.len() {
+            match next(&mut ws).await {
+                Message::Binary(b) => got.extend_from_slice(&b),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, sent);
+        ws.send(Message::Ping(Bytes::from_static(b"hi")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut ws).await,
+            Message::Pong(Bytes::from_static(b"hi"))
+        );
+        ws.close(None).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome.end, End::ClientClosed);
+        assert_eq!(outcome.to_remote, sent.len() as u64);
+        assert_eq!(outcome.to_client, sent.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn cut_closes_with_4001_and_the_reason_at_once() {
+        let mut reg = Registry::default();
+        let id = SessionId::random();
+        let ticket = reg.begin_tunnel(id, 1).unwrap();
+        // The device leg registered like the proxy does it.
+        let dev_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dev_addr = dev_listener.local_addr().unwrap();
+        let (addr, task) = serve_one(dev_addr, ticket.clone()).await;
+        let client = tokio::spawn(async move { open(addr).await });
+        let (mut device_side, _) = dev_listener.accept().await.unwrap();
+        let mut ws = client.await.unwrap();
+        ws.send(Message::binary(b"x".to_vec())).await.unwrap();
+        let mut one = [0u8; 1];
+        device_side.read_exact(&mut one).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(reg.cut_because(&id, "kicked"), 1);
+        match next(&mut ws).await {
+            Message::Close(Some(f)) => {
+                assert_eq!(f.code, CloseCode::Library(4001));
+                assert_eq!(f.reason.as_str(), "session ended: kicked");
+            }
+            other => panic!("{other:?}"),
+        }
+        println!("tunnel closed {:?} after the cut", started.elapsed());
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.end, End::SessionEnded("kicked"));
+        // The device leg is gone too.
+        let n = tokio::time::timeout(Duration::from_secs(5), device_side.read(&mut one))
+            .await
+            .unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+
+    #[tokio::test]
+    async fn device_close_ends_the_tunnel_with_1000() {
+        let mut reg = Registry::default();
+        let ticket = reg.begin_tunnel(SessionId::random(), 1).unwrap();
+        let dev_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dev_addr = dev_listener.local_addr().unwrap();
+        let (addr, task) = serve_one(dev_addr, ticket).await;
+        let client = tokio::spawn(async move { open(addr).await });
+        let (mut device_side, _) = dev_listener.accept().await.unwrap();
+        let mut ws = client.await.unwrap();
+        device_side.write_all(b"bye").await.unwrap();
+        drop(device_side);
+        assert_eq!(next(&mut ws).await, Message::binary(b"bye".to_vec()));
+        match next(&mut ws).await {
+            Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Normal),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(task.await.unwrap().end, End::RemoteClosed);
+    }
+
+    #[tokio::test]
+    async fn text_from_the_client_closes_1003() {
+        let mut reg = Registry::default();
+        let ticket = reg.begin_tunnel(SessionId::random(), 1).unwrap();
+        let (addr, task) = serve_one(echo_device().await, ticket).await;
+        let mut ws = open(addr).await;
+        ws.send(Message::text("ls -l")).await.unwrap();
+        match next(&mut ws).await {
+            Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Unsupported),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(task.await.unwrap().end, End::Protocol(1003));
+    }
+
+    #[tokio::test]
+    async fn keepalive_and_nodelay_are_set_on_the_device_leg() {
+        let device = echo_device().await;
+        let s = connect(device, Duration::from_secs(5), Duration::from_secs(17))
+            .await
+            .unwrap();
+        let sock = SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(17));
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+        assert!(s.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn connect_errors_are_told_apart() {
+        // A port nobody listens on: refused.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = l.local_addr().unwrap();
+        drop(l);
+        assert!(matches!(
+            connect(closed, Duration::from_secs(5), Duration::from_secs(30)).await,
+            Err(ConnectError::Io(_))
+        ));
+        // A blackholed address (TEST-NET-1 has no route or drops): timeout or an error,
+        // never success, and never longer than the timeout.
+        let started = Instant::now();
+        let r = connect(
+            "192.0.2.1:22".parse().unwrap(),
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(r.is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
