@@ -136,6 +136,10 @@ pub enum Endpoint<'a> {
     StatusJson,
     /// `/lab` or below: the gate decides.
     Lab,
+    /// `/lab/tunnel/{target}`: a device tunnel (`splice::device`).
+    Tunnel(&'a str),
+    /// `GET /tunnels`: what tunnels may reach.
+    Tunnels,
     NotFound,
     MethodNotAllowed {
         allow: &'static str,
@@ -145,6 +149,9 @@ pub enum Endpoint<'a> {
 /// Routes a checked path. `/session/heartbeat` is a session id for `GET` and `DELETE`,
 /// as in FastAPI, where `/session/{session_id}` matches it.
 pub fn route<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
+    if let Some(target) = crate::tunnel::target_of(path) {
+        return Endpoint::Tunnel(target);
+    }
     if crate::path::under(path, "/lab") {
         return Endpoint::Lab;
     }
@@ -168,6 +175,10 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         },
         "/status.json" => match *method {
             Method::GET => Endpoint::StatusJson,
+            _ => not_allowed("GET"),
+        },
+        "/tunnels" => match *method {
+            Method::GET => Endpoint::Tunnels,
             _ => not_allowed("GET"),
         },
         _ => match path.strip_prefix("/session/") {
@@ -326,7 +337,23 @@ pub async fn handle(
             ..Reply::empty(200)
         }
         .with_header("Cache-Control", "no-store"),
-        Endpoint::NotFound | Endpoint::Lab => not_found(),
+        Endpoint::Tunnels => {
+            let id = match session_header {
+                SessionHeader::Missing => return missing_header(),
+                SessionHeader::Duplicate => return duplicate_header(),
+                SessionHeader::One(id) => id,
+            };
+            match id {
+                Some(id) if shared.is_known(&id) && owned(id, "tunnels").is_some() => {
+                    Reply::json(200, &shared.config.tunnels.allowlist.listing())
+                }
+                _ => {
+                    shared.note_unknown_id(client, now);
+                    session_not_found()
+                }
+            }
+        }
+        Endpoint::NotFound | Endpoint::Lab | Endpoint::Tunnel(_) => not_found(),
         Endpoint::MethodNotAllowed { allow } => {
             Reply::detail(405, "Method Not Allowed").with_header("Allow", allow)
         }
@@ -401,6 +428,31 @@ pub fn refused(denied: Denied, shared: &Shared, now: Instant) -> Reply {
             .with_header("X-Queue-Position", position)
             .with_header("Retry-After", shared.retry_after(position, now)),
     }
+}
+
+/// `404` for every refused tunnel target alike, so the allowlist cannot be probed.
+pub fn tunnel_not_allowed() -> Reply {
+    Reply::fixed(404, br#"{"detail":"Tunnel target not allowed"}"#)
+}
+
+/// `426`: a tunnel request that is not a WebSocket opening handshake.
+pub fn not_websocket(why: &str) -> Reply {
+    Reply::detail(426, why).with_header("Upgrade", "websocket")
+}
+
+/// `429`: the session holds `tunnels.max_per_session` tunnels.
+pub fn too_many_tunnels() -> Reply {
+    Reply::fixed(429, br#"{"detail":"Too many tunnels for this session"}"#)
+}
+
+/// `502`: an allowed device refused the connection or cannot be reached.
+pub fn tunnel_unreachable() -> Reply {
+    Reply::fixed(502, br#"{"detail":"Tunnel target unreachable"}"#)
+}
+
+/// `504`: an allowed device did not answer within `tunnels.connect_timeout`.
+pub fn tunnel_timed_out() -> Reply {
+    Reply::fixed(504, br#"{"detail":"Tunnel target timed out"}"#)
 }
 
 /// `423`: the session is not (or no longer) the holder.

@@ -130,6 +130,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 c.server.listen,
                 c.metrics.listen
             );
+            // What device tunnels may reach (issue 11), max and timeouts included.
+            print!("{}", c.tunnels.allowlist);
+            println!(
+                "  at most {} open tunnel(s) per session; connect timeout {}; keepalive {}",
+                c.tunnels.max_per_session,
+                humantime::format_duration(c.tunnels.connect_timeout),
+                humantime::format_duration(c.tunnels.keepalive)
+            );
             Ok(())
         }
         Some(Command::Admin {

@@ -18,6 +18,7 @@ use crate::forward::UpstreamError;
 use crate::gate::Verdict;
 use crate::limits::CreateRejection;
 use crate::queue::{Change, EndReason};
+use crate::tunnel::{Direction, Refused};
 
 pub struct Metrics {
     pub queue_depth: IntGauge,
@@ -36,6 +37,10 @@ pub struct Metrics {
     pub hold_seconds: Histogram,
     pub state_write_seconds: Histogram,
     pub identity_refused: IntCounterVec,
+    pub tunnels_open: IntGauge,
+    pub tunnels_opened: IntCounter,
+    pub tunnels_refused: IntCounterVec,
+    pub tunnel_bytes: IntCounterVec,
 }
 
 /// Queue waits and holds run from seconds to hours.
@@ -178,6 +183,27 @@ impl Metrics {
             "Requests refused with 401 in identity mode, by reason.",
             &["reason"],
         );
+        let tunnels_open = reg(
+            r,
+            IntGauge::new("labgate_tunnels_open", "Device tunnels open now."),
+        );
+        let tunnels_opened = reg(
+            r,
+            IntCounter::new(
+                "labgate_tunnels_opened_total",
+                "Device tunnels opened (101 answered).",
+            ),
+        );
+        let tunnels_refused = counter_vec(
+            "labgate_tunnels_refused_total",
+            "Device tunnel requests refused, by reason.",
+            &["reason"],
+        );
+        let tunnel_bytes = counter_vec(
+            "labgate_tunnel_bytes_total",
+            "Payload bytes carried by device tunnels, by direction.",
+            &["direction"],
+        );
 
         // Create every fixed label combination now, so dashboards and alerts see zeros
         // instead of missing series.
@@ -192,6 +218,12 @@ impl Metrics {
         }
         for reason in crate::identity::Refusal::LABELS {
             identity_refused.with_label_values(&[reason]);
+        }
+        for reason in Refused::ALL {
+            tunnels_refused.with_label_values(&[reason.as_str()]);
+        }
+        for direction in Direction::ALL {
+            tunnel_bytes.with_label_values(&[direction.as_str()]);
         }
 
         Metrics {
@@ -211,7 +243,23 @@ impl Metrics {
             identity_refused,
             hold_seconds,
             state_write_seconds,
+            tunnels_open,
+            tunnels_opened,
+            tunnels_refused,
+            tunnel_bytes,
         }
+    }
+
+    pub fn count_tunnel_refused(&self, reason: Refused) {
+        self.tunnels_refused
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    pub fn count_tunnel_bytes(&self, direction: Direction, bytes: u64) {
+        self.tunnel_bytes
+            .with_label_values(&[direction.as_str()])
+            .inc_by(bytes);
     }
 
     /// Creates the per-upstream series for each configured upstream.
@@ -310,6 +358,10 @@ mod tests {
             "labgate_hold_seconds",
             "labgate_state_write_seconds",
             "labgate_identity_refused_total",
+            "labgate_tunnels_open",
+            "labgate_tunnels_opened_total",
+            "labgate_tunnels_refused_total",
+            "labgate_tunnel_bytes_total",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

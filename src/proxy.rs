@@ -30,6 +30,9 @@ use crate::limits;
 use crate::logfield;
 use crate::metrics::status_class;
 use crate::path;
+use crate::splice::device::Opened;
+use crate::splice::upstream::Relayed;
+use crate::splice::{self};
 use crate::state::{Shared, AUDIT};
 
 use ctx::{Forwarded, Routed};
@@ -104,6 +107,156 @@ impl LabGate {
                 trusted,
                 header_values(session.req_header(), name),
             ),
+        }
+    }
+
+    /// Applies `forward`'s policy to the request head sent upstream: the checked target,
+    /// managed headers, `X-Forwarded-*`, fencing, identity, injected headers.
+    fn shape_request(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &RequestCtx,
+        routed: &Routed,
+        upgrade: bool,
+    ) -> Result<()> {
+        let up = self.upstream(routed);
+        req.set_raw_path(routed.target.as_bytes())?;
+        let config = &self.shared.config;
+        let identity = match (&config.identity, &ctx.identity) {
+            (Some(c), Some(holder)) => Some(forward::IdentityHop {
+                upstream: &c.upstream_header,
+                source: match &c.source {
+                    IdentitySource::Header(h) => Some(h),
+                    IdentitySource::Mtls(_) => None,
+                },
+                // The gate let it through: the caller owns the ACTIVE session.
+                holder: holder.as_str(),
+            }),
+            _ => None,
+        };
+        let hop = forward::Hop {
+            peer: ctx.peer,
+            peer_trusted: ctx.peer_trusted,
+            upgrade,
+            https: config.listener_tls.is_some(),
+            authority: &up.authority,
+            seq: routed.in_flight.allowed.seq,
+            configured: &up.headers,
+            identity,
+            upstream_session: routed
+                .bridged
+                .as_ref()
+                .and_then(|b| b.upstream_id.as_ref())
+                .map(|id| id.as_str()),
+            token: self
+                .shared
+                .bridge
+                .lane(routed.upstream)
+                .and_then(|l| l.config.token_header.as_ref())
+                .map(|name| {
+                    let token = routed.bridged.as_ref().and_then(|b| b.token.as_ref());
+                    (name, token.map(|t| t.expose()))
+                }),
+        };
+        for edit in forward::request_edits(&req.headers, &hop) {
+            match edit {
+                Edit::Remove(name) => {
+                    req.remove_header(&name);
+                }
+                Edit::Insert(name, value) => req.insert_header(name, value)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET /lab/tunnel/{target}`: a device tunnel, refused or run to its end here.
+    async fn tunnel(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        header: gate::SessionHeader,
+        target: &str,
+    ) -> Result<bool> {
+        let opened = splice::device::open(
+            &self.shared,
+            &session.downstream_session,
+            header,
+            ctx.identity.as_ref(),
+            target,
+            ctx.client,
+            ctx.started,
+        )
+        .await;
+        match opened {
+            Opened::Refused {
+                reply,
+                verdict,
+                session: id,
+            } => {
+                ctx.verdict = Some(verdict);
+                ctx.session = id;
+                self.answer(session, ctx, reply).await
+            }
+            Opened::Ready(tunnel) => {
+                ctx.verdict = Some(Verdict::Allowed);
+                ctx.session = Some(tunnel.session());
+                ctx.local_status = Some(101);
+                tunnel.run(&mut session.downstream_session).await;
+                Ok(true)
+            }
+        }
+    }
+
+    /// An allowed upgrade request to a `/lab` upstream: sent on labgate's own connection,
+    /// the `101` relayed and the bytes spliced until either side or the turn ends.
+    async fn forward_upgrade(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(routed) = &ctx.routed else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
+        };
+        let up = self.upstream(routed);
+        let allowed = &routed.in_flight.allowed;
+        let mut req = session.req_header().clone();
+        self.shape_request(&mut req, ctx, routed, true)?;
+        let mut extra = Vec::new();
+        if let Some(left) = self.shared.hold_remaining(Instant::now()) {
+            extra.push((api::HOLD_REMAINING_HEADER, left.as_secs().to_string()));
+        }
+        // An upgraded connection may idle for as long as its user likes.
+        session.set_read_timeout(None);
+        ctx.forwarded = Some(Forwarded {
+            started: Instant::now(),
+            error: None,
+        });
+        let shared = &self.shared;
+        let relayed = splice::upstream::forward_upgrade(
+            &mut session.downstream_session,
+            up.addr,
+            up.connect_timeout,
+            up.read_timeout,
+            splice::upstream::upstream_request(&req),
+            &allowed.ticket,
+            |fd| shared.attach_upstream(allowed, fd).is_ok(),
+            &extra,
+        )
+        .await;
+        match relayed {
+            Ok(Relayed::Switched(_) | Relayed::Answered(_)) => Ok(true),
+            Err(e) => {
+                let (kind, side, cut) = e.failure();
+                let failure = forward::on_failure(kind, side, cut);
+                if let Some(kind) = failure.upstream {
+                    self.shared.metrics().count_upstream_error(&up.name, kind);
+                    if let Some(f) = ctx.forwarded.as_mut() {
+                        f.error = Some(kind);
+                    }
+                }
+                tracing::debug!(error = %e, upstream = %up.name, "upgrade not forwarded");
+                let reply = failure
+                    .answer
+                    .map(api::failed)
+                    .unwrap_or_else(|| api::failed(forward::Answer::UpstreamUnavailable));
+                self.answer(session, ctx, reply).await
+            }
         }
     }
 
@@ -192,6 +345,10 @@ impl ProxyHttp for LabGate {
         };
         let header = gate::session_header(header_values(req, &forward::X_SESSION_ID));
         let endpoint = api::route(&req.method, &target.path);
+        if let Endpoint::Tunnel(tunnel_target) = endpoint {
+            let tunnel_target = tunnel_target.to_string();
+            return self.tunnel(session, ctx, header, &tunnel_target).await;
+        }
         if endpoint != Endpoint::Lab {
             let Some(client) = ctx.client else {
                 // Only Unix-socket peers lack an IP, and labgate listens on TCP only.
@@ -245,8 +402,14 @@ impl ProxyHttp for LabGate {
             bridged,
         });
         if session.is_upgrade_req() {
-            // An upgraded connection may idle for as long as its user likes; pingora's
-            // default 60 s downstream read timeout would close an idle WebSocket.
+            if shared.config.upstreams[upstream].tls.is_none() {
+                // On labgate's own upstream connection, not pingora's upgrade path, which
+                // tears some upgrades down right after the 101 (cloudflare/pingora#946).
+                return self.forward_upgrade(session, ctx).await;
+            }
+            // A TLS upstream's upgrade still takes pingora's path (labgate's splice
+            // speaks plain TCP upstream); an idle WebSocket must outlive pingora's 60 s
+            // downstream read timeout.
             session.set_read_timeout(None);
         }
         Ok(false)
@@ -296,53 +459,7 @@ impl ProxyHttp for LabGate {
         let Some(routed) = &ctx.routed else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
-        let up = self.upstream(routed);
-        req.set_raw_path(routed.target.as_bytes())?;
-        let config = &self.shared.config;
-        let identity = match (&config.identity, &ctx.identity) {
-            (Some(c), Some(holder)) => Some(forward::IdentityHop {
-                upstream: &c.upstream_header,
-                source: match &c.source {
-                    IdentitySource::Header(h) => Some(h),
-                    IdentitySource::Mtls(_) => None,
-                },
-                // The gate let it through: the caller owns the ACTIVE session.
-                holder: holder.as_str(),
-            }),
-            _ => None,
-        };
-        let hop = forward::Hop {
-            peer: ctx.peer,
-            peer_trusted: ctx.peer_trusted,
-            upgrade: session.is_upgrade_req(),
-            https: config.listener_tls.is_some(),
-            authority: &up.authority,
-            seq: routed.in_flight.allowed.seq,
-            configured: &up.headers,
-            identity,
-            upstream_session: routed
-                .bridged
-                .as_ref()
-                .and_then(|b| b.upstream_id.as_ref())
-                .map(|id| id.as_str()),
-            token: self
-                .shared
-                .bridge
-                .lane(routed.upstream)
-                .and_then(|l| l.config.token_header.as_ref())
-                .map(|name| {
-                    let token = routed.bridged.as_ref().and_then(|b| b.token.as_ref());
-                    (name, token.map(|t| t.expose()))
-                }),
-        };
-        for edit in forward::request_edits(&req.headers, &hop) {
-            match edit {
-                Edit::Remove(name) => {
-                    req.remove_header(&name);
-                }
-                Edit::Insert(name, value) => req.insert_header(name, value)?,
-            }
-        }
+        self.shape_request(req, ctx, routed, session.is_upgrade_req())?;
         Ok(())
     }
 

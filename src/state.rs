@@ -79,6 +79,15 @@ pub struct Allowed {
     pub ticket: Ticket,
 }
 
+/// Why a device tunnel was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelDenied {
+    /// The gate's refusal, as for any `/lab` request.
+    Gate(Denied),
+    /// The ACTIVE session `0` already holds `tunnels.max_per_session` tunnels.
+    Limit(SessionId),
+}
+
 /// Facts about a session that the queue does not need.
 struct Meta {
     client: Option<IpAddr>,
@@ -138,6 +147,8 @@ pub struct Picture {
     pub resetting: bool,
     /// The reset failed: the lab stays held until an operator retries.
     pub handoff_failed: bool,
+    /// Device tunnels the ACTIVE session has open.
+    pub holder_tunnels: usize,
 }
 
 pub struct Shared {
@@ -212,7 +223,7 @@ impl Core {
         let mut cut = 0;
         let mut ended_owners = Vec::with_capacity(change.ended.len());
         for e in &change.ended {
-            cut += self.conns.cut(&e.id);
+            cut += self.conns.cut_because(&e.id, e.reason.as_str());
             if let Some(client) = self.meta.remove(&e.id).and_then(|m| m.client) {
                 self.per_client.ended(client);
             }
@@ -672,6 +683,52 @@ impl Shared {
         self.metrics.count_decision(verdict);
     }
 
+    /// The gate for a device tunnel, and its per-session limit, under one lock: what it
+    /// allows is in flight (never reaped as stale) and registered to be cut, and must be
+    /// handed back to [`Shared::end_request`].
+    pub fn open_tunnel(
+        &self,
+        header: SessionHeader,
+        caller: Option<&Identity>,
+        now: Instant,
+    ) -> Result<Allowed, TunnelDenied> {
+        let max = self.config.tunnels.max_per_session;
+        let (decided, cross) = {
+            let mut core = self.lock();
+            let core = &mut *core;
+            let (decision, cross) =
+                gate::decide_as(header, caller, &core.owners, &mut core.queue, now);
+            let decided = match decision.allowed() {
+                Err(denied) => Err(TunnelDenied::Gate(denied)),
+                Ok((id, seq)) => match core.conns.begin_tunnel(id, max) {
+                    Ok(ticket) => Ok(Allowed { id, seq, ticket }),
+                    Err(cut::TooManyTunnels) => {
+                        core.queue.end_request(&id, now);
+                        Err(TunnelDenied::Limit(id))
+                    }
+                },
+            };
+            (decided, cross)
+        };
+        if let (Some(owner), Some(caller), SessionHeader::One(Some(id))) = (cross, caller, header) {
+            self.audit_cross_identity(&id, caller, &owner, "tunnel");
+        }
+        match &decided {
+            Ok(_) => {
+                self.count_decision(Verdict::Allowed);
+                self.forwarded_in_flight.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(TunnelDenied::Limit(_)) => self.count_decision(Verdict::Allowed),
+            Err(TunnelDenied::Gate(denied)) => self.count_decision(denied.verdict()),
+        }
+        decided
+    }
+
+    /// Whether `id` names a session in the queue (WAITING or ACTIVE); refreshes nothing.
+    pub fn is_known(&self, id: &SessionId) -> bool {
+        self.lock().queue.view(id).is_some()
+    }
+
     /// Records the upstream socket of an allowed request, so it can be cut.
     pub fn attach_upstream(
         &self,
@@ -778,6 +835,7 @@ impl Shared {
             typical_hold: core.history.typical_hold(),
             resetting: core.queue.resetting().is_some(),
             handoff_failed: core.handoff_failed,
+            holder_tunnels: core.queue.active().map_or(0, |v| core.conns.tunnels(&v.id)),
         }
     }
 

@@ -29,6 +29,8 @@ pub struct LabStatus {
     /// The reset failed: the lab stays held until an operator has fixed it.
     pub reset_failed: bool,
     pub max_hold_secs: Option<f64>,
+    /// Device tunnels the holder has open (a count, never whose).
+    pub tunnels: usize,
     /// The first sessions in order: (position, tag, state, seconds in state).
     pub queue: Vec<QueueEntry>,
 }
@@ -79,6 +81,7 @@ pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
         typical_hold_secs: picture.typical_hold.map(|d| d.as_secs_f64()),
         draining: shared.is_draining(),
         max_hold_secs: shared.config.queue.max_hold.map(|d| d.as_secs_f64()),
+        tunnels: picture.holder_tunnels,
         queue,
     }
 }
@@ -119,6 +122,11 @@ pub fn html(status: &LabStatus) -> String {
         .first()
         .filter(|e| e.position == 0)
         .and_then(|e| e.identity.as_deref());
+    let tunnels = match status.tunnels {
+        0 => String::new(),
+        1 => " The holder has 1 tunnel open.".to_string(),
+        n => format!(" The holder has {n} tunnels open."),
+    };
     let headline = if status.reset_failed {
         "Resetting the lab failed: it is held until an operator has fixed it.".to_string()
     } else if status.resetting {
@@ -126,11 +134,14 @@ pub fn html(status: &LabStatus) -> String {
     } else {
         match (status.held, holder) {
             (true, Some(who)) => format!(
-                "{} holds the lab, for {} so far.",
+                "{} holds the lab, for {} so far.{tunnels}",
                 escape(who),
                 human(status.hold_secs)
             ),
-            (true, None) => format!("The lab is held, for {} so far.", human(status.hold_secs)),
+            (true, None) => format!(
+                "The lab is held, for {} so far.{tunnels}",
+                human(status.hold_secs)
+            ),
             (false, _) => "The lab is free.".to_string(),
         }
     };

@@ -83,6 +83,8 @@ pub struct Config {
     /// CA in `mtls` mode); `None`: plain HTTP.
     pub listener_tls: Option<std::sync::Arc<ListenerTls>>,
     pub compat: CompatConfig,
+    /// Device tunnels: what they may reach, their limit and timeouts.
+    pub tunnels: crate::tunnel::config::TunnelsConfig,
 }
 
 /// Compatibility switches, each weakening a secure default (`labgate check` warns).

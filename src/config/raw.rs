@@ -54,6 +54,9 @@ pub(super) struct RawConfig {
     pub(super) identity: Option<RawIdentity>,
     #[serde(default)]
     pub(super) compat: RawCompat,
+    /// Device tunnels; its own module mirrors and checks it (`tunnel::config`).
+    #[serde(default)]
+    pub(super) tunnels: crate::tunnel::config::RawTunnels,
 }
 
 /// Compatibility switches that weaken a default; `labgate check` warns about each.

@@ -37,6 +37,7 @@ pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
         .transpose()
         .map_err(|msg| (None, format!("[server.tls]: {msg}")))?;
     Ok(Config {
+        tunnels: c.tunnels,
         server: c.server,
         metrics: c.metrics,
         queue: c.queue,

@@ -24,6 +24,7 @@ use crate::forward;
 use crate::limits;
 use crate::path::{self, RouteTable};
 use crate::queue::Timeouts;
+use crate::tunnel::config::TunnelsConfig;
 
 /// A configuration that passed every check; only its upstreams still need `resolve`.
 pub(super) struct Checked {
@@ -37,6 +38,7 @@ pub(super) struct Checked {
     pub(super) admin_socket: Option<PathBuf>,
     pub(super) identity: Option<IdentityConfig>,
     pub(super) compat: CompatConfig,
+    pub(super) tunnels: TunnelsConfig,
 }
 
 /// One `[[upstream]]` whose address is well-formed but not yet resolved and whose
@@ -223,7 +225,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Checked, Problem> {
         Some(a) => Some(PathBuf::from(a.socket.get_ref())),
         None => None,
     };
+    // labgate's own listeners are never a tunnel target.
+    let mut own = server.listen.clone();
+    own.push(metrics.listen);
+    own.extend(demo_lab.as_ref().map(|d| d.listen));
+    let tunnels = raw.tunnels.validate(own)?;
     Ok(Checked {
+        tunnels,
         server,
         metrics,
         queue,

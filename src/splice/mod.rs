@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use crate::cut::Ticket;
 use crate::tunnel::ws::{Event, ServerConn, CLOSE_SESSION_ENDED};
 
+pub mod device;
 pub mod upstream;
 
 /// How long the client gets to take the close frame once the turn has ended; after it,

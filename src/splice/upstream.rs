@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use super::{client_socket, raw, unless_cut, ConnectError, End, Outcome};
 use crate::cut::Ticket;
+use crate::forward::{FailureKind, Side};
 
 /// What an upstream answered an upgrade request.
 pub enum UpstreamAnswer {
@@ -31,7 +32,7 @@ pub enum UpstreamAnswer {
 
 /// Why an upgrade request did not reach an answer.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub enum UpgradeError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("the upstream did not answer in time")]
@@ -41,6 +42,24 @@ pub enum UpstreamError {
     /// The session ended while connecting.
     #[error("session ended")]
     Cut,
+}
+
+impl UpgradeError {
+    /// The failure in `forward`'s terms (kind, side, whether the session ended), so that
+    /// the client gets the same answer as for any failed `/lab` request.
+    pub fn failure(&self) -> (FailureKind, Side, bool) {
+        match self {
+            UpgradeError::Cut => (FailureKind::Other, Side::Upstream, true),
+            UpgradeError::Connect(ConnectError::Timeout) => {
+                (FailureKind::ConnectTimedOut, Side::Upstream, false)
+            }
+            UpgradeError::Connect(ConnectError::Io(_)) => {
+                (FailureKind::Connect, Side::Upstream, false)
+            }
+            UpgradeError::Timeout => (FailureKind::ReadTimedOut, Side::Upstream, false),
+            UpgradeError::Http(_) => (FailureKind::Closed, Side::Upstream, false),
+        }
+    }
 }
 
 /// Sends an upgrade request (already shaped by the forwarding policy) to the upstream at
@@ -53,14 +72,14 @@ pub async fn request_upgrade(
     read_timeout: Duration,
     request: http::Request<http_body_util::Empty<Bytes>>,
     register: impl FnOnce(RawFd) -> bool,
-) -> Result<UpstreamAnswer, UpstreamError> {
+) -> Result<UpstreamAnswer, UpgradeError> {
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout)?
         .map_err(ConnectError::Io)?;
     stream.set_nodelay(true).map_err(ConnectError::Io)?;
     if !register(stream.as_raw_fd()) {
-        return Err(UpstreamError::Cut);
+        return Err(UpgradeError::Cut);
     }
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
@@ -73,13 +92,13 @@ pub async fn request_upgrade(
     });
     let mut response = tokio::time::timeout(read_timeout, sender.send_request(request))
         .await
-        .map_err(|_| UpstreamError::Timeout)??;
+        .map_err(|_| UpgradeError::Timeout)??;
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         return Ok(UpstreamAnswer::Other(response));
     }
     let upgraded = tokio::time::timeout(read_timeout, hyper::upgrade::on(&mut response))
         .await
-        .map_err(|_| UpstreamError::Timeout)??;
+        .map_err(|_| UpgradeError::Timeout)??;
     let (head, _) = response.into_parts();
     Ok(UpstreamAnswer::Switched {
         head,
@@ -123,7 +142,7 @@ pub fn upstream_request(
 
 /// How forwarding an upgrade request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forwarded {
+pub enum Relayed {
     /// The upstream switched protocols; the splice ended like this.
     Switched(Outcome),
     /// The upstream answered something else (status), relayed as is.
@@ -144,20 +163,20 @@ pub async fn forward_upgrade(
     ticket: &Ticket,
     register: impl FnOnce(RawFd) -> bool,
     extra: &[(&'static str, String)],
-) -> Result<Forwarded, UpstreamError> {
+) -> Result<Relayed, UpgradeError> {
     let answer = request_upgrade(addr, connect_timeout, read_timeout, request, register).await?;
     let client = client_socket(session);
     match answer {
         UpstreamAnswer::Switched { head, io } => {
-            let head = relay_head(&head, true, extra).map_err(|_| UpstreamError::Timeout)?;
+            let head = relay_head(&head, true, extra).map_err(|_| UpgradeError::Timeout)?;
             if session.write_response_header(Box::new(head)).await.is_err() {
-                return Ok(Forwarded::Switched(Outcome {
+                return Ok(Relayed::Switched(Outcome {
                     end: End::ClientGone,
                     to_remote: 0,
                     to_client: 0,
                 }));
             }
-            Ok(Forwarded::Switched(
+            Ok(Relayed::Switched(
                 raw(session, io, ticket, client.as_ref()).await,
             ))
         }
@@ -165,10 +184,10 @@ pub async fn forward_upgrade(
             use http_body_util::BodyExt;
             let (parts, mut body) = response.into_parts();
             let status = parts.status.as_u16();
-            let head = relay_head(&parts, false, extra).map_err(|_| UpstreamError::Timeout)?;
+            let head = relay_head(&parts, false, extra).map_err(|_| UpgradeError::Timeout)?;
             session.set_keepalive(None);
             if session.write_response_header(Box::new(head)).await.is_err() {
-                return Ok(Forwarded::Answered(status));
+                return Ok(Relayed::Answered(status));
             }
             loop {
                 let frame = match unless_cut(
@@ -188,7 +207,7 @@ pub async fn forward_upgrade(
                 }
             }
             let _ = session.finish_body().await;
-            Ok(Forwarded::Answered(status))
+            Ok(Relayed::Answered(status))
         }
     }
 }
@@ -248,7 +267,7 @@ mod tests {
     async fn forward_one(
         upstream: SocketAddr,
         ticket: Ticket,
-    ) -> (SocketAddr, tokio::task::JoinHandle<Forwarded>) {
+    ) -> (SocketAddr, tokio::task::JoinHandle<Relayed>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -295,7 +314,7 @@ mod tests {
             .expect("closed in time");
         assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
         match task.await.unwrap() {
-            Forwarded::Switched(o) => {
+            Relayed::Switched(o) => {
                 assert_eq!(o.end, End::SessionEnded("deleted"));
                 assert!(o.to_remote > 0 && o.to_client > 0);
             }
@@ -318,6 +337,6 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(task.await.unwrap(), Forwarded::Answered(404));
+        assert_eq!(task.await.unwrap(), Relayed::Answered(404));
     }
 }

@@ -1,0 +1,288 @@
+//! One device tunnel request (`GET /lab/tunnel/{host}:{port}`), from the gate to the
+//! audit line: [`open`] decides every refusal and connects to the device without writing
+//! anything to the client; [`Prepared::run`] answers `101`, splices until the end and
+//! records the tunnel (metrics, audit line).
+//!
+//! Refusal order follows the protocol: the gate (422, 400, 404, 423), then the target
+//! (404, nothing connects), the handshake (426), the limit (429), then the connection
+//! (502, 504). Must never connect before the gate, the allowlist and the limit agreed,
+//! and never keep a tunnel registered past its end (the guard ends it on every path).
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora::protocols::http::ServerSession;
+use tokio::net::TcpStream;
+
+use super::{answer_websocket, client_socket, connect, set_keepalive, unless_cut, ConnectError};
+use crate::api::{self, Reply};
+use crate::gate::{Denied, SessionHeader, Verdict};
+use crate::identity::Identity;
+use crate::queue::SessionId;
+use crate::state::{Allowed, Shared, TunnelDenied, AUDIT};
+use crate::tunnel::{ws, Direction, Refused};
+
+/// A registered tunnel: counted in flight (no stale reaping) and in the cut registry
+/// until dropped, whatever path the request takes.
+struct Registered {
+    shared: Arc<Shared>,
+    allowed: Allowed,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shared.end_request(&self.allowed, Instant::now());
+    }
+}
+
+/// A tunnel that passed every check and whose device connection is up.
+pub struct Prepared {
+    reg: Registered,
+    target: String,
+    addr: SocketAddr,
+    device: TcpStream,
+    accept: String,
+    client: Option<IpAddr>,
+}
+
+/// What [`open`] decided.
+pub enum Opened {
+    /// Answer `reply` and stop. `verdict` is the gate's (for the access line), `session`
+    /// the id the request named, when it named a valid one.
+    Refused {
+        reply: Reply,
+        verdict: Verdict,
+        session: Option<SessionId>,
+    },
+    Ready(Box<Prepared>),
+}
+
+fn refused_by_gate(denied: Denied) -> Refused {
+    match denied {
+        Denied::Missing => Refused::Missing,
+        Denied::Duplicate => Refused::Invalid,
+        Denied::Unknown => Refused::Unknown,
+        Denied::Waiting { .. } => Refused::Waiting,
+    }
+}
+
+/// Counts and audits a refusal, and hands back what to answer.
+fn refuse(
+    shared: &Shared,
+    why: Refused,
+    detail: &str,
+    reply: Reply,
+    verdict: Verdict,
+    session: Option<SessionId>,
+    client: Option<IpAddr>,
+    target: &str,
+) -> Opened {
+    shared.metrics().count_tunnel_refused(why);
+    let target: String = target.chars().take(128).collect();
+    let tag = session.map(|id| id.short());
+    tracing::info!(
+        target: AUDIT,
+        event = "tunnel_refused",
+        client = %client.map(|c| c.to_string()).unwrap_or_default(),
+        session = tag.as_deref().unwrap_or("-"),
+        target = %target,
+        reason = why.as_str(),
+        detail,
+    );
+    Opened::Refused {
+        reply,
+        verdict,
+        session,
+    }
+}
+
+/// Checks a tunnel request and connects to its device; writes nothing to the client.
+pub async fn open(
+    shared: &Arc<Shared>,
+    session: &ServerSession,
+    header: SessionHeader,
+    caller: Option<&Identity>,
+    target: &str,
+    client: Option<IpAddr>,
+    now: Instant,
+) -> Opened {
+    let tunnels = &shared.config.tunnels;
+    // Pure checks first; their answers wait for the gate's.
+    let resolved = tunnels.allowlist.resolve(target);
+    let req = session.req_header();
+    let accept = ws::accept_key(&req.method, req.version, &req.headers);
+    let named = match header {
+        SessionHeader::One(Some(id)) => Some(id),
+        _ => None,
+    };
+
+    let allowed = match shared.open_tunnel(header, caller, now) {
+        Ok(allowed) => allowed,
+        Err(TunnelDenied::Limit(id)) => {
+            let reply = api::too_many_tunnels();
+            return refuse(
+                shared,
+                Refused::Limit,
+                "limit",
+                reply,
+                Verdict::Allowed,
+                Some(id),
+                client,
+                target,
+            );
+        }
+        Err(TunnelDenied::Gate(denied)) => {
+            if let (Denied::Unknown, Some(client)) = (denied, client) {
+                shared.note_unknown_id(client, now);
+            }
+            let reply = api::refused(denied, shared, now);
+            let why = refused_by_gate(denied);
+            return refuse(
+                shared,
+                why,
+                why.as_str(),
+                reply,
+                denied.verdict(),
+                named,
+                client,
+                target,
+            );
+        }
+    };
+    let id = allowed.id;
+    let reg = Registered {
+        shared: shared.clone(),
+        allowed,
+    };
+    let no = |why: Refused, detail: &str, reply: Reply| {
+        refuse(
+            shared,
+            why,
+            detail,
+            reply,
+            Verdict::Allowed,
+            Some(id),
+            client,
+            target,
+        )
+    };
+    let addr = match resolved {
+        Ok(addr) => addr,
+        Err(why) => {
+            return no(
+                Refused::NotAllowed,
+                &why.to_string(),
+                api::tunnel_not_allowed(),
+            )
+        }
+    };
+    let accept = match accept {
+        Ok(a) => a,
+        Err(why) => {
+            let text = why.to_string();
+            return no(Refused::Handshake, &text, api::not_websocket(&text));
+        }
+    };
+    let connected = unless_cut(
+        &reg.allowed.ticket,
+        connect(addr, tunnels.connect_timeout, tunnels.keepalive),
+    )
+    .await;
+    let device = match connected {
+        // The turn ended while connecting.
+        None => return no(Refused::Unknown, "session ended", api::not_active()),
+        Some(Err(ConnectError::Timeout)) => {
+            return no(Refused::Timeout, "connect timeout", api::tunnel_timed_out())
+        }
+        Some(Err(ConnectError::Io(e))) => {
+            return no(
+                Refused::Unreachable,
+                &e.to_string(),
+                api::tunnel_unreachable(),
+            )
+        }
+        Some(Ok(device)) => device,
+    };
+    // From here the cut shuts the device socket down under the queue lock.
+    if shared
+        .attach_upstream(&reg.allowed, device.as_raw_fd())
+        .is_err()
+    {
+        return no(Refused::Unknown, "session ended", api::not_active());
+    }
+    Opened::Ready(Box::new(Prepared {
+        reg,
+        target: target.chars().take(128).collect(),
+        addr,
+        device,
+        accept,
+        client,
+    }))
+}
+
+impl Prepared {
+    pub fn session(&self) -> SessionId {
+        self.reg.allowed.id
+    }
+
+    /// Answers `101` and splices until the tunnel ends; records it.
+    pub async fn run(self, session: &mut ServerSession) {
+        let Prepared {
+            reg,
+            target,
+            addr,
+            device,
+            accept,
+            client,
+        } = self;
+        let shared = reg.shared.clone();
+        let tunnels = &shared.config.tunnels;
+        // A tunnel idles as long as its user likes; keepalive watches the client instead.
+        session.set_read_timeout(None);
+        let client_sock = client_socket(session);
+        if let Some(c) = &client_sock {
+            if let Err(e) = set_keepalive(c, tunnels.keepalive) {
+                tracing::warn!(error = %e, "cannot set keepalive on a tunnel's client socket");
+            }
+            let _ = c.set_nodelay(true);
+        }
+        let mut extra = Vec::new();
+        if let Some(left) = shared.hold_remaining(Instant::now()) {
+            extra.push((api::HOLD_REMAINING_HEADER, left.as_secs().to_string()));
+        }
+        let started = Instant::now();
+        if answer_websocket(session, &accept, &extra).await.is_err() {
+            return;
+        }
+        let m = shared.metrics();
+        m.tunnels_opened.inc();
+        m.tunnels_open.inc();
+        let outcome =
+            super::tunnel(session, device, &reg.allowed.ticket, client_sock.as_ref()).await;
+        m.tunnels_open.dec();
+        m.count_tunnel_bytes(Direction::ToDevice, outcome.to_remote);
+        m.count_tunnel_bytes(Direction::ToClient, outcome.to_client);
+        let reason = match outcome.end {
+            super::End::SessionEnded(r) => r.to_string(),
+            super::End::Protocol(code) => format!("close {code}"),
+            _ => String::new(),
+        };
+        tracing::info!(
+            target: AUDIT,
+            event = "tunnel_closed",
+            session = %reg.allowed.id.short(),
+            seq = reg.allowed.seq,
+            client = %client.map(|c| c.to_string()).unwrap_or_default(),
+            target = %target,
+            addr = %addr,
+            bytes_to_device = outcome.to_remote,
+            bytes_to_client = outcome.to_client,
+            duration_secs = started.elapsed().as_secs_f64(),
+            end = outcome.end.as_str(),
+            reason = %reason,
+        );
+        drop(reg);
+    }
+}
