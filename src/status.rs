@@ -223,6 +223,7 @@ mod tests {
             resetting: false,
             reset_failed: false,
             max_hold_secs: Some(1800.0),
+            tunnels: 2,
             queue: vec![QueueEntry {
                 position: 0,
                 tag: "0a1b2c3d".into(),
@@ -277,6 +278,7 @@ mod tests {
         let page = html(&status());
         assert!(page.contains("The lab is held, for 4 min 10 s so far."));
         assert!(page.contains("2 sessions are waiting."));
+        assert!(page.contains("The holder has 2 tunnels open."));
         assert!(page.contains("draining"));
         assert!(page.contains("Typical wait: 30 s"));
         assert!(page.contains("Typical hold: not known yet"));

@@ -87,7 +87,7 @@ fn refuse(
         event = "tunnel_refused",
         client = %client.map(|c| c.to_string()).unwrap_or_default(),
         session = tag.as_deref().unwrap_or("-"),
-        target = %target,
+        destination = %target,
         reason = why.as_str(),
         detail,
     );
@@ -275,7 +275,7 @@ impl Prepared {
             session = %reg.allowed.id.short(),
             seq = reg.allowed.seq,
             client = %client.map(|c| c.to_string()).unwrap_or_default(),
-            target = %target,
+            destination = %target,
             addr = %addr,
             bytes_to_device = outcome.to_remote,
             bytes_to_client = outcome.to_client,

@@ -42,3 +42,4 @@ mod session_api;
 mod session_end;
 mod status_page;
 mod upstream_tls;
+mod tunnels;

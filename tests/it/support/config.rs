@@ -76,6 +76,64 @@ impl UpstreamCfg {
     }
 }
 
+/// `[tunnels]`: device tunnels' limit, timeouts and what they may reach.
+#[derive(Clone, Debug, Serialize)]
+pub struct TunnelsCfg {
+    pub max_per_session: usize,
+    pub connect_timeout: String,
+    pub keepalive: String,
+    /// `[[tunnels.device]]`.
+    #[serde(rename = "device", skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceCfg>,
+    /// `[[tunnels.network]]`.
+    #[serde(rename = "network", skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkCfg>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceCfg {
+    pub name: String,
+    pub address: String,
+    pub ports: Vec<u16>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NetworkCfg {
+    pub cidr: String,
+    pub ports: Vec<u16>,
+}
+
+impl TunnelsCfg {
+    /// At most `max` tunnels per session, short timeouts, nothing reachable yet.
+    pub fn new(max: usize) -> Self {
+        TunnelsCfg {
+            max_per_session: max,
+            connect_timeout: "2s".to_string(),
+            keepalive: "25s".to_string(),
+            devices: Vec::new(),
+            networks: Vec::new(),
+        }
+    }
+
+    /// A named device at `addr`'s IP, on `addr`'s port.
+    pub fn device(mut self, name: &str, addr: SocketAddr) -> Self {
+        self.devices.push(DeviceCfg {
+            name: name.to_string(),
+            address: addr.ip().to_string(),
+            ports: vec![addr.port()],
+        });
+        self
+    }
+
+    pub fn network(mut self, cidr: &str, ports: &[u16]) -> Self {
+        self.networks.push(NetworkCfg {
+            cidr: cidr.to_string(),
+            ports: ports.to_vec(),
+        });
+        self
+    }
+}
+
 /// A labgate config with test-friendly defaults: long timeouts, a generous rate limit.
 #[derive(Clone, Debug)]
 pub struct Cfg {
@@ -107,6 +165,8 @@ pub struct Cfg {
     pub max_sessions_per_client: Option<usize>,
     /// `[compat] active_session_id`; written only when set.
     pub compat_active_session_id: bool,
+    /// `[tunnels]`; `None` leaves the section out (no tunnel target allowed).
+    pub tunnels: Option<TunnelsCfg>,
 }
 
 impl Cfg {
@@ -136,6 +196,7 @@ impl Cfg {
             https: false,
             max_sessions_per_client: Some(10_000),
             compat_active_session_id: false,
+            tunnels: None,
         }
     }
 
@@ -227,6 +288,12 @@ impl Cfg {
         self
     }
 
+    /// `[tunnels]`: device tunnels (issue 11).
+    pub fn tunnels(mut self, t: TunnelsCfg) -> Self {
+        self.tunnels = Some(t);
+        self
+    }
+
     /// The TOML text; injected header secrets are written as files into `dir`.
     pub fn render(&self, dir: &Path, listen: u16, metrics: u16) -> String {
         let upstream = self
@@ -290,6 +357,7 @@ impl Cfg {
             compat: self.compat_active_session_id.then_some(CompatToml {
                 active_session_id: true,
             }),
+            tunnels: self.tunnels.as_ref(),
             upstream,
         };
         let text = toml::to_string(&file).expect("a test config renders as TOML");
@@ -327,6 +395,7 @@ struct FileToml<'a> {
     admin: Option<AdminToml>,
     #[serde(skip_serializing_if = "Option::is_none")]
     compat: Option<CompatToml>,
+    tunnels: Option<&'a TunnelsCfg>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     upstream: Vec<UpstreamToml<'a>>,
 }

@@ -1,5 +1,5 @@
 //! WebSockets: an in-process echo upstream that counts its connections, and a client
-//! WebSocket through labgate that retries only the known pingora upgrade bug.
+//! WebSocket through labgate, proven open with one round trip.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,45 +66,39 @@ impl Drop for WsUpstream {
 pub type ClientWs =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// How often [`open_echo_ws`] opens a WebSocket again after pingora tore it down.
-pub const WS_UPGRADE_ATTEMPTS: usize = 5;
-
 /// Opens a WebSocket to `path` for session `id` through an echo upstream and proves it
-/// works with one round trip. pingora 0.9.1 sometimes ends an upgraded connection right
-/// after the `101` (it reads the upstream's `101` before the upgrade request's empty body
-/// end: cloudflare/pingora#946, fix proposed in #947). That is a known pingora bug, not
-/// what the calling test checks, so such an attempt is printed and made again, at most
-/// [`WS_UPGRADE_ATTEMPTS`] times; any other failure fails the test.
+/// works with one round trip. Once: labgate relays upgrades on its own connection, so
+/// pingora's teardown right after the `101` (cloudflare/pingora#946) no longer happens,
+/// and a teardown fails the test.
 pub async fn open_echo_ws(gw: &Gateway, path: &str, id: &str) -> ClientWs {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
-    for attempt in 1..=WS_UPGRADE_ATTEMPTS {
-        let mut req = format!("ws://127.0.0.1:{}{path}", gw.port)
-            .into_client_request()
-            .expect("ws request");
-        req.headers_mut()
-            .insert("X-Session-ID", id.parse().expect("header value"));
-        let (mut socket, resp) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(req),
-        )
+    let mut req = format!("ws://127.0.0.1:{}{path}", gw.port)
+        .into_client_request()
+        .expect("ws request");
+    req.headers_mut()
+        .insert("X-Session-ID", id.parse().expect("header value"));
+    let (mut socket, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    assert_eq!(resp.status().as_u16(), 101);
+    socket
+        .send(Message::text("probe"))
         .await
-        .expect("handshake in time")
-        .expect("handshake");
-        assert_eq!(resp.status().as_u16(), 101);
-        let _ = socket.send(Message::text("probe")).await;
-        match tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await
-            .expect("probe echo in time")
-        {
-            Some(Ok(m)) => {
-                assert_eq!(m, Message::text("probe"), "the echo upstream answers the probe");
-                return socket;
-            }
-            None | Some(Err(_)) => println!(
-                "pingora#946: WebSocket torn down right after its 101; attempt {attempt} of {WS_UPGRADE_ATTEMPTS}"
-            ),
-        }
-    }
-    panic!("no WebSocket to {path} survived its upgrade in {WS_UPGRADE_ATTEMPTS} attempts");
+        .expect("send the probe");
+    let echo = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .expect("probe echo in time")
+        .expect("the WebSocket is open after its 101")
+        .expect("the probe's echo");
+    assert_eq!(
+        echo,
+        Message::text("probe"),
+        "the echo upstream answers the probe"
+    );
+    socket
 }
