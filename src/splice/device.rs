@@ -68,33 +68,40 @@ fn refused_by_gate(denied: Denied) -> Refused {
     }
 }
 
-/// Counts and audits a refusal, and hands back what to answer.
-fn refuse(
-    shared: &Shared,
-    why: Refused,
-    detail: &str,
-    reply: Reply,
-    verdict: Verdict,
-    session: Option<SessionId>,
+/// The request being decided, for refusals.
+struct Asked<'a> {
+    shared: &'a Shared,
     client: Option<IpAddr>,
-    target: &str,
-) -> Opened {
-    shared.metrics().count_tunnel_refused(why);
-    let target: String = target.chars().take(128).collect();
-    let tag = session.map(|id| id.short());
-    tracing::info!(
-        target: AUDIT,
-        event = "tunnel_refused",
-        client = %client.map(|c| c.to_string()).unwrap_or_default(),
-        session = tag.as_deref().unwrap_or("-"),
-        destination = %target,
-        reason = why.as_str(),
-        detail,
-    );
-    Opened::Refused {
-        reply,
-        verdict,
-        session,
+    target: &'a str,
+}
+
+impl Asked<'_> {
+    /// Counts and audits a refusal, and hands back what to answer.
+    fn refuse(
+        &self,
+        why: Refused,
+        detail: &str,
+        reply: Reply,
+        verdict: Verdict,
+        session: Option<SessionId>,
+    ) -> Opened {
+        self.shared.metrics().count_tunnel_refused(why);
+        let target: String = self.target.chars().take(128).collect();
+        let tag = session.map(|id| id.short());
+        tracing::info!(
+            target: AUDIT,
+            event = "tunnel_refused",
+            client = %self.client.map(|c| c.to_string()).unwrap_or_default(),
+            session = tag.as_deref().unwrap_or("-"),
+            destination = %target,
+            reason = why.as_str(),
+            detail,
+        );
+        Opened::Refused {
+            reply,
+            verdict,
+            session,
+        }
     }
 }
 
@@ -113,6 +120,11 @@ pub async fn open(
     let resolved = tunnels.allowlist.resolve(target);
     let req = session.req_header();
     let accept = ws::accept_key(&req.method, req.version, &req.headers);
+    let asked = Asked {
+        shared,
+        client,
+        target,
+    };
     let named = match header {
         SessionHeader::One(Some(id)) => Some(id),
         _ => None,
@@ -122,16 +134,7 @@ pub async fn open(
         Ok(allowed) => allowed,
         Err(TunnelDenied::Limit(id)) => {
             let reply = api::too_many_tunnels();
-            return refuse(
-                shared,
-                Refused::Limit,
-                "limit",
-                reply,
-                Verdict::Allowed,
-                Some(id),
-                client,
-                target,
-            );
+            return asked.refuse(Refused::Limit, "limit", reply, Verdict::Allowed, Some(id));
         }
         Err(TunnelDenied::Gate(denied)) => {
             if let (Denied::Unknown, Some(client)) = (denied, client) {
@@ -139,16 +142,7 @@ pub async fn open(
             }
             let reply = api::refused(denied, shared, now);
             let why = refused_by_gate(denied);
-            return refuse(
-                shared,
-                why,
-                why.as_str(),
-                reply,
-                denied.verdict(),
-                named,
-                client,
-                target,
-            );
+            return asked.refuse(why, why.as_str(), reply, denied.verdict(), named);
         }
     };
     let id = allowed.id;
@@ -157,16 +151,7 @@ pub async fn open(
         allowed,
     };
     let no = |why: Refused, detail: &str, reply: Reply| {
-        refuse(
-            shared,
-            why,
-            detail,
-            reply,
-            Verdict::Allowed,
-            Some(id),
-            client,
-            target,
-        )
+        asked.refuse(why, detail, reply, Verdict::Allowed, Some(id))
     };
     let addr = match resolved {
         Ok(addr) => addr,

@@ -538,3 +538,57 @@ async fn websocket_upgrades_survive_parallel_load() {
     println!("WebSocket upgrades torn down right after their 101: {torn} of {UPGRADES} ({PARALLEL} in parallel)");
     assert_eq!(torn, 0);
 }
+
+/// `labgate check` on a config with `[tunnels]`: what may be reached, and a located
+/// error for a tunnel target that would need DNS.
+#[test]
+fn check_prints_what_tunnels_may_reach() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("labgate.toml");
+    std::fs::write(
+        &file,
+        "[[upstream]]\nname = \"lab\"\naddress = \"127.0.0.1:9000\"\nroutes = [\"/lab\"]\n\n\
+         [tunnels]\nmax_per_session = 3\n\n\
+         [[tunnels.device]]\nname = \"r1\"\naddress = \"172.20.20.2\"\nports = [22, 830]\n\n\
+         [[tunnels.network]]\ncidr = \"172.20.20.0/24\"\nports = [22, 57400]\n",
+    )
+    .expect("write config");
+    let file = file.display().to_string();
+    let run = |args: &[&str]| {
+        run_bounded(
+            std::process::Command::new(env!("CARGO_BIN_EXE_labgate")).args(args),
+            Duration::from_secs(20),
+        )
+    };
+    let out = run(&["check", "--config", &file]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("device  r1"), "{stdout}");
+    assert!(stdout.contains("172.20.20.2"), "{stdout}");
+    assert!(stdout.contains("ports 22, 830"), "{stdout}");
+    assert!(stdout.contains("network 172.20.20.0/24"), "{stdout}");
+    assert!(
+        stdout.contains("127.0.0.1:8080"),
+        "own listener named: {stdout}"
+    );
+    assert!(
+        stdout.contains("at most 3 open tunnel(s) per session"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        &file,
+        "[[upstream]]\nname = \"lab\"\naddress = \"127.0.0.1:9000\"\nroutes = [\"/lab\"]\n\n\
+         [[tunnels.device]]\nname = \"r1\"\naddress = \"r1.lab.example\"\nports = [22]\n",
+    )
+    .expect("write config");
+    let out = run(&["check", "--config", &file]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{file}:8:11: ")), "{stderr}");
+    assert!(stderr.contains("not an IP address"), "{stderr}");
+}
