@@ -143,6 +143,17 @@ async fn waiting_session_tunnel_is_423_and_the_device_never_sees_a_connection() 
         0,
         "a refused tunnel reached the device"
     );
+    // A waiting session may list what it will reach; no header or an unknown id may not.
+    let list = |id: Option<&str>| {
+        let mut req = client().get(gw.url("/tunnels"));
+        if let Some(id) = id {
+            req = req.header("X-Session-ID", id);
+        }
+        async move { req.send().await.expect("GET /tunnels").status().as_u16() }
+    };
+    assert_eq!(list(Some(&b)).await, 200);
+    assert_eq!(list(None).await, 422);
+    assert_eq!(list(Some(stranger)).await, 404);
     let refused = |reason: &str| format!("labgate_tunnels_refused_total{{reason=\"{reason}\"}}");
     assert_eq!(gw.metric(&refused("waiting")).await, Some(1.0));
     assert_eq!(gw.metric(&refused("missing")).await, Some(1.0));
