@@ -246,9 +246,10 @@ impl Prepared {
         m.tunnels_open.inc();
         let outcome =
             super::tunnel(session, device, &reg.allowed.ticket, client_sock.as_ref()).await;
-        m.tunnels_open.dec();
-        m.count_tunnel_bytes(Direction::ToDevice, outcome.to_remote);
-        m.count_tunnel_bytes(Direction::ToClient, outcome.to_client);
+        // The slot is free (and the session reapable) first; the gauge drops last, so
+        // whoever sees it drop sees the audit line and byte counts too.
+        let (id, seq) = (reg.allowed.id, reg.allowed.seq);
+        drop(reg);
         let reason = match outcome.end {
             super::End::SessionEnded(r) => r.to_string(),
             super::End::Protocol(code) => format!("close {code}"),
@@ -257,8 +258,8 @@ impl Prepared {
         tracing::info!(
             target: AUDIT,
             event = "tunnel_closed",
-            session = %reg.allowed.id.short(),
-            seq = reg.allowed.seq,
+            session = %id.short(),
+            seq,
             client = %client.map(|c| c.to_string()).unwrap_or_default(),
             destination = %target,
             addr = %addr,
@@ -268,6 +269,8 @@ impl Prepared {
             end = outcome.end.as_str(),
             reason = %reason,
         );
-        drop(reg);
+        m.count_tunnel_bytes(Direction::ToDevice, outcome.to_remote);
+        m.count_tunnel_bytes(Direction::ToClient, outcome.to_client);
+        m.tunnels_open.dec();
     }
 }

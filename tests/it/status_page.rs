@@ -113,7 +113,7 @@ fn assert_no_session_id(page: &str, ids: &[String], what: &str) {
     }
 }
 
-const STATUS_KEYS: [&str; 10] = [
+const STATUS_KEYS: [&str; 11] = [
     "draining",
     "held",
     "hold_secs",
@@ -121,6 +121,7 @@ const STATUS_KEYS: [&str; 10] = [
     "queue",
     "reset_failed",
     "resetting",
+    "tunnels",
     "typical_hold_secs",
     "typical_wait_secs",
     "waiting",
@@ -143,6 +144,7 @@ async fn an_empty_lab_is_free_with_nothing_known_yet() {
             "resetting": false,
             "reset_failed": false,
             "max_hold_secs": null,
+            "tunnels": 0,
             "queue": [],
         })
     );

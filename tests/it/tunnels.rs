@@ -374,13 +374,17 @@ async fn end_and_measure(ending: Ending) {
     let mut two = [0u8; 2];
     dev_b.read_exact(&mut two).await.expect("device reads b");
     assert_eq!(&two, b"hi");
-    let closed = gw.audit_events("tunnel_closed");
-    assert!(
-        closed
-            .iter()
-            .any(|e| e["end"] == "session_ended" && e["reason"] == reason),
-        "{closed:?}"
-    );
+    eventually(
+        Duration::from_secs(5),
+        "the audit line of the cut tunnel",
+        || async {
+            gw.audit_events("tunnel_closed")
+                .iter()
+                .any(|e| e["end"] == "session_ended" && e["reason"] == reason)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,10 +414,11 @@ async fn tunnels_per_session_are_limited_with_429() {
     let _two = tunnel(&gw, &target, Some(&a)).await.expect("second");
     assert_eq!(tunnel(&gw, &target, Some(&a)).await.err(), Some(429));
     one.close(None).await.expect("close");
-    let mut three = eventually(Duration::from_secs(5), "a slot frees up", || async {
-        tunnel(&gw, &target, Some(&a)).await.ok()
+    eventually(Duration::from_secs(5), "the first tunnel ends", || async {
+        (gw.metric("labgate_tunnels_open").await == Some(1.0)).then_some(())
     })
     .await;
+    let mut three = tunnel(&gw, &target, Some(&a)).await.expect("a freed slot");
     round_trip(&mut three, b"ok").await;
     assert_eq!(
         gw.metric(r#"labgate_tunnels_refused_total{reason="limit"}"#)

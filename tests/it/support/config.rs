@@ -395,6 +395,7 @@ struct FileToml<'a> {
     admin: Option<AdminToml>,
     #[serde(skip_serializing_if = "Option::is_none")]
     compat: Option<CompatToml>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     tunnels: Option<&'a TunnelsCfg>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     upstream: Vec<UpstreamToml<'a>>,
