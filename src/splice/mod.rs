@@ -207,6 +207,50 @@ async fn to_client(
     }
 }
 
+/// Bytes on their way to the device (or upstream), written as fast as it takes them, in
+/// the same loop that keeps reading it: a remote busy writing to us (its send buffer full)
+/// then never stops us from reading, so both directions can be full at once without a
+/// deadlock. Past [`PENDING_LIMIT`] the client is not read (backpressure).
+#[derive(Default)]
+struct Pending {
+    chunks: std::collections::VecDeque<Bytes>,
+    len: usize,
+}
+
+/// Bytes queued for the remote before the client's side stops being read; at most one
+/// client read or WebSocket message ([`crate::tunnel::ws::MAX_MESSAGE`]) more is queued.
+const PENDING_LIMIT: usize = 256 * 1024;
+
+impl Pending {
+    fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.chunks.push_back(bytes);
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.len < PENDING_LIMIT
+    }
+
+    /// The next bytes to write (a cheap reference-counted handle).
+    fn front(&self) -> Option<Bytes> {
+        self.chunks.front().cloned()
+    }
+
+    /// `n` bytes of the front chunk were written.
+    fn written(&mut self, n: usize) {
+        if let Some(front) = self.chunks.front_mut() {
+            let n = n.min(front.len());
+            let _ = front.split_to(n);
+            self.len -= n;
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+    }
+}
+
 /// Splices a device tunnel after labgate wrote its `101`: WebSocket binary messages from
 /// the client become bytes to `device`, bytes from `device` become binary messages.
 /// Returns when either side ends or the turn ends.
@@ -220,6 +264,7 @@ pub async fn tunnel(
     let mut device = device;
     let (mut dr, mut dw) = device.split();
     let mut buf = BytesMut::with_capacity(CHUNK);
+    let mut pending = Pending::default();
     let mut to_remote = 0u64;
     let mut to_client_n = 0u64;
     let done = |end, to_remote, to_client| Outcome {
@@ -232,22 +277,12 @@ pub async fn tunnel(
             let end = finish_cut(session, Some(&mut ws), reason, client).await;
             return done(end, to_remote, to_client_n);
         }
-        // Everything the client sent so far, in order, before reading more.
-        while let Some(event) = ws.next_event() {
-            match event {
-                Event::Data(data) => {
-                    let n = data.len() as u64;
-                    match unless_cut(ticket, dw.write_all(&data)).await {
-                        Some(Ok(())) => to_remote += n,
-                        Some(Err(_)) => {
-                            ws.close(1011, "device write failed");
-                            let _ = to_client(session, ticket, ws.take_outbound()).await;
-                            return done(End::RemoteError, to_remote, to_client_n);
-                        }
-                        None => break,
-                    }
-                }
-                Event::Closed { code, by_client } => {
+        // What the client sent so far, in order, as far as the queue has room.
+        while pending.has_room() {
+            match ws.next_event() {
+                None => break,
+                Some(Event::Data(data)) => pending.push(data),
+                Some(Event::Closed { code, by_client }) => {
                     let _ = to_client(session, ticket, ws.take_outbound()).await;
                     let end = if by_client {
                         End::ClientClosed
@@ -258,9 +293,6 @@ pub async fn tunnel(
                 }
             }
         }
-        if ticket.is_cut() {
-            continue;
-        }
         // Pongs and the like.
         match to_client(session, ticket, ws.take_outbound()).await {
             Ok(()) => {}
@@ -268,10 +300,23 @@ pub async fn tunnel(
             Err(None) => continue,
         }
         buf.reserve(CHUNK);
+        let next = pending.front();
         tokio::select! {
             biased;
             _ = ticket.cut_notified() => continue,
-            read = session.read_request_body() => match read {
+            wrote = dw.write(next.as_deref().unwrap_or_default()), if next.is_some() => match wrote {
+                Ok(n) if n > 0 => {
+                    pending.written(n);
+                    to_remote += n as u64;
+                }
+                _ if ticket.is_cut() => continue,
+                _ => {
+                    ws.close(1011, "device write failed");
+                    let _ = to_client(session, ticket, ws.take_outbound()).await;
+                    return done(End::RemoteError, to_remote, to_client_n);
+                }
+            },
+            read = session.read_request_body(), if pending.has_room() => match read {
                 Ok(Some(bytes)) => ws.feed(&bytes),
                 Ok(None) | Err(_) => return done(End::ClientGone, to_remote, to_client_n),
             },
@@ -311,6 +356,7 @@ pub async fn raw<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Outcome {
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let mut buf = BytesMut::with_capacity(CHUNK);
+    let mut pending = Pending::default();
     let mut to_remote = 0u64;
     let mut to_client_n = 0u64;
     let done = |end, to_remote, to_client| Outcome {
@@ -324,18 +370,25 @@ pub async fn raw<S: AsyncRead + AsyncWrite + Unpin>(
             return done(end, to_remote, to_client_n);
         }
         buf.reserve(CHUNK);
+        let next = pending.front();
         tokio::select! {
             biased;
             _ = ticket.cut_notified() => continue,
-            read = session.read_request_body() => match read {
-                Ok(Some(bytes)) => {
-                    let n = bytes.len() as u64;
-                    match unless_cut(ticket, async { uw.write_all(&bytes).await?; uw.flush().await }).await {
-                        Some(Ok(())) => to_remote += n,
-                        Some(Err(_)) => return done(End::RemoteError, to_remote, to_client_n),
-                        None => continue,
+            // One write: cancel-safe, so a lost race never writes the same bytes twice.
+            wrote = uw.write(next.as_deref().unwrap_or_default()), if next.is_some() => match wrote {
+                Ok(n) if n > 0 => {
+                    pending.written(n);
+                    to_remote += n as u64;
+                    // The upgraded stream may buffer: push out what it took.
+                    if let Some(Err(_)) = unless_cut(ticket, uw.flush()).await {
+                        return done(End::RemoteError, to_remote, to_client_n);
                     }
                 }
+                _ if ticket.is_cut() => continue,
+                _ => return done(End::RemoteError, to_remote, to_client_n),
+            },
+            read = session.read_request_body(), if pending.has_room() => match read {
+                Ok(Some(bytes)) => pending.push(bytes),
                 Ok(None) | Err(_) => return done(End::ClientGone, to_remote, to_client_n),
             },
             read = ur.read_buf(&mut buf) => match read {
@@ -456,6 +509,56 @@ mod tests {
         assert_eq!(outcome.end, End::ClientClosed);
         assert_eq!(outcome.to_remote, sent.len() as u64);
         assert_eq!(outcome.to_client, sent.len() as u64);
+    }
+
+    /// A device that writes everything before it reads anything, with small socket
+    /// buffers: labgate must keep reading it while its own writes to it wait, or both
+    /// directions stall for good.
+    #[tokio::test]
+    async fn both_directions_full_at_once_do_not_deadlock() {
+        const EACH_WAY: usize = 16 << 20;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dev_addr = l.local_addr().unwrap();
+        let device = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let sock = SockRef::from(&s);
+            sock.set_recv_buffer_size(64 * 1024).unwrap();
+            sock.set_send_buffer_size(64 * 1024).unwrap();
+            s.write_all(&vec![7u8; EACH_WAY]).await.unwrap();
+            let mut got = vec![0u8; EACH_WAY];
+            s.read_exact(&mut got).await.unwrap();
+            assert!(got.iter().all(|b| *b == 9));
+        });
+        let mut reg = Registry::default();
+        let ticket = reg.begin_tunnel(SessionId::random(), 1).unwrap();
+        let (addr, task) = serve_one(dev_addr, ticket).await;
+        let ws = open(addr).await;
+        let (mut tx, mut rx) = ws.split();
+        let sender = tokio::spawn(async move {
+            for _ in 0..EACH_WAY / (1 << 20) {
+                tx.send(Message::binary(vec![9u8; 1 << 20])).await.unwrap();
+            }
+            tx
+        });
+        let mut received = 0;
+        while received < EACH_WAY {
+            match tokio::time::timeout(Duration::from_secs(20), rx.next())
+                .await
+                .expect("no stall")
+            {
+                Some(Ok(Message::Binary(b))) => received += b.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(20), device)
+            .await
+            .expect("the device got everything")
+            .unwrap();
+        let mut tx = sender.await.unwrap();
+        tx.close().await.unwrap();
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.to_remote, EACH_WAY as u64);
+        assert_eq!(outcome.to_client, EACH_WAY as u64);
     }
 
     #[tokio::test]
