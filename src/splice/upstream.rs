@@ -106,24 +106,24 @@ pub async fn request_upgrade(
     })
 }
 
-/// Response headers of an upstream that are this hop's only. `Upgrade` and `Connection`
-/// stay on a `101` (they are the switch itself); framing headers stay on anything else
-/// (pingora frames the body by them).
-fn relayed(name: &http::HeaderName, switched: bool) -> bool {
-    const NEVER: [&str; 4] = ["keep-alive", "proxy-connection", "proxy-authenticate", "te"];
-    if NEVER.contains(&name.as_str()) {
+/// Whether an upstream's response header is relayed: `forward`'s hop-by-hop removals
+/// apply (none on a `101`, whose `Upgrade`/`Connection` are the switch itself); on any
+/// other answer pingora writes its own `Connection`, and an `Upgrade` offer is this
+/// hop's only.
+fn relayed(name: &http::HeaderName, status: u16) -> bool {
+    if crate::forward::response_removals(status).contains(&name.as_str()) {
         return false;
     }
-    switched || (name != header::CONNECTION && name != header::UPGRADE)
+    status == 101 || (name != header::CONNECTION && name != header::UPGRADE)
 }
 
 fn relay_head(
     parts: &http::response::Parts,
-    switched: bool,
     extra: &[(&'static str, String)],
 ) -> pingora::Result<ResponseHeader> {
+    let status = parts.status.as_u16();
     let mut head = ResponseHeader::build(parts.status, Some(parts.headers.len() + extra.len()))?;
-    for (name, value) in parts.headers.iter().filter(|(n, _)| relayed(n, switched)) {
+    for (name, value) in parts.headers.iter().filter(|(n, _)| relayed(n, status)) {
         head.append_header(name.clone(), value.clone())?;
     }
     for (name, value) in extra {
@@ -168,7 +168,7 @@ pub async fn forward_upgrade(
     let client = client_socket(session);
     match answer {
         UpstreamAnswer::Switched { head, io } => {
-            let head = relay_head(&head, true, extra).map_err(|_| UpgradeError::Timeout)?;
+            let head = relay_head(&head, extra).map_err(|_| UpgradeError::Timeout)?;
             if session.write_response_header(Box::new(head)).await.is_err() {
                 return Ok(Relayed::Switched(Outcome {
                     end: End::ClientGone,
@@ -184,7 +184,7 @@ pub async fn forward_upgrade(
             use http_body_util::BodyExt;
             let (parts, mut body) = response.into_parts();
             let status = parts.status.as_u16();
-            let head = relay_head(&parts, false, extra).map_err(|_| UpgradeError::Timeout)?;
+            let head = relay_head(&parts, extra).map_err(|_| UpgradeError::Timeout)?;
             session.set_keepalive(None);
             if session.write_response_header(Box::new(head)).await.is_err() {
                 return Ok(Relayed::Answered(status));
