@@ -1,6 +1,8 @@
-//! A small load client for `benches/side_by_side.sh` and `benches/resources.sh`: the
-//! session API loop (create, poll, delete) that wrk cannot express, and helpers that
-//! hold sessions or idle keep-alive connections open while resident memory is read.
+//! A small load client for `benches/side_by_side.sh`, `benches/resources.sh` and
+//! `benches/tunnels.sh`: the session API loop (create, poll, delete) that wrk cannot
+//! express, helpers that hold sessions, idle keep-alive connections or idle device
+//! tunnels open while resident memory is read, and a bulk transfer to a sink device,
+//! direct and through a labgate tunnel.
 //!
 //! Owns only client-side load: it must never judge the figures (it prints them) and
 //! never talk to anything but the loopback address it is given. Every run is bounded:
@@ -60,6 +62,30 @@ enum Cmd {
     HoldConnections {
         #[arg(long)]
         addr: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// Serves a sink device on 127.0.0.1:`sink_port` and sends it `mib` MiB twice: over
+    /// a direct TCP connection, then through a labgate tunnel (`/lab/tunnel/sink:PORT`,
+    /// 64 KiB binary messages) of a fresh session. Prints one line:
+    /// `direct_mib_s=A tunnel_mib_s=B ratio=R`.
+    TunnelThroughput {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        sink_port: u16,
+        #[arg(long)]
+        mib: usize,
+    },
+    /// Serves a sink device on `sink_port`, opens `count` idle tunnels to it for one
+    /// session, prints `open=N`, holds them for `seconds` and exits.
+    HoldTunnels {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        sink_port: u16,
         #[arg(long)]
         count: usize,
         #[arg(long)]
@@ -269,6 +295,135 @@ async fn hold_connections(addr: SocketAddr, count: usize, seconds: f64) -> anyho
     Ok(())
 }
 
+/// A sink device on its own thread (so it does not share the client's core): reads every
+/// connection to its end and reports the bytes and when the last one arrived.
+fn sink(port: u16) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)>> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("bind the sink on 127.0.0.1:{port}"))?;
+    listener.set_nonblocking(true)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            while let Ok((mut s, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut n = 0u64;
+                    while let Ok(k) = s.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        n += k as u64;
+                    }
+                    let _ = tx.send((n, Instant::now()));
+                });
+            }
+        });
+    });
+    Ok(rx)
+}
+
+async fn open_tunnel(
+    addr: SocketAddr,
+    target: &str,
+    id: &str,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/lab/tunnel/{target}").into_client_request()?;
+    req.headers_mut().insert("X-Session-ID", id.parse()?);
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .context("tunnel handshake")?;
+    if resp.status() != 101 {
+        bail!("tunnel answered {}", resp.status());
+    }
+    Ok(ws)
+}
+
+async fn new_session(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut c = Conn::open(addr).await?;
+    let a = c.call("POST", "/session").await?;
+    session_id(&a.body).context("session not created")
+}
+
+async fn tunnel_throughput(addr: SocketAddr, sink_port: u16, mib: usize) -> anyhow::Result<()> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    if !(1..=16384).contains(&mib) {
+        bail!("--mib must be 1..16384");
+    }
+    let mut done = sink(sink_port)?;
+    let total = (mib as u64) << 20;
+    let chunk = vec![0x5au8; 64 * 1024];
+    let rate = |start: Instant, (n, end): (u64, Instant)| -> anyhow::Result<f64> {
+        if n != total {
+            bail!("the sink got {n} of {total} bytes");
+        }
+        Ok(n as f64 / (1 << 20) as f64 / end.duration_since(start).as_secs_f64())
+    };
+
+    let start = Instant::now();
+    let mut tcp = TcpStream::connect(("127.0.0.1", sink_port)).await?;
+    for _ in 0..total / chunk.len() as u64 {
+        tcp.write_all(&chunk).await?;
+    }
+    tcp.shutdown().await?;
+    let direct = rate(start, done.recv().await.context("sink gone")?)?;
+    drop(tcp);
+
+    let id = new_session(addr).await?;
+    let mut ws = open_tunnel(addr, &format!("sink:{sink_port}"), &id).await?;
+    let start = Instant::now();
+    for _ in 0..total / chunk.len() as u64 {
+        ws.feed(Message::binary(chunk.clone())).await?;
+    }
+    ws.flush().await?;
+    ws.close(None).await?;
+    let tunnel = rate(start, done.recv().await.context("sink gone")?)?;
+    let mut c = Conn::open(addr).await?;
+    c.call("DELETE", &format!("/session/{id}")).await?;
+    println!(
+        "direct_mib_s={direct:.0} tunnel_mib_s={tunnel:.0} ratio={:.2}",
+        tunnel / direct
+    );
+    Ok(())
+}
+
+async fn hold_tunnels(
+    addr: SocketAddr,
+    sink_port: u16,
+    count: usize,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    if !(seconds > 0.0 && seconds <= 600.0) {
+        bail!("--seconds must be in (0, 600]");
+    }
+    let _sink = sink(sink_port)?;
+    let id = new_session(addr).await?;
+    let mut tunnels = Vec::with_capacity(count);
+    for i in 0..count {
+        let ws = open_tunnel(addr, &format!("sink:{sink_port}"), &id)
+            .await
+            .with_context(|| format!("tunnel {i}"))?;
+        tunnels.push(ws);
+    }
+    println!("open={count}");
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    drop(tunnels);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Some(cmd) = cli.cmd else {
@@ -292,6 +447,17 @@ fn main() -> anyhow::Result<()> {
                 count,
                 seconds,
             } => hold_connections(addr, count, seconds).await,
+            Cmd::TunnelThroughput {
+                addr,
+                sink_port,
+                mib,
+            } => tunnel_throughput(addr, sink_port, mib).await,
+            Cmd::HoldTunnels {
+                addr,
+                sink_port,
+                count,
+                seconds,
+            } => hold_tunnels(addr, sink_port, count, seconds).await,
         }
     })
 }

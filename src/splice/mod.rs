@@ -251,6 +251,30 @@ impl Pending {
     }
 }
 
+/// How long bytes the client sent before it closed may take to reach the remote.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes what is still queued for the remote once the client is done (its close or
+/// EOF ends the tunnel, but what it sent before must arrive), unless the turn ends or
+/// the remote does not take it within [`DRAIN_TIMEOUT`]. Returns the bytes written.
+async fn drain<W: AsyncWrite + Unpin>(
+    pending: &mut Pending,
+    remote: &mut W,
+    ticket: &Ticket,
+) -> u64 {
+    let mut written = 0u64;
+    let drained = async {
+        while let Some(next) = pending.front() {
+            remote.write_all(&next).await?;
+            pending.written(next.len());
+            written += next.len() as u64;
+        }
+        remote.flush().await
+    };
+    let _ = unless_cut(ticket, tokio::time::timeout(DRAIN_TIMEOUT, drained)).await;
+    written
+}
+
 /// Splices a device tunnel after labgate wrote its `101`: WebSocket binary messages from
 /// the client become bytes to `device`, bytes from `device` become binary messages.
 /// Returns when either side ends or the turn ends.
@@ -262,8 +286,10 @@ pub async fn tunnel(
 ) -> Outcome {
     let mut ws = ServerConn::new();
     let mut device = device;
-    let (mut dr, mut dw) = device.split();
-    let mut buf = BytesMut::with_capacity(CHUNK);
+    let (dr, mut dw) = device.split();
+    // Allocated when the device has something to read, released right after: an idle
+    // tunnel holds no read buffer.
+    let mut buf = BytesMut::new();
     let mut pending = Pending::default();
     let mut to_remote = 0u64;
     let mut to_client_n = 0u64;
@@ -284,6 +310,9 @@ pub async fn tunnel(
                 Some(Event::Data(data)) => pending.push(data),
                 Some(Event::Closed { code, by_client }) => {
                     let _ = to_client(session, ticket, ws.take_outbound()).await;
+                    if by_client {
+                        to_remote += drain(&mut pending, &mut dw, ticket).await;
+                    }
                     let end = if by_client {
                         End::ClientClosed
                     } else {
@@ -299,7 +328,6 @@ pub async fn tunnel(
             Err(Some(end)) => return done(end, to_remote, to_client_n),
             Err(None) => continue,
         }
-        buf.reserve(CHUNK);
         let next = pending.front();
         tokio::select! {
             biased;
@@ -318,9 +346,16 @@ pub async fn tunnel(
             },
             read = session.read_request_body(), if pending.has_room() => match read {
                 Ok(Some(bytes)) => ws.feed(&bytes),
-                Ok(None) | Err(_) => return done(End::ClientGone, to_remote, to_client_n),
+                Ok(None) | Err(_) => {
+                    to_remote += drain(&mut pending, &mut dw, ticket).await;
+                    return done(End::ClientGone, to_remote, to_client_n);
+                }
             },
-            read = dr.read_buf(&mut buf) => match read {
+            ready = dr.readable() => match ready.and_then(|()| {
+                buf.reserve(CHUNK);
+                dr.try_read_buf(&mut buf)
+            }) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 // The cut shuts the device socket down: its EOF is the cut's.
                 Ok(0) | Err(_) if ticket.is_cut() => continue,
                 Ok(0) => {
@@ -329,7 +364,7 @@ pub async fn tunnel(
                     return done(End::RemoteClosed, to_remote, to_client_n);
                 }
                 Ok(n) => {
-                    ws.send(buf.split().freeze());
+                    ws.send(std::mem::take(&mut buf).freeze());
                     match to_client(session, ticket, ws.take_outbound()).await {
                         Ok(()) => to_client_n += n as u64,
                         Err(Some(end)) => return done(end, to_remote, to_client_n),
@@ -389,7 +424,10 @@ pub async fn raw<S: AsyncRead + AsyncWrite + Unpin>(
             },
             read = session.read_request_body(), if pending.has_room() => match read {
                 Ok(Some(bytes)) => pending.push(bytes),
-                Ok(None) | Err(_) => return done(End::ClientGone, to_remote, to_client_n),
+                Ok(None) | Err(_) => {
+                    to_remote += drain(&mut pending, &mut uw, ticket).await;
+                    return done(End::ClientGone, to_remote, to_client_n);
+                }
             },
             read = ur.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) if ticket.is_cut() => continue,
@@ -559,6 +597,40 @@ mod tests {
         let outcome = task.await.unwrap();
         assert_eq!(outcome.to_remote, EACH_WAY as u64);
         assert_eq!(outcome.to_client, EACH_WAY as u64);
+    }
+
+    /// Everything the client sent before its close reaches the device, even when the
+    /// close arrives while earlier messages still wait for the device.
+    #[tokio::test]
+    async fn bytes_sent_before_the_close_all_reach_the_device() {
+        const TOTAL: usize = 8 << 20;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dev_addr = l.local_addr().unwrap();
+        let device = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            SockRef::from(&s).set_recv_buffer_size(64 * 1024).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got.len()
+        });
+        let mut reg = Registry::default();
+        let ticket = reg.begin_tunnel(SessionId::random(), 1).unwrap();
+        let (addr, task) = serve_one(dev_addr, ticket).await;
+        let mut ws = open(addr).await;
+        for _ in 0..TOTAL / (64 * 1024) {
+            ws.feed(Message::binary(vec![1u8; 64 * 1024]))
+                .await
+                .unwrap();
+        }
+        ws.close(None).await.unwrap();
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.end, End::ClientClosed);
+        assert_eq!(outcome.to_remote, TOTAL as u64);
+        let got = tokio::time::timeout(Duration::from_secs(20), device)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, TOTAL);
     }
 
     #[tokio::test]

@@ -25,6 +25,9 @@ pub const CLOSE_SESSION_ENDED: u16 = 4001;
 /// clients send what they read (websocat: 64 KiB); anything bigger is refused with 1009.
 pub const MAX_MESSAGE: usize = 1 << 20;
 
+/// The frame decoder's initial buffer (tungstenite's default is 128 KiB per connection).
+const READ_BUFFER: usize = 16 * 1024;
+
 /// Why an upgrade request is not a WebSocket opening handshake labgate accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
@@ -141,6 +144,8 @@ impl ServerConn {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE))
+            // Grows for a big frame; an idle tunnel keeps only this much.
+            .read_buffer_size(READ_BUFFER)
             // Frames go out at once: the splice drains `outbound` after every call.
             .write_buffer_size(0);
         ServerConn {
