@@ -41,5 +41,5 @@ mod run_cli;
 mod session_api;
 mod session_end;
 mod status_page;
-mod upstream_tls;
 mod tunnels;
+mod upstream_tls;

@@ -214,7 +214,7 @@ async fn a_websocket_to_a_tls_upstream_stays_on_http1_while_requests_may_use_h2(
     .expect("create");
     let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
     let id = v["session_id"].as_str().expect("id").to_string();
-    let _ws = open_echo_ws(&gw, "/lab/ws", &id).await;
+    let _ws = open_echo_ws_through_pingora(&gw, "/lab/ws", &id).await;
     let alpn = up.alpn.lock().unwrap().clone();
     assert!(!alpn.is_empty());
     assert!(

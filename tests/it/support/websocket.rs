@@ -102,3 +102,45 @@ pub async fn open_echo_ws(gw: &Gateway, path: &str, id: &str) -> ClientWs {
     );
     socket
 }
+
+/// How often [`open_echo_ws_through_pingora`] opens a WebSocket again.
+pub const WS_UPGRADE_ATTEMPTS: usize = 5;
+
+/// [`open_echo_ws`] for an upstream whose upgrades still take pingora's proxied path
+/// (a TLS upstream: labgate's own splice speaks plain TCP upstream). pingora 0.9.1 tears
+/// about 1 in 20 of those down right after the `101` (cloudflare/pingora#946), which is
+/// not what the calling test checks: such an attempt is printed and made again, at most
+/// [`WS_UPGRADE_ATTEMPTS`] times.
+pub async fn open_echo_ws_through_pingora(gw: &Gateway, path: &str, id: &str) -> ClientWs {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    for attempt in 1..=WS_UPGRADE_ATTEMPTS {
+        let mut req = format!("ws://127.0.0.1:{}{path}", gw.port)
+            .into_client_request()
+            .expect("ws request");
+        req.headers_mut()
+            .insert("X-Session-ID", id.parse().expect("header value"));
+        let (mut socket, resp) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(req),
+        )
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+        assert_eq!(resp.status().as_u16(), 101);
+        let _ = socket.send(Message::text("probe")).await;
+        match tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("probe echo in time")
+        {
+            Some(Ok(m)) => {
+                assert_eq!(m, Message::text("probe"), "the echo upstream answers the probe");
+                return socket;
+            }
+            None | Some(Err(_)) => println!(
+                "pingora#946: WebSocket torn down right after its 101; attempt {attempt} of {WS_UPGRADE_ATTEMPTS}"
+            ),
+        }
+    }
+    panic!("no WebSocket to {path} survived its upgrade in {WS_UPGRADE_ATTEMPTS} attempts");
+}
