@@ -50,6 +50,10 @@ enum Command {
     Run(labgate::client::RunArgs),
     /// Open, inspect, keep alive or end a session (for scripts).
     Session(labgate::client::SessionArgs),
+    /// Reach a lab device through labgate: --stdio HOST:PORT (ssh ProxyCommand) or -L.
+    Tunnel(labgate::client::TunnelArgs),
+    /// Print ssh config Host blocks for the devices this session may reach.
+    SshConfig(labgate::client::SshConfigArgs),
     /// Serve only the fake lab API used by the walk-through.
     DemoLab {
         #[arg(long, default_value = "127.0.0.1:9181")]
@@ -102,6 +106,8 @@ fn main() -> ExitCode {
     let cli = match cli.command {
         Some(Command::Run(args)) => return labgate::client::run_command(args),
         Some(Command::Session(args)) => return labgate::client::session_command(args),
+        Some(Command::Tunnel(args)) => return labgate::client::tunnel_command(args),
+        Some(Command::SshConfig(args)) => return labgate::client::ssh_config_command(args),
         command => Cli { command, ..cli },
     };
     match run(cli) {
@@ -149,7 +155,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(log.log_format);
             labgate::server::run_demo_lab(listen)
         }
-        Some(Command::Run(_) | Command::Session(_)) => unreachable!("handled in main"),
+        Some(
+            Command::Run(_) | Command::Session(_) | Command::Tunnel(_) | Command::SshConfig(_),
+        ) => unreachable!("handled in main"),
     }
 }
 

@@ -82,6 +82,33 @@ pub struct Status {
     pub body: String,
 }
 
+/// `GET /tunnels`: the targets a session may open tunnels to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tunnels {
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    #[serde(default)]
+    pub networks: Vec<Network>,
+}
+
+/// A named device: `name` is what `labgate tunnel` and ssh's `%h` use.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Device {
+    pub name: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// A management network: every address in `cidr`, on `ports`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Network {
+    pub cidr: String,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
 #[derive(Deserialize)]
 struct CreatedBody {
     session_id: String,
@@ -249,6 +276,27 @@ impl LabClient {
         }
     }
 
+    /// `GET /tunnels`: what the session may reach through a tunnel.
+    pub async fn tunnels(&self, id: &str) -> Result<Tunnels, ClientError> {
+        plausible(id)?;
+        let url = self.url("/tunnels");
+        let resp = self
+            .send(&url, true, || {
+                self.http
+                    .get(&url)
+                    .header("X-Session-ID", id)
+                    .timeout(REQUEST_TIMEOUT)
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::OK => {
+                let body = text(&url, resp).await?;
+                parse(&url, &body)
+            }
+            _ => Err(failure(&url, Some(id), resp).await),
+        }
+    }
+
     /// Sends the request built by `build`, retrying transport failures with doubling
     /// pauses until `retry_for` has passed (then one last try). `idempotent` = false retries only failures to
     /// connect.
@@ -304,16 +352,20 @@ fn round(d: Duration) -> Duration {
 /// A malformed id is simply unknown (contract §1); deciding so here keeps it out of
 /// URLs and headers, where the server's path check would answer `400` instead.
 fn plausible(id: &str) -> Result<(), ClientError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
+    if plausible_id(id) {
         Ok(())
     } else {
         Err(ClientError::NotFound(id.chars().take(40).collect()))
     }
+}
+
+/// Whether `id` may be a session id at all (what goes into a header or a path).
+pub fn plausible_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn active_timeout(resp: &Response) -> Option<Duration> {

@@ -1,5 +1,6 @@
 //! The client side of labgate, for CI jobs and scripts: `labgate run` (hold the lab for
-//! exactly the length of one command) and `labgate session new|status|heartbeat|end`.
+//! exactly the length of one command), `labgate session new|status|heartbeat|end`, and
+//! device tunnels: `labgate tunnel --stdio|-L` and `labgate ssh-config`.
 //! It speaks contract §1 (and §7's long-poll when the server has it) over HTTP, so it
 //! works against labgate and against the neops-remote-lab server alike.
 //!
@@ -11,11 +12,19 @@
 //! - [`child`]: CMD as a child process, signals, exit codes.
 //! - [`progress`]: the waiting line and messages on stderr.
 //! - [`watch`]: signals, the wait deadline and the waiting line around a wait.
+//! - [`tunnel`]: one device tunnel (WebSocket to `/lab/tunnel/{target}`), the target syntax.
+//! - [`forward`]: `-L` forwards for `labgate tunnel` and `labgate run`, and CMD's view of them.
+//! - [`tunnel_cmd`]: the `labgate tunnel` and `labgate ssh-config` commands.
+//! - [`ssh_config`]: the `Host` blocks `labgate ssh-config` prints.
 
 pub mod child;
+pub mod forward;
 pub mod http;
 pub mod progress;
 pub mod run;
+pub mod ssh_config;
+pub mod tunnel;
+pub mod tunnel_cmd;
 pub mod watch;
 
 use std::ffi::OsString;
@@ -28,6 +37,8 @@ use http::{ClientError, LabClient};
 
 /// Exit codes (sysexits.h where one fits); the README's "CI usage" lists them.
 pub mod exit {
+    /// Success (`labgate tunnel --stdio`: the connection ended normally).
+    pub const OK: u8 = 0;
     /// Bad arguments (a missing or malformed URL).
     pub const USAGE: u8 = 64;
     /// `labgate session ...`: the server does not know that session.
@@ -39,8 +50,12 @@ pub mod exit {
     /// Try again later: the wait timed out, the session was lost (reaped or kicked),
     /// or the server refused a new session (rate limit, queue full, draining).
     pub const TEMPFAIL: u8 = 75;
+    /// A local port for `-L` could not be listened on.
+    pub const OSERR: u8 = 71;
     /// The server answered something the contract does not allow.
     pub const PROTOCOL: u8 = 76;
+    /// `labgate tunnel`: the target is not one labgate allows.
+    pub const NOPERM: u8 = 77;
     /// CMD exists but could not be started.
     pub const CMD_NOT_EXECUTABLE: u8 = 126;
     /// CMD was not found.
@@ -87,6 +102,15 @@ pub struct RunArgs {
     /// running this much later.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     kill_after: Duration,
+    /// While CMD runs, forward [BIND:]LPORT (127.0.0.1 unless BIND; 0 = any free
+    /// port) to HOST:PORT through labgate, like ssh -L; repeatable. CMD finds each in
+    /// LAB_FORWARD_<HOST>_<PORT>=ADDR:PORT (HOST upper-cased, other characters
+    /// than A-Z 0-9 as _) and all in LAB_FORWARDS="HOST:PORT=ADDR:PORT ...".
+    #[arg(short = 'L', long = "forward", value_name = "[BIND:]LPORT:HOST:PORT")]
+    forward: Vec<forward::ForwardSpec>,
+    /// At most this many forwarded connections at once (more are closed at once).
+    #[arg(long, value_name = "N", default_value_t = forward::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u16).range(1..))]
+    max_connections: u16,
     /// Print only errors.
     #[arg(long, short)]
     quiet: bool,
@@ -122,6 +146,70 @@ enum SessionAction {
     Heartbeat { id: String },
     /// Ends a session (the next one is promoted at once).
     End { id: String },
+}
+
+/// The session a tunnel belongs to: `--url`/`--session`, else `LAB_URL`/`LAB_SESSION_ID`
+/// (what `labgate run` exports to CMD).
+#[derive(Args, Debug)]
+pub struct TunnelSession {
+    /// The labgate URL, e.g. http://lab-host:8080 [env: LAB_URL].
+    #[arg(long)]
+    url: Option<String>,
+    /// The session id [env: LAB_SESSION_ID].
+    #[arg(long)]
+    session: Option<String>,
+}
+
+impl TunnelSession {
+    /// (URL, session id), each from its flag, else from its variable.
+    fn resolve(&self) -> Result<(String, String), String> {
+        let from = |flag: &Option<String>, var: &str, what: &str| match flag {
+            Some(v) => Ok(v.clone()),
+            None => std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("no {what}: pass --{what} or set {var}")),
+        };
+        Ok((
+            from(&self.url, "LAB_URL", "url")?,
+            from(&self.session, "LAB_SESSION_ID", "session")?,
+        ))
+    }
+}
+
+/// `labgate tunnel`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["stdio", "forward"])))]
+pub struct TunnelArgs {
+    #[command(flatten)]
+    session: TunnelSession,
+    /// Carry stdin/stdout through one tunnel to HOST:PORT, for ssh:
+    /// -o ProxyCommand='labgate tunnel --stdio %h:%p'. HOST is a device name or an
+    /// IP address.
+    #[arg(long, value_name = "HOST:PORT", value_parser = tunnel::Target::parse, conflicts_with = "forward")]
+    stdio: Option<tunnel::Target>,
+    /// Forward [BIND:]LPORT (127.0.0.1 unless BIND; 0 = any free port) to
+    /// HOST:PORT, like ssh -L; repeatable. Each connection opens one tunnel. Runs
+    /// until the session ends (exit 75) or a signal.
+    #[arg(short = 'L', long = "forward", value_name = "[BIND:]LPORT:HOST:PORT")]
+    forward: Vec<forward::ForwardSpec>,
+    /// At most this many forwarded connections at once (more are closed at once).
+    #[arg(long, value_name = "N", default_value_t = forward::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u16).range(1..))]
+    max_connections: u16,
+    /// Print only errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// `labgate ssh-config`.
+#[derive(Args, Debug)]
+pub struct SshConfigArgs {
+    #[command(flatten)]
+    session: TunnelSession,
+    /// Write this session's --url and --session into each ProxyCommand (a config
+    /// for this session only) instead of relying on LAB_URL and LAB_SESSION_ID.
+    #[arg(long)]
+    pin: bool,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -166,6 +254,8 @@ pub fn run_command(args: RunArgs) -> ExitCode {
         connect_retry: args.server.connect_retry,
         quiet: args.quiet,
         command: args.command,
+        forwards: args.forward,
+        max_connections: usize::from(args.max_connections),
     };
     ExitCode::from(rt.block_on(run::run(opts)))
 }
@@ -241,4 +331,75 @@ async fn session(
             done(id, "ended")
         }
     })
+}
+
+/// `labgate tunnel`: the process exit code.
+pub fn tunnel_command(args: TunnelArgs) -> ExitCode {
+    let progress = progress::Progress::new(args.quiet);
+    let prepared = args.session.resolve().and_then(|(url, id)| {
+        let dialer = tunnel::Dialer::new(&url, &id)?;
+        // Only -L asks the session API (GET /tunnels); no retries: the user is there.
+        let client = LabClient::new(&url, Duration::ZERO)?;
+        Ok((client, dialer, id))
+    });
+    let (client, dialer, id) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            progress.error(&e);
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let code = rt.block_on(async {
+        match &args.stdio {
+            Some(target) => tunnel_cmd::stdio(&dialer, target, &progress).await,
+            None => {
+                tunnel_cmd::forward(
+                    &client,
+                    dialer,
+                    &args.forward,
+                    usize::from(args.max_connections),
+                    &progress,
+                    &id,
+                )
+                .await
+            }
+        }
+    });
+    // tokio's stdin reads in a blocking thread that may be stuck in read(2): do not
+    // wait for it.
+    rt.shutdown_background();
+    ExitCode::from(code)
+}
+
+/// `labgate ssh-config`: the process exit code.
+pub fn ssh_config_command(args: SshConfigArgs) -> ExitCode {
+    let prepared = args.session.resolve().and_then(|(url, id)| {
+        let client = LabClient::new(&url, Duration::from_secs(10))?;
+        Ok((client, id))
+    });
+    let (client, id) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("labgate: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(tunnel_cmd::ssh_config(&client, &id, args.pin)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("labgate: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! `labgate run`: hold the lab for exactly the length of one command. Creates a
 //! session, waits for ACTIVE (long-poll when the server has it, polling otherwise),
-//! runs CMD with the session in its environment while heartbeating, and ends the
-//! session on every way out.
+//! runs CMD with the session (and its `-L` forwards) in its environment while
+//! heartbeating, and ends the session on every way out.
 //!
 //! Owns the order of those steps and what each failure means for the exit code. Must
 //! never leave a session behind on a path it controls (only SIGKILL of labgate itself
@@ -15,8 +15,11 @@ use tokio::sync::mpsc;
 
 use super::child::{self, Cmd};
 use super::exit;
+use super::forward::{Event, ForwardSpec, Forwards, Running};
 use super::http::{ClientError, LabClient};
 use super::progress::{seconds, Progress};
+use super::tunnel::Dialer;
+use super::tunnel_cmd::describe;
 use super::watch::{sleep_until_opt, Interrupt, Signals, Watch};
 
 /// Long-poll length asked of the server (contract §7 allows up to 60 s).
@@ -40,6 +43,9 @@ pub struct RunOptions {
     pub connect_retry: Duration,
     pub quiet: bool,
     pub command: Vec<OsString>,
+    /// `-L`: bound before the session is asked for, accepting once it is ACTIVE.
+    pub forwards: Vec<ForwardSpec>,
+    pub max_connections: usize,
 }
 
 /// Runs `labgate run`; returns the process exit code.
@@ -50,6 +56,15 @@ pub async fn run(opts: RunOptions) -> u8 {
         Err(e) => {
             progress.error(&e);
             return exit::USAGE;
+        }
+    };
+    // Before asking for the lab: a port already taken is an error at once, not
+    // after the wait. Connections wait in the backlog until the session is ACTIVE.
+    let forwards = match Forwards::bind(&opts.forwards).await {
+        Ok(f) => f,
+        Err(e) => {
+            progress.error(&e);
+            return exit::OSERR;
         }
     };
     // Before the first request, so a cancel during it is seen right after.
@@ -86,7 +101,7 @@ pub async fn run(opts: RunOptions) -> u8 {
         shown(&opts.command)
     ));
     let held = Instant::now();
-    let code = hold(&client, &id, heartbeat, &mut watch, &opts).await;
+    let code = hold(&client, &id, heartbeat, &mut watch, &opts, forwards).await;
     if end(&client, &id, &watch.progress).await {
         watch.progress.say(&format!(
             "session {} ended after holding the lab {}; exit status {code}",
@@ -258,8 +273,28 @@ async fn hold(
     every: Duration,
     watch: &mut Watch,
     opts: &RunOptions,
+    forwards: Forwards,
 ) -> u8 {
-    let env = [("LAB_SESSION_ID", id), ("LAB_URL", client.base())];
+    let mut env = vec![
+        ("LAB_SESSION_ID".to_string(), id.to_string()),
+        ("LAB_URL".to_string(), client.base().to_string()),
+    ];
+    let mut running: Option<Running> = None;
+    let mut shown = String::new();
+    if !opts.forwards.is_empty() {
+        let dialer = match Dialer::new(client.base(), id) {
+            Ok(d) => d,
+            Err(e) => {
+                watch.progress.error(&e);
+                return exit::USAGE;
+            }
+        };
+        env.extend(forwards.env());
+        shown = describe(&forwards);
+        watch.progress.say(&format!("forwarding {shown}"));
+        running = Some(forwards.start(dialer, opts.max_connections));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut cmd: Cmd = match child::spawn(&opts.command, &env) {
         Ok(c) => c,
         Err((code, why)) => {
@@ -289,16 +324,34 @@ async fn hold(
                 kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_after);
             }
             Some(beat) = beats.recv() => match beat {
-                Beat::Lost => {
+                Beat::Lost if !lost => {
                     lost = true;
+                    // Closes the listeners: new connections are refused.
+                    let closed = running.take().map(|_| format!("; forwards closed ({shown})")).unwrap_or_default();
                     watch.progress.error(&format!(
-                        "session {} was ended by the server while CMD ran (reaped or kicked); stopping CMD",
+                        "session {} was ended by the server while CMD ran (reaped or kicked){closed}; stopping CMD",
                         tag(id)
                     ));
                     cmd.signal(Signal::SIGTERM);
                     kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_after);
                 }
+                Beat::Lost => {}
                 Beat::Failed(why) => watch.progress.error(&format!("heartbeat failed: {why}")),
+            },
+            event = forward_event(&mut running) => match event {
+                Event::Problem(line) => watch.progress.error(&line),
+                Event::SessionEnded(reason) => {
+                    running = None;
+                    if !lost {
+                        lost = true;
+                        watch.progress.error(&format!(
+                            "session {}: {reason}; forwards closed ({shown}), new connections are refused; stopping CMD",
+                            tag(id)
+                        ));
+                        cmd.signal(Signal::SIGTERM);
+                        kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_after);
+                    }
+                }
             },
             _ = sleep_until_opt(kill_at) => {
                 watch.progress.error(&format!(
@@ -311,6 +364,8 @@ async fn hold(
         }
     };
     beater.abort();
+    // CMD is done with them: no connection may open once the session is ended.
+    drop(running);
     match (status, lost) {
         (_, true) => exit::TEMPFAIL,
         (Ok(status), false) => child::exit_code(status),
@@ -318,6 +373,14 @@ async fn hold(
             watch.progress.error(&format!("lost track of CMD: {e}"));
             exit::SOFTWARE
         }
+    }
+}
+
+/// The next event of the forwards, if there are any (pending forever otherwise).
+async fn forward_event(running: &mut Option<Running>) -> Event {
+    match running {
+        Some(r) => r.next().await,
+        None => std::future::pending().await,
     }
 }
 
