@@ -41,5 +41,6 @@ mod run_cli;
 mod session_api;
 mod session_end;
 mod status_page;
+mod tunnel_client;
 mod tunnels;
 mod upstream_tls;

@@ -14,6 +14,7 @@
 //! - `process`: bounded child processes, signals, free ports, external tools.
 //! - `raw_http`: a raw HTTP/1.1 client for exact bytes on the wire.
 //! - `session`: the session API as one-line calls (create, heartbeat, delete, …).
+//! - `sshd`: a real OpenSSH server on loopback with throwaway keys, and `ssh` set up for it.
 //! - `upstream`: the recording HTTP upstream and the generic test HTTP server.
 //! - `websocket`: the WebSocket echo upstream and a client through labgate.
 //! - `tls`: a test PKI (rcgen), an HTTPS/h2 recording upstream, `curl`.
@@ -28,6 +29,7 @@ pub mod nginx;
 mod process;
 mod raw_http;
 mod session;
+mod sshd;
 pub mod tls;
 mod upstream;
 mod websocket;
@@ -38,6 +40,7 @@ pub use neops_server::*;
 pub use process::*;
 pub use raw_http::*;
 pub use session::*;
+pub use sshd::*;
 pub use upstream::*;
 pub use websocket::*;
 

@@ -1,8 +1,6 @@
 //! `labgate tunnel --stdio`, `labgate tunnel -L`, `labgate ssh-config` and
 //! `labgate run -L` against an in-process fake of labgate's tunnel side
-//! ([`tunnel_fake`], written from the protocol file), echoing to a loopback device.
-
-mod tunnel_fake;
+//! ([`super::fake`], written from the protocol file), echoing to a loopback device.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -12,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use tunnel_fake::{closed_port, Echo, FakeGate};
+use super::fake::{closed_port, Echo, FakeGate};
 
 /// Upper bound for anything a test waits for (never reached when things work).
 const LONG: Duration = Duration::from_secs(30);
@@ -341,10 +339,11 @@ async fn forwards_carry_each_connection_in_its_own_tunnel() {
     gate.wait_open(2).await;
     echo_through(&mut conns[0], b"still here").await;
     // Stopped by a signal: 128 + SIGTERM.
-    // SAFETY: kill(2) on the pid of a child we started and have not reaped.
-    unsafe {
-        libc::kill(p.child.id().expect("pid") as i32, libc::SIGTERM);
-    }
+    let pid = p.child.id().expect("not reaped yet");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits an i32")),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     assert_eq!(p.code().await, 143, "{}", p.stderr());
 }
 

@@ -4,8 +4,6 @@
 //! and `GET /lab/tunnel/{target}` upgraded to a WebSocket spliced to a device on
 //! loopback. Ending a session closes its tunnels with 4001 `session ended: <reason>`.
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;

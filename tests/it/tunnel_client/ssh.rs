@@ -1,17 +1,14 @@
 //! The real OpenSSH client and server through `labgate tunnel` (--stdio as
 //! ProxyCommand, and -L), with the tunnel side played by the in-process fake of the
-//! protocol ([`tunnel_fake`]). The same with a real labgate is in tunnel_e2e.
-
-mod sshd;
-mod tunnel_fake;
+//! protocol ([`super::fake`]). The same with a real labgate is in tunnel_e2e.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use sshd::Sshd;
-use tunnel_fake::FakeGate;
+use super::fake::FakeGate;
+use crate::support::Sshd;
 
 const LONG: Duration = Duration::from_secs(30);
 

@@ -2,8 +2,6 @@
 //! port, with a throwaway host key and user key made by `ssh-keygen` in a temp dir,
 //! and the real `ssh` client set up to trust exactly that host key.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
