@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
+/// What the `netconf` subsystem says first (NETCONF 1.0 end-of-message framing).
+pub const NETCONF_HELLO: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><hello xmlns=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><capabilities><capability>urn:ietf:params:netconf:base:1.0</capability></capabilities><session-id>7</session-id></hello>]]>]]>";
+
 /// The name the host key is known under, whatever name ssh is given.
 const HOST_KEY_ALIAS: &str = "labgate-test-sshd";
 
@@ -56,6 +59,13 @@ impl Sshd {
             format!("{HOST_KEY_ALIAS} {kind} {key}\n"),
         )
         .expect("known_hosts");
+        // A stand-in NETCONF server for the `netconf` subsystem: its hello, then it
+        // echoes what the client sends until the client closes the channel.
+        std::fs::write(
+            d.join("netconf.sh"),
+            format!("printf '%s' '{NETCONF_HELLO}'\nexec cat\n"),
+        )
+        .expect("netconf.sh");
         let user = current_user();
         for _ in 0..5 {
             let port = {
@@ -70,9 +80,11 @@ impl Sshd {
                      AuthorizedKeysFile {ak}\nAuthenticationMethods publickey\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                      PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
-                     AllowUsers {user}\nMaxStartups 20\nLoginGraceTime 30\nLogLevel VERBOSE\n",
+                     AllowUsers {user}\nMaxStartups 20\nLoginGraceTime 30\nLogLevel VERBOSE\n\
+                     Subsystem netconf /bin/sh {nc}\n",
                     hk = d.join("host_key").display(),
                     ak = d.join("authorized_keys").display(),
+                    nc = d.join("netconf.sh").display(),
                 ),
             )
             .expect("sshd_config");
@@ -120,10 +132,15 @@ impl Sshd {
     /// `ssh` with the throwaway user key and exactly the test host key trusted; no
     /// user config, no agent, no prompts. `args` follow (options, destination, command).
     pub fn ssh(&self, args: &[&str]) -> tokio::process::Command {
+        self.ssh_with_config(Path::new("/dev/null"), args)
+    }
+
+    /// [`Sshd::ssh`] reading `config` (`-F`) instead of no config at all.
+    pub fn ssh_with_config(&self, config: &Path, args: &[&str]) -> tokio::process::Command {
         let d = self.dir.path();
         let mut c = tokio::process::Command::new("ssh");
         c.arg("-F")
-            .arg("/dev/null")
+            .arg(config)
             .arg("-i")
             .arg(d.join("user_key"))
             .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::fake::FakeGate;
-use crate::support::Sshd;
+use crate::support::{Sshd, NETCONF_HELLO};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -135,4 +135,47 @@ async fn ending_the_session_ends_a_live_interactive_ssh() {
         err.contains("labgate: tunnel to r1:22 closed: session ended: kicked"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn netconf_over_ssh_with_the_config_labgate_ssh_config_prints() {
+    let sshd = Sshd::start().await;
+    let gate = FakeGate::start(&[("r1:830", sshd.addr)]).await;
+    let id = gate.add_session();
+    let env = [
+        ("LAB_URL", gate.url.as_str()),
+        ("LAB_SESSION_ID", id.as_str()),
+    ];
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_labgate"));
+    cmd.arg("ssh-config").envs(env);
+    let config = output(cmd).await;
+    assert!(config.status.success(), "{config:?}");
+    let path = sshd.dir().join("labgate.conf");
+    std::fs::write(&path, &config.stdout).expect("write config");
+    // What ncclient and scrapli do: the `netconf` subsystem on port 830 of `r1`,
+    // reached through the config's ProxyCommand (%h:%p = r1:830).
+    let mut ssh = sshd.ssh_with_config(&path, &["-p", "830", "-s", &sshd.dest("r1"), "netconf"]);
+    ssh.envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = ssh.spawn().expect("ssh");
+    let client_hello = "<hello xmlns=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><capabilities><capability>urn:ietf:params:netconf:base:1.0</capability></capabilities></hello>]]>]]>";
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(client_hello.as_bytes())
+        .await
+        .expect("hello");
+    drop(stdin);
+    let out = tokio::time::timeout(LONG, child.wait_with_output())
+        .await
+        .expect("ssh ends")
+        .expect("output");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{NETCONF_HELLO}{client_hello}")
+    );
+    let requests = gate.with(|s| s.tunnel_requests.clone());
+    assert_eq!(requests, vec![("/lab/tunnel/r1:830".to_string(), Some(id))]);
 }
