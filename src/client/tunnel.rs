@@ -328,12 +328,12 @@ impl Dialer {
     }
 }
 
-/// Bounded frames and buffers: labgate sends at most what it reads from the device in
-/// one go, so 1 MiB messages are far above anything legitimate.
+/// Bounded frames and buffers: labgate sends what it reads from the device in one go
+/// (kilobytes); 16 MiB leaves any server's read size room and still bounds memory.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .max_message_size(Some(1 << 20))
-        .max_frame_size(Some(1 << 20))
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20))
         .max_write_buffer_size(4 << 20)
 }
 
