@@ -68,8 +68,10 @@
 //! - [`demo`]: a fake lab (the lab half of the neops-remote-lab API) for trying labgate
 //!   without hardware.
 //!
-//! Client (`labgate run`, `labgate session`):
-//! - [`client`]: holds the lab for one command, or scripts a session, over the HTTP API.
+//! Client (`labgate run`, `labgate session`, `labgate tunnel`, `labgate ssh-config`):
+//! - [`client`]: holds the lab for one command, or scripts a session, over the HTTP API;
+//!   `client::tunnel` one device tunnel (a WebSocket), `client::forward` the `-L`
+//!   listeners, `client::tunnel_cmd` and `client::ssh_config` the tunnel commands.
 //!
 //! # Where to add...
 //! - **An upstream option**: the key and its default in `config::raw::RawUpstream`, its
