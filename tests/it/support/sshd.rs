@@ -137,31 +137,39 @@ impl Sshd {
 
     /// [`Sshd::ssh`] reading `config` (`-F`) instead of no config at all.
     pub fn ssh_with_config(&self, config: &Path, args: &[&str]) -> tokio::process::Command {
-        let d = self.dir.path();
         let mut c = tokio::process::Command::new("ssh");
-        c.arg("-F")
-            .arg(config)
-            .arg("-i")
-            .arg(d.join("user_key"))
-            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-            .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                d.join("known_hosts").display()
-            ))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "GlobalKnownHostsFile=/dev/null",
-            ])
-            .arg("-o")
-            .arg(format!("HostKeyAlias={HOST_KEY_ALIAS}"))
-            .args(["-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"])
+        c.args(self.ssh_options(config))
             .args(args)
             .env_remove("SSH_AUTH_SOCK")
             .kill_on_drop(true);
         c
+    }
+
+    /// The options [`Sshd::ssh_with_config`] gives `ssh` (for a command line built by
+    /// hand, e.g. in a shell script): the throwaway key, exactly the test host key
+    /// trusted (under an alias, whatever name ssh is given), no agent, no prompts.
+    pub fn ssh_options(&self, config: &Path) -> Vec<String> {
+        let d = self.dir.path();
+        let o = |s: String| ["-o".to_string(), s];
+        let mut v = vec![
+            "-F".to_string(),
+            config.display().to_string(),
+            "-i".to_string(),
+            d.join("user_key").display().to_string(),
+        ];
+        for opt in [
+            "IdentitiesOnly=yes".to_string(),
+            "BatchMode=yes".to_string(),
+            format!("UserKnownHostsFile={}", d.join("known_hosts").display()),
+            "StrictHostKeyChecking=yes".to_string(),
+            "GlobalKnownHostsFile=/dev/null".to_string(),
+            format!("HostKeyAlias={HOST_KEY_ALIAS}"),
+            "ConnectTimeout=20".to_string(),
+            "LogLevel=ERROR".to_string(),
+        ] {
+            v.extend(o(opt));
+        }
+        v
     }
 
     /// `user@host` for ssh.
