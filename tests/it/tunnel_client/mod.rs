@@ -5,7 +5,11 @@
 //! - `cli`: the commands against the fake, echoing to a loopback device.
 //! - `ssh`: the real OpenSSH client and server (`support::Sshd`) through the commands,
 //!   on the fake.
+//! - `e2e`: the same with a real labgate: ssh through `--stdio`, `-L`, `ssh-config` and
+//!   `labgate run -L`; a kick ends a live ssh session (measured) and the next holder
+//!   gets in.
 
 mod cli;
+mod e2e;
 mod fake;
 mod ssh;
