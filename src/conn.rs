@@ -116,7 +116,7 @@ impl Slots {
         // A trusted proxy carries many clients: it counts towards the total only.
         let client = peer
             .filter(|p| !limits::is_trusted(*p, &self.trusted))
-            .map(client_key);
+            .map(limits::client_key);
         let mut counts = self.counts();
         if counts.total >= self.max_total {
             return Err(ConnRefusal::Total);
@@ -153,23 +153,6 @@ impl Drop for Slot {
                 }
             }
         }
-    }
-}
-
-/// The key an address is counted under: an IPv6 client usually owns a whole /64, so
-/// its addresses count as one.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let seg = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(
-                    seg[0], seg[1], seg[2], seg[3], 0, 0, 0, 0,
-                ))
-            }
-        },
     }
 }
 

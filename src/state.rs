@@ -1047,8 +1047,10 @@ mod tests {
         };
         tokio::task::yield_now().await;
         // Changes that do not end C's wait: creates behind it, B (ahead of it) leaving.
-        for _ in 0..20 {
-            s.create_session(client(), None, now).await.unwrap();
+        for i in 0..20u8 {
+            // Other clients: one client's live sessions are capped.
+            let other = IpAddr::from([198, 51, 100, i]);
+            s.create_session(other, None, now).await.unwrap();
         }
         assert!(s.end_session(&b, EndReason::Deleted, now).await.unwrap());
         tokio::task::yield_now().await;
