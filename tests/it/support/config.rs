@@ -167,7 +167,7 @@ pub struct Cfg {
     pub compat_active_session_id: bool,
     /// `[tunnels]`; `None` leaves the section out (no tunnel target allowed).
     pub tunnels: Option<TunnelsCfg>,
-    /// `[server]` connection limits; `None` leaves the keys out (labgate's defaults).
+    /// `[server]` connection limits (lifted by default); `None` leaves the keys out.
     pub connections: Option<ConnCfg>,
     /// Runs labgate under this open-file limit (`prlimit --nofile`).
     pub nofile: Option<u64>,
@@ -211,7 +211,13 @@ impl Cfg {
             max_sessions_per_client: Some(10_000),
             compat_active_session_id: false,
             tunnels: None,
-            connections: None,
+            // Lifted, as the rate limit is: every test client is 127.0.0.1.
+            connections: Some(ConnCfg {
+                keepalive_timeout: "75s".to_string(),
+                header_timeout: "20s".to_string(),
+                max_connections: 100_000,
+                max_connections_per_client: 100_000,
+            }),
             nofile: None,
         }
     }
