@@ -130,7 +130,10 @@ pub enum Endpoint<'a> {
     DeleteSession(&'a str),
     Heartbeat,
     ActiveSession,
+    /// Liveness: the process answers.
     Healthz,
+    /// Readiness: sessions can be created and ended (the durable store is writable).
+    Readyz,
     /// The public status page, HTML and JSON.
     Status,
     StatusJson,
@@ -167,6 +170,10 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         },
         "/healthz" => match *method {
             Method::GET => Endpoint::Healthz,
+            _ => not_allowed("GET"),
+        },
+        "/readyz" => match *method {
+            Method::GET => Endpoint::Readyz,
             _ => not_allowed("GET"),
         },
         "/status" => match *method {
@@ -221,21 +228,23 @@ pub async fn handle(
         |id: SessionId, what: &str| shared.may_use(&id, caller.identity, what).then_some(id);
     let active_timeout = shared.config.queue.timeouts.active.as_secs();
     match endpoint {
-        Endpoint::CreateSession => match shared.create_session(client, caller.identity, now) {
-            Ok((id, position)) => Reply::json(
-                201,
-                &Created {
-                    session_id: id.to_string(),
-                    position,
-                },
-            )
-            .with_header(ACTIVE_TIMEOUT_HEADER, active_timeout)
-            .with_header(TAG_HEADER, id.tag()),
-            Err(CreateFailure::Refused(refusal)) => create_refused(refusal),
-            Err(CreateFailure::Draining) => Reply::detail(503, "Lab is draining")
-                .with_header("Retry-After", DRAINING_RETRY_AFTER_SECS),
-            Err(CreateFailure::Store(_)) => store_unavailable(),
-        },
+        Endpoint::CreateSession => {
+            match shared.create_session(client, caller.identity, now).await {
+                Ok((id, position)) => Reply::json(
+                    201,
+                    &Created {
+                        session_id: id.to_string(),
+                        position,
+                    },
+                )
+                .with_header(ACTIVE_TIMEOUT_HEADER, active_timeout)
+                .with_header(TAG_HEADER, id.tag()),
+                Err(CreateFailure::Refused(refusal)) => create_refused(refusal),
+                Err(CreateFailure::Draining) => Reply::detail(503, "Lab is draining")
+                    .with_header("Retry-After", DRAINING_RETRY_AFTER_SECS),
+                Err(CreateFailure::Store(_)) => store_unavailable(),
+            }
+        }
         Endpoint::GetSession(id) => {
             let wait = match wait_param(query) {
                 Ok(wait) => wait,
@@ -267,10 +276,11 @@ pub async fn handle(
             }
         }
         Endpoint::DeleteSession(id) => {
-            let ended = SessionId::parse_exact(id)
-                .and_then(|id| owned(id, "delete_session"))
-                .map(|id| shared.end_session(&id, EndReason::Deleted, now))
-                .unwrap_or(Ok(false));
+            let ended = match SessionId::parse_exact(id).and_then(|id| owned(id, "delete_session"))
+            {
+                Some(id) => shared.end_session(&id, EndReason::Deleted, now).await,
+                None => Ok(false),
+            };
             // Whoever holds an id may end its session: record who asked, whatever came
             // of it, so a queue jump or a stolen id can be traced to an address.
             tracing::info!(
@@ -330,6 +340,8 @@ pub async fn handle(
             None => Reply::detail(404, "No active session"),
         },
         Endpoint::Healthz => Reply::empty(204),
+        Endpoint::Readyz if shared.store_writable() => Reply::empty(204),
+        Endpoint::Readyz => store_unavailable(),
         Endpoint::Status => Reply::html(200, status::html(&status::lab_status(shared, now)))
             .with_header("Cache-Control", "no-store"),
         Endpoint::StatusJson => Reply {
@@ -584,6 +596,7 @@ mod tests {
         );
         assert_eq!(route(&get, "/active-session"), Endpoint::ActiveSession);
         assert_eq!(route(&get, "/healthz"), Endpoint::Healthz);
+        assert_eq!(route(&get, "/readyz"), Endpoint::Readyz);
         assert_eq!(route(&get, "/lab"), Endpoint::Lab);
         assert_eq!(route(&Method::PUT, "/lab/x/y"), Endpoint::Lab);
         for p in [

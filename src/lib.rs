@@ -43,6 +43,8 @@
 //!   the store write, cutting, metrics and the audit trail.
 //! - [`store`]: the durable queue in redb (sessions and the seq counter), its file kept
 //!   private, and the wall-clock floor of the seq counter.
+//! - [`commit`]: group commit: one thread owns the store, writes every waiting change in
+//!   one transaction, and reopens the store after an I/O error.
 //! - [`cut`]: the registry of in-flight requests and upgrades, and cutting them when a
 //!   session's turn ends.
 //! - [`metrics`]: every Prometheus metric, its name, help, labels and buckets.
@@ -61,6 +63,8 @@
 //!   and running the bridge's lanes.
 //! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::cli` for
 //!   `labgate admin`, one command model ([`admin::Action`]) for both.
+//! - [`conn`]: client connections: caps in total and per address, keep-alive idle and
+//!   request-header timeouts (around pingora's HTTP/1 loop).
 //! - [`server`]: assembles and runs the pingora server; start-up and shutdown.
 //! - [`splice`]: upgraded connections labgate owns end to end: device tunnels
 //!   (`splice::device`) and `/lab` upgrades on its own upstream connection
@@ -95,7 +99,9 @@ pub mod admin;
 pub mod api;
 pub mod bridge;
 pub mod client;
+pub mod commit;
 pub mod config;
+pub mod conn;
 pub mod cut;
 pub mod demo;
 pub mod forward;

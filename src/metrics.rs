@@ -41,6 +41,9 @@ pub struct Metrics {
     pub tunnels_opened: IntCounter,
     pub tunnels_refused: IntCounterVec,
     pub tunnel_bytes: IntCounterVec,
+    pub client_connections_closed: IntCounterVec,
+    pub state_write_failures: IntCounter,
+    pub state_store_writable: IntGauge,
 }
 
 /// Queue waits and holds run from seconds to hours.
@@ -177,6 +180,29 @@ impl Metrics {
             "Duration of durable queue store writes.",
             WRITE_BUCKETS,
         );
+        let client_connections_closed = counter_vec(
+            "labgate_client_connections_closed_total",
+            "Client connections refused (total, per_client cap) or closed for idling \
+             (keepalive_timeout) or a slow request header (header_timeout).",
+            &["reason"],
+        );
+
+        let state_write_failures = reg(
+            r,
+            IntCounter::new(
+                "labgate_state_write_failures_total",
+                "Durable queue store commits that failed even after reopening the store.",
+            ),
+        );
+        let state_store_writable = reg(
+            r,
+            IntGauge::new(
+                "labgate_state_store_writable",
+                "1 when the last durable queue store commit succeeded (always 1 without \
+                 state_path), 0 while the store cannot be written.",
+            ),
+        );
+        state_store_writable.set(1);
 
         let identity_refused = counter_vec(
             "labgate_identity_refused_total",
@@ -225,6 +251,9 @@ impl Metrics {
         for direction in Direction::ALL {
             tunnel_bytes.with_label_values(&[direction.as_str()]);
         }
+        for reason in ["total", "per_client", "keepalive_timeout", "header_timeout"] {
+            client_connections_closed.with_label_values(&[reason]);
+        }
 
         Metrics {
             queue_depth,
@@ -247,6 +276,9 @@ impl Metrics {
             tunnels_opened,
             tunnels_refused,
             tunnel_bytes,
+            client_connections_closed,
+            state_write_failures,
+            state_store_writable,
         }
     }
 

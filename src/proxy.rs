@@ -297,6 +297,17 @@ impl ProxyHttp for LabGate {
         RequestCtx::new()
     }
 
+    /// pingora calls this right after reading a request header when the connection has
+    /// a user context; `conn` puts its header clock there, so the header timeout stops.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        prev_ctx: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        crate::conn::header_read(prev_ctx);
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let now = Instant::now();
         ctx.started = now;

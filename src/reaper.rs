@@ -74,7 +74,7 @@ impl BackgroundService for Reaper {
                     }
                 }
                 _ = tick.tick() => {
-                    let reaped = self.shared.reap(Instant::now());
+                    let reaped = self.shared.reap(Instant::now()).await;
                     if reaped > 0 {
                         tracing::debug!(reaped, "stale sessions reaped");
                     }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
+use pingora::listeners::TcpSocketOptions;
+use pingora::protocols::l4::ext::TcpKeepalive;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -23,6 +25,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::{self, AdminService};
 use crate::config::{Config, MAX_SERVER_DURATION};
+use crate::conn::{ConnLimits, Guarded};
 use crate::demo::DemoLab;
 use crate::proxy::LabGate;
 use crate::reaper::{BridgeService, Reaper};
@@ -31,6 +34,9 @@ use crate::tls::listener::ListenerTls;
 
 /// How often a draining shutdown looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// TCP keepalive probes: one every 10 s, 6 unanswered ones close the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: usize = 6;
 
 /// Checks that every address can be bound now, with a clear error if not.
 fn check_listeners(config: &Config) -> anyhow::Result<()> {
@@ -50,6 +56,20 @@ fn check_listeners(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// TCP keepalive on every accepted client socket: a client that vanished (power cut,
+/// NAT state lost) behind an upgraded connection, which has no read timeout, is noticed
+/// after `idle` plus [`KEEPALIVE_PROBES`] unanswered probes, and its connection closed.
+fn socket_options(idle: Duration) -> TcpSocketOptions {
+    let mut opts = TcpSocketOptions::default();
+    opts.tcp_keepalive = Some(TcpKeepalive {
+        idle,
+        interval: KEEPALIVE_INTERVAL,
+        count: KEEPALIVE_PROBES,
+        user_timeout: Duration::ZERO,
+    });
+    opts
+}
+
 /// Builds and runs labgate until SIGTERM or SIGINT; returns after a graceful drain.
 pub fn run(config: Config) -> anyhow::Result<()> {
     check_listeners(&config)?;
@@ -62,6 +82,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let server_conf = server_conf(&config);
+    let tcp_keepalive = config.server.tcp_keepalive;
+    let conn_limits = ConnLimits {
+        keepalive_timeout: config.server.keepalive_timeout,
+        header_timeout: config.server.header_timeout,
+        max_connections: config.server.max_connections,
+        max_connections_per_client: config.server.max_connections_per_client,
+        trusted_proxies: config.server.trusted_proxies.clone(),
+    };
     // The store is opened (and the queue restored) before pingora starts, so that a
     // store that cannot be opened is a clean start-up error.
     let admin_path = config.admin_socket.clone();
@@ -77,12 +105,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
 
-    let mut gateway = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        LabGate::new(shared.clone()),
-        "labgate",
+    let proxy = pingora::proxy::http_proxy(&server.configuration, LabGate::new(shared.clone()));
+    let mut gateway = Service::new(
+        "labgate".to_string(),
+        Guarded::new(
+            proxy,
+            conn_limits,
+            shared.metrics().client_connections_closed.clone(),
+        ),
     );
-    add_gateway_listeners(&mut gateway, &listen, listener_tls.as_ref());
+    add_gateway_listeners(
+        &mut gateway,
+        &listen,
+        listener_tls.as_ref(),
+        &socket_options(tcp_keepalive),
+    );
     let mut metrics = pingora_prometheus::prometheus_http_service();
     metrics.add_tcp(&metrics_listen.to_string());
     server.add_service(gateway);
@@ -127,11 +164,14 @@ fn add_gateway_listeners<A: Send + Sync + 'static>(
     service: &mut Service<A>,
     listen: &[SocketAddr],
     tls: Option<&Arc<ListenerTls>>,
+    sock: &TcpSocketOptions,
 ) {
     for addr in listen {
         match tls {
-            Some(tls) => service.add_tls_with_settings(&addr.to_string(), None, tls.settings()),
-            None => service.add_tcp(&addr.to_string()),
+            Some(tls) => {
+                service.add_tls_with_settings(&addr.to_string(), Some(sock.clone()), tls.settings())
+            }
+            None => service.add_tcp_with_settings(&addr.to_string(), sock.clone()),
         }
     }
 }

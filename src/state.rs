@@ -1,17 +1,20 @@
 //! The state every request and background task shares: one cheap handle, [`Shared`].
 //!
-//! Owns the one lock around the queue, the registry of live connections to cut, and the
-//! durable store, and the bookkeeping around each queue operation: the store write
-//! (before the operation is acknowledged), cutting an ended session's connections,
-//! metrics, the audit trail (tracing target `labgate::audit`), the long-poll wake-ups and
-//! the count of forwarded requests a graceful shutdown waits for.
+//! Owns the one lock around the queue and the registry of live connections to cut, and
+//! the bookkeeping around each queue operation: the durable write (acknowledged only once
+//! committed), cutting an ended session's connections, metrics, the audit trail (tracing
+//! target `labgate::audit`), the long-poll wake-ups and the count of forwarded requests a
+//! graceful shutdown waits for.
 //!
-//! The lock is a std `Mutex`, never held across `.await`. It covers the queue, the
-//! connection registry and the store together, so "session ended" and "request
-//! registered" cannot interleave, and store writes happen in queue order. A store write
-//! (one fsync) therefore runs under the lock; sessions are created and ended a few times
-//! a minute on a lab, not thousands of times a second. Metrics and logs are recorded
-//! after the lock is released.
+//! The lock is a std `Mutex`, never held across `.await`. It covers the queue and the
+//! connection registry, so "session ended" and "request registered" cannot interleave.
+//! Store writes go through the group committer (`commit`): submitted under the lock, so
+//! they reach the store in queue order, and awaited after it is released, so heartbeats,
+//! polls and the gate never wait on the disk. A create joins the queue first and is
+//! acknowledged after its commit (undone if the commit fails: no store record without a
+//! queue entry, no queue entry the client was told about without a record); a delete is
+//! committed first and applied after, so an acknowledged delete never comes back.
+//! Metrics and logs are recorded after the lock is released.
 //!
 //! With a handoff barrier (an upstream with a reset hook or a health check, contract §8)
 //! the end of the holder starts a reset instead of a promotion; the bridge's lanes report
@@ -29,9 +32,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::bridge::{self, machine::Wanted, Bridge};
+use crate::commit::{CommitFailed, Committer, Op};
 use crate::config::Config;
 use crate::cut::{self, Ticket};
 use crate::gate::{self, Denied, SessionHeader, Verdict};
@@ -65,6 +69,8 @@ pub enum CreateFailure {
 pub enum StoreFailed {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Commit(#[from] CommitFailed),
     /// The queue refused the record: an id collision or exhausted sequence numbers.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -92,13 +98,24 @@ pub enum TunnelDenied {
 struct Meta {
     client: Option<IpAddr>,
     created_ms: u64,
+    /// Wakes this session's long-polls when their answer changes (ACTIVE or gone).
+    wake: Arc<Notify>,
+}
+
+impl Meta {
+    fn new(client: Option<IpAddr>, created_ms: u64) -> Meta {
+        Meta {
+            client,
+            created_ms,
+            wake: Arc::new(Notify::new()),
+        }
+    }
 }
 
 struct Core {
     queue: Queue,
     conns: cut::Registry,
-    store: Option<Store>,
-    /// Removals the store has not yet recorded (a failed write is retried later).
+    /// Removals the store has not yet recorded (a failed write is retried by the reaper).
     unsaved_removals: Vec<u64>,
     meta: HashMap<SessionId, Meta>,
     /// Live sessions per client, for the per-client cap (restored sessions, whose
@@ -160,8 +177,14 @@ pub struct Shared {
     metrics: &'static Metrics,
     /// Forwarded requests (upgraded connections included) still running.
     forwarded_in_flight: AtomicUsize,
-    /// Bumped after every promotion or removal; long-polls wait on it.
+    /// The durable store's writer; `None` keeps the queue in memory only.
+    committer: Option<Committer>,
+    /// Bumped after every queue change; the bridge's lanes (one per upstream) watch it.
+    /// Long-polls do not: each waits on its own session's `Meta::wake`.
     changes: watch::Sender<u64>,
+    /// Long-polls woken, for the tests that prove only the right ones are.
+    #[cfg(test)]
+    poll_wakeups: AtomicUsize,
     /// Operator's drain: new sessions are refused, the queue goes on.
     draining: AtomicBool,
     probes: Mutex<limits::ProbeDetector>,
@@ -179,7 +202,6 @@ struct Outcome {
     change: Change,
     snapshot: Snapshot,
     cut: usize,
-    store_time: Option<Duration>,
     /// Owners of `change.ended`, in the same order, and of the promoted session.
     ended_owners: Vec<Option<Identity>>,
     promoted_owner: Option<Identity>,
@@ -199,33 +221,18 @@ impl Core {
         }
     }
 
-    /// Writes pending removals plus `seqs` to the store; on failure keeps them pending.
-    fn save_removals(
-        &mut self,
-        seqs: impl IntoIterator<Item = u64>,
-    ) -> Result<Option<Duration>, StoreError> {
-        self.unsaved_removals.extend(seqs);
-        let Some(store) = &self.store else {
-            self.unsaved_removals.clear();
-            return Ok(None);
-        };
-        if self.unsaved_removals.is_empty() {
-            return Ok(None);
-        }
-        let took = store.remove(&self.unsaved_removals)?;
-        self.unsaved_removals.clear();
-        Ok(Some(took))
-    }
-
     /// Everything that follows a queue change, under the lock: cut the ended sessions'
     /// connections and forget their metadata.
-    fn settle(&mut self, change: Change, now: Instant, store_time: Option<Duration>) -> Outcome {
+    fn settle(&mut self, change: Change, now: Instant) -> Outcome {
         let mut cut = 0;
         let mut ended_owners = Vec::with_capacity(change.ended.len());
         for e in &change.ended {
             cut += self.conns.cut_because(&e.id, e.reason.as_str());
-            if let Some(client) = self.meta.remove(&e.id).and_then(|m| m.client) {
-                self.per_client.ended(client);
+            if let Some(meta) = self.meta.remove(&e.id) {
+                meta.wake.notify_waiters();
+                if let Some(client) = meta.client {
+                    self.per_client.ended(client);
+                }
             }
             ended_owners.push(self.owners.owner(&e.id).cloned());
             self.owners.release(&e.id);
@@ -241,6 +248,9 @@ impl Core {
         if let Some(p) = &change.promoted {
             self.history.promoted(p.waited);
             promoted_owner = self.owners.owner(&p.id).cloned();
+            if let Some(meta) = self.meta.get(&p.id) {
+                meta.wake.notify_waiters();
+            }
         }
         // Under the lock, before anyone hears of the change: a restart resumes a reset
         // that was under way instead of handing the lab on.
@@ -253,7 +263,6 @@ impl Core {
             snapshot: self.snapshot(now),
             change,
             cut,
-            store_time,
             ended_owners,
             promoted_owner,
         }
@@ -291,13 +300,7 @@ impl Shared {
                     .sessions
                     .iter()
                     .map(|s| {
-                        meta.insert(
-                            s.id,
-                            Meta {
-                                client: None,
-                                created_ms: s.created_ms,
-                            },
-                        );
+                        meta.insert(s.id, Meta::new(None, s.created_ms));
                         let age =
                             Duration::from_millis(unix_ms(wall_now).saturating_sub(s.created_ms));
                         (s.id, s.seq, now.checked_sub(age).unwrap_or(now))
@@ -317,7 +320,9 @@ impl Shared {
                     next_seq = queue.next_seq(),
                     path = %path.display(),
                 );
-                (queue, Some(store), meta)
+                let committer = Committer::start(store, path, metrics())
+                    .context("cannot start the queue store's writer thread")?;
+                (queue, Some(committer), meta)
             }
         };
         let mut queue = queue;
@@ -342,10 +347,10 @@ impl Shared {
         Ok(Arc::new(Shared {
             config,
             bridge: bridge.clone(),
+            committer: store,
             core: Mutex::new(Core {
                 queue,
                 conns: cut::Registry::default(),
-                store,
                 unsaved_removals: Vec::new(),
                 meta,
                 per_client: limits::LiveSessions::default(),
@@ -363,6 +368,8 @@ impl Shared {
             metrics,
             forwarded_in_flight: AtomicUsize::new(0),
             changes,
+            #[cfg(test)]
+            poll_wakeups: AtomicUsize::new(0),
         }))
     }
 
@@ -384,9 +391,6 @@ impl Shared {
         m.record_queue(o.snapshot.depth, o.snapshot.waiting, o.snapshot.hold);
         if o.cut > 0 {
             m.connections_cut.inc_by(o.cut as u64);
-        }
-        if let Some(t) = o.store_time {
-            m.state_write_seconds.observe(t.as_secs_f64());
         }
         for (e, owner) in o.change.ended.iter().zip(&o.ended_owners) {
             tracing::info!(
@@ -417,8 +421,9 @@ impl Shared {
     }
 
     /// `POST /session`: rate limit, caps (queue, and per identity in identity mode),
-    /// durable write, then append. `caller`: the identity opening it, in identity mode.
-    pub fn create_session(
+    /// append, then the durable write; answered once the write is committed (a failed
+    /// write undoes the append). `caller`: the identity opening it, in identity mode.
+    pub async fn create_session(
         &self,
         client: IpAddr,
         caller: Option<&Identity>,
@@ -442,7 +447,7 @@ impl Shared {
         self.limiter.check(key).map_err(refused)?;
         let id = SessionId::random();
         let created_ms = unix_ms(SystemTime::now());
-        let (position, outcome) = {
+        let (position, outcome, commit) = {
             let mut core = self.lock();
             // Queue full first: when nobody can get in, everybody hears the same answer.
             limits::check_capacity(core.queue.len(), self.config.queue.max_sessions)
@@ -462,34 +467,24 @@ impl Shared {
                     .check(client, self.config.queue.max_sessions_per_client)
                     .map_err(refused)?;
             }
-            let seq = core.queue.next_seq();
-            let mut store_time = None;
-            if let Some(store) = &core.store {
+            // A v4 collision is not a realistic event; were it to happen, the caller
+            // gets a 503 rather than a silently shared session. Nothing is written yet.
+            let (position, promoted) = core.queue.create(id, now).map_err(|e| {
+                tracing::error!(error = %e, "cannot create a session");
+                StoreFailed::from(e)
+            })?;
+            // Submitted under the lock: the store sees changes in queue order.
+            let commit = self.committer.as_ref().map(|c| {
+                let seq = core.queue.view(&id).map_or(0, |v| v.seq);
                 let record = StoredSession {
                     id,
                     seq,
                     created_ms,
                 };
-                let owner = caller.map(Identity::as_str);
-                let next = seq.saturating_add(1);
-                store_time = Some(store.insert_owned(&record, owner, next).map_err(|e| {
-                    tracing::error!(error = %e, "cannot record a new session; refusing it");
-                    StoreFailed::from(e)
-                })?);
-            }
-            // A v4 collision is not a realistic event; were it to happen, the caller
-            // gets a 503 rather than a silently shared session.
-            let (position, promoted) = core.queue.create(id, now).map_err(|e| {
-                tracing::error!(error = %e, "cannot create a session");
-                StoreFailed::from(e)
-            })?;
-            core.meta.insert(
-                id,
-                Meta {
-                    client: Some(client),
-                    created_ms,
-                },
-            );
+                let owner = caller.map(|who| who.as_str().to_string());
+                c.submit(vec![Op::Insert(record, owner, seq.saturating_add(1))])
+            });
+            core.meta.insert(id, Meta::new(Some(client), created_ms));
             if let Some(who) = caller {
                 core.owners.bind(id, who.clone());
             }
@@ -498,12 +493,38 @@ impl Shared {
                 ended: Vec::new(),
                 promoted,
             };
-            (position, core.settle(change, now, store_time))
+            (position, core.settle(change, now), commit)
         };
+        if let Some(commit) = commit {
+            if let Err(e) = commit.await {
+                tracing::error!(error = %e, "cannot record a new session; refusing it");
+                self.undo_create(&id, now);
+                return Err(StoreFailed::from(e).into());
+            }
+        }
         self.metrics.sessions_created.inc();
         tracing::info!(target: AUDIT, event = "session_created", session = %id.short(), client = %client, identity, position);
         self.record(outcome);
         Ok((id, position))
+    }
+
+    /// A create whose commit failed: out of the queue again, as if never made (nobody
+    /// was told its id). The commit may have reached the disk all the same, so its
+    /// record is removed too (retried until it is).
+    fn undo_create(&self, id: &SessionId, now: Instant) {
+        let outcome = {
+            let mut core = self.lock();
+            let Some(change) = core.queue.remove(id, EndReason::Deleted, now) else {
+                return;
+            };
+            core.unsaved_removals
+                .extend(change.ended.iter().map(|e| e.seq));
+            let mut outcome = core.settle(change, now);
+            // Not a session anyone had: no `session_ended` event or count for it.
+            outcome.change.ended.clear();
+            outcome
+        };
+        self.record(outcome);
     }
 
     /// `GET /session/{id}`: refreshes the session and reports its place.
@@ -515,21 +536,40 @@ impl Shared {
     }
 
     /// `GET /session/{id}?wait=N`: answers once the session is ACTIVE or gone, or when
-    /// `wait` is over, whichever comes first (§7 long-poll).
+    /// `wait` is over, whichever comes first (§7 long-poll). Woken only by a change to
+    /// this session's answer: its promotion or its end.
     pub async fn wait_for_turn(&self, id: &SessionId, wait: Duration) -> Option<(Status, usize)> {
         let deadline = tokio::time::Instant::now() + wait;
-        // Subscribed before the first look, so no change in between is missed.
-        let mut changes = self.changes.subscribe();
         loop {
-            let status = self.session_status(id, Instant::now())?;
+            let (status, wake) = {
+                let mut core = self.lock();
+                let status = core
+                    .queue
+                    .touch(id, Instant::now())
+                    .map(|v| (v.status, v.position))?;
+                let wake = core.meta.get(id).map(|m| m.wake.clone());
+                (status, wake)
+            };
             if status.0 == Status::Active || tokio::time::Instant::now() >= deadline {
                 return Some(status);
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                // Timed out, or the sender is gone (shutting down): answer as things are.
-                _ => return self.session_status(id, Instant::now()),
+            let Some(wake) = wake else {
+                return Some(status);
+            };
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            // Registered before looking again, so a change in between is not missed.
+            woken.as_mut().enable();
+            let again = self.session_status(id, Instant::now())?;
+            if again.0 == Status::Active {
+                return Some(again);
             }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                // Timed out: answer as things are.
+                return self.session_status(id, Instant::now());
+            }
+            #[cfg(test)]
+            self.poll_wakeups.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -538,52 +578,61 @@ impl Shared {
     }
 
     /// Ends a session (durably first); `Ok(false)` when it does not exist.
-    pub fn end_session(
+    pub async fn end_session(
         &self,
         id: &SessionId,
         reason: EndReason,
         now: Instant,
     ) -> Result<bool, StoreFailed> {
-        Ok(self.end(id, reason, now)?.is_some())
+        Ok(self.end(id, reason, now).await?.is_some())
     }
 
     /// An operator ends a session (reason `kicked`); returns how many of its
     /// connections were cut, `None` when it does not exist.
-    pub fn kick(
+    pub async fn kick(
         &self,
         id: &SessionId,
         uid: u32,
         why: &str,
         now: Instant,
     ) -> Result<Option<usize>, StoreFailed> {
-        let cut = self.end(id, EndReason::Kicked, now)?;
+        let cut = self.end(id, EndReason::Kicked, now).await?;
         if let Some(cut) = cut {
             tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.short(), uid, reason = %crate::logfield::text(why), connections_cut = cut);
         }
         Ok(cut)
     }
 
-    fn end(
+    async fn end(
         &self,
         id: &SessionId,
         reason: EndReason,
         now: Instant,
     ) -> Result<Option<usize>, StoreFailed> {
-        let outcome = {
-            let mut core = self.lock();
+        let commit = {
+            let core = self.lock();
             let Some(seq) = core.queue.view(id).map(|v| v.seq) else {
                 return Ok(None);
             };
-            let store_time = core.save_removals([seq]).map_err(|e| {
+            self.committer
+                .as_ref()
+                .map(|c| c.submit(vec![Op::Remove(seq)]))
+        };
+        // Durable first: an acknowledged end never comes back after a crash. Until the
+        // commit, the session goes on as before (and stays if the commit fails).
+        if let Some(commit) = commit {
+            commit.await.map_err(|e| {
                 tracing::error!(error = %e, session = %id.short(), "cannot record the end of a session; keeping it");
-                // Not ended: do not leave the seq pending, it would end it later.
-                core.unsaved_removals.retain(|s| *s != seq);
                 StoreFailed::from(e)
             })?;
+        }
+        let outcome = {
+            let mut core = self.lock();
             let Some(change) = core.queue.remove(id, reason, now) else {
+                // Ended meanwhile by someone else (the reaper, another DELETE).
                 return Ok(None);
             };
-            core.settle(change, now, store_time)
+            core.settle(change, now)
         };
         let cut = outcome.cut;
         self.record(outcome);
@@ -755,26 +804,46 @@ impl Shared {
     }
 
     /// Removes stale and expired sessions, cuts them, promotes, and refreshes the gauges;
-    /// returns how many ended. A failed store write is retried on the next call.
-    pub fn reap(&self, now: Instant) -> usize {
-        let outcome = {
+    /// returns how many ended. Their removal from the store (with any earlier one that
+    /// failed) is committed after the lock is released; a failed one is kept and retried
+    /// on the next call, so a reaped session does not come back at the next start. A
+    /// store that failed is probed now and then (`Committer::probe_due`), so it is found
+    /// writable again without waiting for a client.
+    pub async fn reap(&self, now: Instant) -> usize {
+        let (outcome, commit) = {
             let mut core = self.lock();
             let change = core.queue.reap(now);
-            let seqs: Vec<u64> = change.ended.iter().map(|e| e.seq).collect();
-            let store_time = core.save_removals(seqs).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot record reaped sessions; will retry");
-                None
+            core.unsaved_removals
+                .extend(change.ended.iter().map(|e| e.seq));
+            let seqs = std::mem::take(&mut core.unsaved_removals);
+            let commit = self.committer.as_ref().and_then(|c| {
+                let mut ops: Vec<Op> = seqs.iter().map(|s| Op::Remove(*s)).collect();
+                if ops.is_empty() && c.probe_due(now) {
+                    ops.push(Op::Touch(unix_ms(SystemTime::now())));
+                }
+                (!ops.is_empty()).then(|| c.submit(ops))
             });
-            core.settle(change, now, store_time)
+            (core.settle(change, now), commit.map(|c| (c, seqs)))
         };
         let ended = outcome.change.ended.len();
         self.record(outcome);
+        if let Some((commit, seqs)) = commit {
+            if let Err(e) = commit.await {
+                tracing::error!(error = %e, pending = seqs.len(), "cannot record reaped sessions; will retry");
+                self.lock().unsaved_removals.extend(seqs);
+            }
+        }
         self.limiter.forget_idle();
         self.probes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .forget_old(now);
         ended
+    }
+
+    /// Whether the durable store can be written (always, without one): `/readyz`.
+    pub fn store_writable(&self) -> bool {
+        self.committer.as_ref().is_none_or(Committer::writable)
     }
 
     /// `Retry-After` for a WAITING session at `position`, from recent holds.
@@ -922,7 +991,7 @@ impl bridge::Turns for Shared {
                 ended: Vec::new(),
                 promoted,
             };
-            core.settle(change, now, None)
+            core.settle(change, now)
         };
         tracing::info!(target: AUDIT, event = "handoff_done", seq = turn);
         self.record(outcome);
@@ -942,5 +1011,114 @@ impl bridge::Turns for Shared {
             was_draining = was,
             "the lab is held and draining until an operator retries the handoff"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPSTREAM: &str =
+        "[[upstream]]\nname = \"r1\"\naddress = \"127.0.0.1:9\"\nroutes = [\"/lab\"]\n";
+
+    fn shared(extra: &str) -> Arc<Shared> {
+        let config = Config::parse(
+            &format!("{extra}\n[rate_limit]\nburst = 1000\n{UPSTREAM}"),
+            "t.toml",
+        )
+        .unwrap();
+        Shared::new(config).unwrap()
+    }
+
+    fn client() -> IpAddr {
+        IpAddr::from([192, 0, 2, 1])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_is_woken_only_when_its_own_answer_changes() {
+        let s = shared("");
+        let now = Instant::now();
+        let (a, _) = s.create_session(client(), None, now).await.unwrap();
+        let (b, _) = s.create_session(client(), None, now).await.unwrap();
+        let (c, _) = s.create_session(client(), None, now).await.unwrap();
+        let poll = {
+            let s = s.clone();
+            tokio::spawn(async move { s.wait_for_turn(&c, Duration::from_secs(50)).await })
+        };
+        tokio::task::yield_now().await;
+        // Changes that do not end C's wait: creates behind it, B (ahead of it) leaving.
+        for i in 0..20u8 {
+            // Other clients: one client's live sessions are capped.
+            let other = IpAddr::from([198, 51, 100, i]);
+            s.create_session(other, None, now).await.unwrap();
+        }
+        assert!(s.end_session(&b, EndReason::Deleted, now).await.unwrap());
+        tokio::task::yield_now().await;
+        assert_eq!(s.poll_wakeups.load(Ordering::SeqCst), 0);
+        // A leaves: C is promoted, and its poll (only) wakes and answers.
+        assert!(s.end_session(&a, EndReason::Deleted, now).await.unwrap());
+        let answer = poll.await.unwrap();
+        assert_eq!(answer, Some((Status::Active, 0)));
+        assert_eq!(s.poll_wakeups.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_on_an_ended_session_answers_gone_at_once() {
+        let s = shared("");
+        let now = Instant::now();
+        s.create_session(client(), None, now).await.unwrap();
+        let (b, _) = s.create_session(client(), None, now).await.unwrap();
+        let poll = {
+            let s = s.clone();
+            tokio::spawn(async move { s.wait_for_turn(&b, Duration::from_secs(50)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(s.end_session(&b, EndReason::Deleted, now).await.unwrap());
+        assert_eq!(poll.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_create_the_queue_refuses_leaves_no_record_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        // The store refuses a directory others can enter.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let path = dir.path().join("q.redb");
+        {
+            // A store whose counter is exhausted: the queue refuses the next create.
+            let (store, _) = Store::open(&path).unwrap();
+            let last = StoredSession {
+                id: SessionId::random(),
+                seq: 7,
+                created_ms: 1,
+            };
+            store.insert(&last, u64::MAX).unwrap();
+            store.remove(&[7]).unwrap();
+        }
+        let s = shared(&format!(
+            "[queue]\nstate_path = {:?}",
+            path.display().to_string()
+        ));
+        let refused = s.create_session(client(), None, Instant::now()).await;
+        assert!(
+            matches!(refused, Err(CreateFailure::Store(StoreFailed::Queue(_)))),
+            "{refused:?}"
+        );
+        assert_eq!(s.picture(10, Instant::now()).len, 0);
+        drop(s);
+        // The writer thread lets go of the file once the last handle is gone.
+        let mut restored = None;
+        for _ in 0..500 {
+            if let Ok((_, r)) = Store::open(&path) {
+                restored = Some(r);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let restored = restored.expect("store released");
+        assert!(restored.sessions.is_empty(), "{:?}", restored.sessions);
     }
 }

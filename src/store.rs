@@ -37,6 +37,8 @@ const OWNERS: TableDefinition<u64, &str> = TableDefinition::new("owners");
 /// "next_seq" -> the seq counter.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
+/// "probe" -> any value: written by [`Op::Touch`], never read.
+const PROBE: &str = "probe";
 
 /// The permission bits a store file or its directory may not have: any access at all for
 /// group or others.
@@ -113,6 +115,18 @@ impl StoredSession {
             created_ms: u64::from_be_bytes(created),
         })
     }
+}
+
+/// One change to the store, as [`Store::apply`] takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Add a session with its owner (identity mode); the counter becomes `next_seq` if
+    /// that is higher than it is.
+    Insert(StoredSession, Option<String>, u64),
+    /// Remove a session (and its owner) by seq; unknown seqs are ignored.
+    Remove(u64),
+    /// Change nothing that is read back, but write (a probe of a store that failed).
+    Touch(u64),
 }
 
 /// What was in the store at start-up, in seq order.
@@ -255,6 +269,38 @@ impl Store {
                 t.owners.insert(s.seq, owner)?;
             }
             t.meta.insert(NEXT_SEQ, next_seq)?;
+            Ok(())
+        })
+    }
+
+    /// Applies `ops` in order in one durable transaction (one fsync for all of them).
+    pub fn apply(&self, ops: &[Op]) -> Result<Duration, StoreError> {
+        self.write(|t| {
+            let mut next_seq = None;
+            for op in ops {
+                match op {
+                    Op::Insert(s, owner, next) => {
+                        t.sessions.insert(s.seq, s.encode().as_slice())?;
+                        if let Some(owner) = owner {
+                            t.owners.insert(s.seq, owner.as_str())?;
+                        }
+                        next_seq = next_seq.max(Some(*next));
+                    }
+                    Op::Remove(seq) => {
+                        t.sessions.remove(*seq)?;
+                        t.owners.remove(*seq)?;
+                    }
+                    Op::Touch(value) => {
+                        t.meta.insert(PROBE, *value)?;
+                    }
+                }
+            }
+            if let Some(next) = next_seq {
+                let stored = t.meta.get(NEXT_SEQ)?.map(|v| v.value());
+                if stored.is_none_or(|s| s < next) {
+                    t.meta.insert(NEXT_SEQ, next)?;
+                }
+            }
             Ok(())
         })
     }
@@ -438,6 +484,31 @@ mod tests {
         let (_, restored) = Store::open(&path).unwrap();
         assert_eq!(restored.next_seq, 8);
         assert_eq!(restored.sessions, vec![a, c]);
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_and_never_lowers_the_counter() {
+        let dir = private_dir();
+        let path = dir.path().join("q.redb");
+        let (a, b) = (session(5), session(6));
+        {
+            let (store, _) = Store::open(&path).unwrap();
+            store.insert(&session(1), 10).unwrap();
+            store
+                .apply(&[
+                    Op::Insert(a, Some("alice".to_string()), 6),
+                    Op::Insert(b, Some("bob".to_string()), 7),
+                    Op::Remove(1),
+                    Op::Remove(5),
+                    Op::Touch(1),
+                ])
+                .unwrap();
+        }
+        let (_, restored) = Store::open(&path).unwrap();
+        assert_eq!(restored.sessions, vec![b]);
+        assert_eq!(restored.next_seq, 10);
+        assert_eq!(restored.owners.get(&6).map(String::as_str), Some("bob"));
+        assert_eq!(restored.owners.len(), 1);
     }
 
     #[test]

@@ -206,7 +206,7 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
             let Some(session) = SessionId::parse_exact(id) else {
                 return detail(StatusCode::NOT_FOUND, "Session not found");
             };
-            match shared.kick(&session, uid, &reason, Instant::now()) {
+            match shared.kick(&session, uid, &reason, Instant::now()).await {
                 Ok(Some(cut)) => answer(
                     StatusCode::OK,
                     &Kicked {

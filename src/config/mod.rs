@@ -104,6 +104,12 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// `[server.tls]`: HTTPS on every `listen` address.
     pub tls: Option<ServerTlsConfig>,
+    /// Client connection caps and timeouts (see `conn`).
+    pub keepalive_timeout: Duration,
+    pub header_timeout: Duration,
+    pub tcp_keepalive: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -82,6 +82,11 @@ pub(super) struct RawServer {
     pub(super) trusted_proxies: Vec<Spanned<String>>,
     /// Absent: plain HTTP.
     pub(super) tls: Option<RawServerTls>,
+    pub(super) keepalive_timeout: Spanned<Dur>,
+    pub(super) header_timeout: Spanned<Dur>,
+    pub(super) tcp_keepalive: Spanned<Dur>,
+    pub(super) max_connections: Spanned<usize>,
+    pub(super) max_connections_per_client: Spanned<usize>,
 }
 
 impl Default for RawServer {
@@ -93,6 +98,16 @@ impl Default for RawServer {
             shutdown_timeout: Spanned::new(0..0, secs(5)),
             trusted_proxies: Vec::new(),
             tls: None,
+            // nginx's keepalive_timeout is 75 s and client_header_timeout 60 s; a real
+            // client sends its header in milliseconds, so 20 s is plenty.
+            keepalive_timeout: Spanned::new(0..0, secs(75)),
+            header_timeout: Spanned::new(0..0, secs(20)),
+            tcp_keepalive: Spanned::new(0..0, secs(60)),
+            // A forwarded request holds a second descriptor upstream: keep the sum well
+            // under the usual limit of 1024 open files.
+            max_connections: Spanned::new(0..0, 400),
+            // CI runners behind one NAT share an address.
+            max_connections_per_client: Spanned::new(0..0, 64),
         }
     }
 }

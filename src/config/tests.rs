@@ -459,15 +459,24 @@ mod extreme {
             let client: IpAddr = [10, 0, 0, 1].into();
             let _ = limiter.check(client);
             let shared = Shared::new(config).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let created = shared.create_session(client, None, now);
-            let _ = shared.create_session("2001:db8::1".parse().unwrap(), None, now);
-            if let Ok((id, _)) = created {
-                let _ = shared.gate(SessionHeader::One(Some(id)), None, now);
-                shared.hold_remaining(now);
-                shared.retry_after(2, now);
-                let _ = shared.end_session(&id, EndReason::Deleted, now);
-            }
-            shared.reap(now + Duration::from_secs(3600));
+            // Creates, ends and reaps await their (here: no) durable commit.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            rt.block_on(async {
+                let created = shared.create_session(client, None, now).await;
+                let _ = shared
+                    .create_session("2001:db8::1".parse().unwrap(), None, now)
+                    .await;
+                if let Ok((id, _)) = created {
+                    let _ = shared.gate(SessionHeader::One(Some(id)), None, now);
+                    shared.hold_remaining(now);
+                    shared.retry_after(2, now);
+                    let _ = shared.end_session(&id, EndReason::Deleted, now).await;
+                }
+                shared.reap(now + Duration::from_secs(3600)).await;
+            });
         }
     }
 }

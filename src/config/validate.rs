@@ -270,7 +270,38 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, Problem> {
         trusted_proxies.push(net);
     }
     let tls = raw.tls.as_ref().map(|t| t.validate()).transpose()?;
+    for (d, name) in [
+        (&raw.keepalive_timeout, "keepalive_timeout"),
+        (&raw.header_timeout, "header_timeout"),
+        (&raw.tcp_keepalive, "tcp_keepalive"),
+    ] {
+        let v = d.get_ref().0;
+        if v < Duration::from_secs(1) || v > Duration::from_secs(86_400) {
+            return problem(
+                span_of(d),
+                format!("server.{name} must be between 1s and 1 day"),
+            );
+        }
+    }
+    let max = *raw.max_connections.get_ref();
+    if !(1..=1_000_000).contains(&max) {
+        return problem(
+            span_of(&raw.max_connections),
+            "server.max_connections must be between 1 and 1000000",
+        );
+    }
+    if !(1..=max).contains(raw.max_connections_per_client.get_ref()) {
+        return problem(
+            span_of(&raw.max_connections_per_client),
+            "server.max_connections_per_client must be between 1 and server.max_connections",
+        );
+    }
     Ok(ServerConfig {
+        keepalive_timeout: raw.keepalive_timeout.get_ref().0,
+        header_timeout: raw.header_timeout.get_ref().0,
+        tcp_keepalive: raw.tcp_keepalive.get_ref().0,
+        max_connections: max,
+        max_connections_per_client: *raw.max_connections_per_client.get_ref(),
         listen: raw.listen.into_inner(),
         threads,
         grace_period: at_most(

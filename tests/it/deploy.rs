@@ -180,7 +180,7 @@ fn alert_rules_pass_promtool_check() {
         text(&out)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 8 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 10 rules found"),
         "{}",
         text(&out)
     );
@@ -222,7 +222,9 @@ fn every_alert_is_annotated_and_has_firing_and_quiet_test_cases() {
             "LabgateSessionsReapedStale",
             "LabgateHandoffFailed",
             "LabgateUpstreamSessionUndeleted",
-            "LabgateUpstreamUsedAroundLabgate"
+            "LabgateUpstreamUsedAroundLabgate",
+            "LabgateStoreUnwritable",
+            "LabgateStoreWriteFailures"
         ]
     );
     let count = |needle: &str| {

@@ -167,6 +167,20 @@ pub struct Cfg {
     pub compat_active_session_id: bool,
     /// `[tunnels]`; `None` leaves the section out (no tunnel target allowed).
     pub tunnels: Option<TunnelsCfg>,
+    /// `[server]` connection limits (lifted by default); `None` leaves the keys out.
+    pub connections: Option<ConnCfg>,
+    /// Runs labgate under this open-file limit (`prlimit --nofile`).
+    pub nofile: Option<u64>,
+}
+
+/// `[server]` keepalive_timeout, header_timeout, max_connections,
+/// max_connections_per_client.
+#[derive(Clone, Debug)]
+pub struct ConnCfg {
+    pub keepalive_timeout: String,
+    pub header_timeout: String,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
 }
 
 impl Cfg {
@@ -197,6 +211,14 @@ impl Cfg {
             max_sessions_per_client: Some(10_000),
             compat_active_session_id: false,
             tunnels: None,
+            // Lifted, as the rate limit is: every test client is 127.0.0.1.
+            connections: Some(ConnCfg {
+                keepalive_timeout: "75s".to_string(),
+                header_timeout: "20s".to_string(),
+                max_connections: 100_000,
+                max_connections_per_client: 100_000,
+            }),
+            nofile: None,
         }
     }
 
@@ -294,6 +316,18 @@ impl Cfg {
         self
     }
 
+    /// `[server]` connection limits (see [`ConnCfg`]).
+    pub fn connections(mut self, c: ConnCfg) -> Self {
+        self.connections = Some(c);
+        self
+    }
+
+    /// Runs labgate with at most `n` open files.
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
+        self
+    }
+
     /// The TOML text; injected header secrets are written as files into `dir`.
     pub fn render(&self, dir: &Path, listen: u16, metrics: u16) -> String {
         let upstream = self
@@ -332,6 +366,16 @@ impl Cfg {
                 grace_period: &self.grace_period,
                 shutdown_timeout: &self.shutdown_timeout,
                 trusted_proxies: &self.trusted_proxies,
+                keepalive_timeout: self
+                    .connections
+                    .as_ref()
+                    .map(|c| c.keepalive_timeout.as_str()),
+                header_timeout: self.connections.as_ref().map(|c| c.header_timeout.as_str()),
+                max_connections: self.connections.as_ref().map(|c| c.max_connections),
+                max_connections_per_client: self
+                    .connections
+                    .as_ref()
+                    .map(|c| c.max_connections_per_client),
             },
             metrics: MetricsToml {
                 listen: format!("127.0.0.1:{metrics}"),
@@ -408,6 +452,14 @@ struct ServerToml<'a> {
     grace_period: &'a str,
     shutdown_timeout: &'a str,
     trusted_proxies: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keepalive_timeout: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header_timeout: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections_per_client: Option<usize>,
 }
 
 #[derive(Serialize)]

@@ -50,7 +50,18 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         let log_path = dir.path().join("labgate.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_labgate"))
+        let mut cmd = match cfg.nofile {
+            // prlimit execs labgate: the child's pid stays labgate's.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_labgate"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_labgate")),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
