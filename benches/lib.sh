@@ -108,19 +108,39 @@ need_tools() {
     command -v python3 >/dev/null || die "python3 is needed (ports, the summary table)"
 }
 
-# Builds labgate (release) and the load client; sets LABGATE_BIN and LOADGEN_BIN.
+# Builds labgate (release), the load client and the bare pingora proxy; sets LABGATE_BIN,
+# LOADGEN_BIN and BARE_PINGORA_BIN. The target directory is cargo's (CARGO_TARGET_DIR
+# if set). With all three already set in the environment (say, LABGATE_BIN pointing at
+# a `--profile production` build), nothing is built.
 build_labgate() {
-    log "building labgate --release and the load client"
+    if [[ -x ${LABGATE_BIN:-} && -x ${LOADGEN_BIN:-} && -x ${BARE_PINGORA_BIN:-} ]]; then
+        log "using the prebuilt $LABGATE_BIN, $LOADGEN_BIN and $BARE_PINGORA_BIN"
+        return
+    fi
+    log "building labgate --release, the load client and the bare pingora proxy"
     (cd "$BENCH_ROOT" && cargo build --release --locked --quiet --bin labgate)
-    LABGATE_BIN=$BENCH_ROOT/target/release/labgate
-    LOADGEN_BIN=$(cd "$BENCH_ROOT" && cargo bench --locked --quiet --no-run --bench loadgen \
-        --message-format=json 2>/dev/null |
+    local dir
+    dir=$(cd "$BENCH_ROOT" && cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    LABGATE_BIN=$dir/release/labgate
+    local bins
+    bins=$(cd "$BENCH_ROOT" && cargo bench --locked --quiet --no-run --bench loadgen \
+        --bench bare_pingora --message-format=json 2>/dev/null |
         python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "loadgen":
-        print(m["executable"])')
-    [[ -x $LABGATE_BIN && -x $LOADGEN_BIN ]] || die "build did not produce labgate and loadgen"
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])')
+    LOADGEN_BIN=$(awk '$1 == "loadgen" {print $2}' <<<"$bins")
+    BARE_PINGORA_BIN=$(awk '$1 == "bare_pingora" {print $2}' <<<"$bins")
+    [[ -x $LABGATE_BIN && -x $LOADGEN_BIN && -x $BARE_PINGORA_BIN ]] ||
+        die "build did not produce labgate, loadgen and bare_pingora"
+}
+
+# start_bare_pingora NAME CPU PORT UPSTREAM_PORT: the bare pingora proxy (threads = 1).
+start_bare_pingora() {
+    start "$1" "$2" "$BARE_PINGORA_BIN" --listen "127.0.0.1:$3" --upstream "127.0.0.1:$4" --threads 1
+    wait_http "http://127.0.0.1:$3/lab/ping" "$1"
 }
 
 # write_labgate_config FILE PORT METRICS_PORT UPSTREAM_PORT THREADS

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Profiles labgate under load with valgrind's callgrind (instruction counts; works
-# where `perf` is not allowed), on the forwarding path (c) or the rejection path (d).
+# where `perf` is not allowed, and does not depend on the machine's load), on the
+# forwarding path (c), the rejection path (d), a WAITING session's poll (f), or the
+# bare pingora proxy (benches/bare_pingora.rs) forwarding the same requests: the floor.
 #
-#   benches/profile.sh forward|reject [--seconds 20] [--conns 16] [--out DIR]
+#   benches/profile.sh forward|reject|poll|bare [--seconds 20] [--conns 16] [--out DIR]
 #
-# labgate (threads = 1) runs under callgrind in front of an nginx upstream; counters are
-# zeroed once the load starts (so start-up is not counted) and dumped before it stops.
-# Prints the top functions by own instructions, and every labgate:: function by
-# inclusive instructions, each as a share of the total. Loopback only; every process
+# The server (threads = 1) runs under callgrind in front of an nginx upstream; counters
+# are zeroed once the load starts (so start-up is not counted) and dumped before it
+# stops. Prints instructions per request (all instructions of the process over the
+# requests wrk completed), the top functions by own instructions, and every labgate::
+# function by inclusive instructions, each as a share of the total. Loopback only; every process
 # started is stopped on exit, error or Ctrl-C (see benches/lib.sh).
 #
 # It must never assert a figure: it prints them.
@@ -15,7 +18,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MODE=${1:-}
-[[ $MODE == forward || $MODE == reject ]] || die "usage: $0 forward|reject [--seconds N] [--conns N] [--out DIR]"
+[[ $MODE =~ ^(forward|reject|poll|bare)$ ]] ||
+    die "usage: $0 forward|reject|poll|bare [--seconds N] [--conns N] [--out DIR]"
 shift
 SECS=20
 CONNS=16
@@ -65,23 +69,40 @@ wait_http "http://127.0.0.1:$UP/lab/ping" upstream
 
 write_labgate_config "$BENCH_WORK/labgate.toml" "$LG" "$LGM" "$UP" 1
 CG=$BENCH_WORK/callgrind.out
-start labgate 1 env LABGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$CG" \
-    "$LABGATE_BIN" serve --config "$BENCH_WORK/labgate.toml"
-LABGATE_PID=$STARTED_PID
-# Under callgrind start-up takes seconds, not milliseconds.
-wait_http "http://127.0.0.1:$LG/healthz" labgate
-
-ACTIVE=$(new_session "$LG")
-WAITING=$(new_session "$LG")
-SID=$ACTIVE
-[[ $MODE == reject ]] && SID=$WAITING
+# Names uncompressed: each dump after a zeroing must be readable on its own.
+CALLGRIND=(valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$CG")
+if [[ $MODE == bare ]]; then
+    # BARE_ARGS=--peer-options: the peer options labgate sets (see bare_pingora.rs).
+    # shellcheck disable=SC2086
+    start bare 1 "${CALLGRIND[@]}" "$BARE_PINGORA_BIN" --listen "127.0.0.1:$LG" \
+        --upstream "127.0.0.1:$UP" --threads 1 ${BARE_ARGS:-}
+    SERVER_PID=$STARTED_PID
+    # Under callgrind start-up takes seconds, not milliseconds.
+    wait_http "http://127.0.0.1:$LG/lab/ping" bare
+    URL=http://127.0.0.1:$LG/lab/ping
+    HEADER=()
+else
+    start labgate 1 env LABGATE_LOG=warn "${CALLGRIND[@]}" \
+        "$LABGATE_BIN" serve --config "$BENCH_WORK/labgate.toml"
+    SERVER_PID=$STARTED_PID
+    wait_http "http://127.0.0.1:$LG/healthz" labgate
+    ACTIVE=$(new_session "$LG")
+    WAITING=$(new_session "$LG")
+    URL=http://127.0.0.1:$LG/lab/ping
+    case $MODE in
+    forward) HEADER=(-H "X-Session-ID: $ACTIVE") ;;
+    reject) HEADER=(-H "X-Session-ID: $WAITING") ;;
+    poll) HEADER=(); URL=http://127.0.0.1:$LG/session/$WAITING ;;
+    esac
+fi
 
 log "warming up, then $SECS s of wrk -c$CONNS on the $MODE path"
-taskset -c 0 wrk -t1 -c"$CONNS" -d2s -H "X-Session-ID: $SID" "http://127.0.0.1:$LG/lab/ping" >/dev/null
-callgrind_control -z "$LABGATE_PID" >/dev/null
-taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" -H "X-Session-ID: $SID" "http://127.0.0.1:$LG/lab/ping" |
+taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${HEADER[@]}" "$URL" >/dev/null
+# taskset and env exec, so the pid is valgrind's own.
+callgrind_control -z "$SERVER_PID" >/dev/null
+taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" "${HEADER[@]}" "$URL" |
     tee "$BENCH_WORK/wrk.txt" | grep -E 'Requests/sec|requests in'
-callgrind_control -d "$LABGATE_PID" >/dev/null
+callgrind_control -d "$SERVER_PID" >/dev/null
 DUMP=$(ls -t "$CG".* 2>/dev/null | head -1)
 [[ -n $DUMP ]] || die "callgrind wrote no dump"
 if [[ -n $OUT ]]; then
@@ -90,6 +111,12 @@ if [[ -n $OUT ]]; then
     log "callgrind dump copied to $OUT/callgrind.$MODE.out (callgrind_annotate it)"
 fi
 
+REQUESTS=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$BENCH_WORK/wrk.txt")
+TOTAL=$(callgrind_annotate "$DUMP" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo
+if [[ -n $REQUESTS && -n $TOTAL && $REQUESTS -gt 0 ]]; then
+    echo "## $MODE: $TOTAL instructions / $REQUESTS requests = $((TOTAL / REQUESTS)) per request"
+fi
 echo
 echo "## Top 30 functions by own instructions ($MODE path)"
 callgrind_annotate --inclusive=no --threshold=100 "$DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | head -45 || true

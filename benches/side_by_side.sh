@@ -7,15 +7,18 @@
 # Systems (every server on CPU $SERVER_CPU, wrk / the load client on CPU $CLIENT_CPU):
 #   (a) direct    wrk -> nginx upstream (1 worker, fixed 200 answer): the limit
 #   (b) nginx     wrk -> nginx reverse proxy (1 worker) -> the same upstream: the peer
+#   (p) pingora   wrk -> bare pingora 0.9 proxy (benches/bare_pingora.rs, threads = 1,
+#                 only `upstream_peer`) -> the same upstream: pingora's own floor
 #   (c) labgate   wrk -> labgate (threads = 1), ACTIVE session -> the same upstream
 #   (d) labgate   wrk -> labgate answering 423 to a WAITING session (never forwarded)
+#   (f) labgate   wrk -> labgate answering GET /session/{id} (a WAITING session's poll)
 #   (e) session API loop (POST /session, GET /session/{id}, DELETE) on labgate and on
 #       neops-remote-lab 1.4.0 (its own CLI, uvicorn, a fake `netlab` on PATH)
 # Each repetition runs every system at every connection count, systems alternating, so
 # drift on a shared machine hits all of them alike; the table reports the median of
 # the repetitions. Loopback only; every process started is stopped on exit, error or
-# Ctrl-C (see benches/lib.sh). Default run: 6 systems x 3 counts x 3 reps x 10 s,
-# about 10 minutes plus builds.
+# Ctrl-C (see benches/lib.sh). Default run: 8 systems x 3 counts x 3 reps x 10 s,
+# about 13 minutes plus builds.
 #
 # It must never assert a figure: it prints them (docs/benchmarks.md holds a real run).
 
@@ -52,6 +55,7 @@ setup_neops
 
 UP=$(free_port)
 PX=$(free_port)
+BP=$(free_port)
 LG=$(free_port)
 LGM=$(free_port)
 NP=$(free_port)
@@ -105,11 +109,12 @@ nginx_conf "$BENCH_WORK/proxy.conf" proxy "
 
 write_labgate_config "$BENCH_WORK/labgate.toml" "$LG" "$LGM" "$UP" 1
 
-log "starting nginx upstream, nginx proxy, labgate and neops-remote-lab (CPU $SERVER_CPU)"
+log "starting nginx upstream, nginx proxy, bare pingora, labgate and neops-remote-lab (CPU $SERVER_CPU)"
 start upstream "$SERVER_CPU" nginx -c "$BENCH_WORK/upstream.conf" -e "$BENCH_WORK/upstream-error.log"
 wait_http "http://127.0.0.1:$UP/lab/ping" upstream
 start proxy "$SERVER_CPU" nginx -c "$BENCH_WORK/proxy.conf" -e "$BENCH_WORK/proxy-error.log"
 wait_http "http://127.0.0.1:$PX/lab/ping" proxy
+start_bare_pingora bare_pingora "$SERVER_CPU" "$BP" "$UP"
 start_labgate labgate "$SERVER_CPU" "$BENCH_WORK/labgate.toml" "$LG"
 start_neops neops "$SERVER_CPU" "$NP"
 
@@ -171,13 +176,15 @@ loop_point() {
 }
 
 n_conns=$(wc -w <<<"$CONNS")
-log "measuring: $REPS reps x $n_conns connection counts x 6 systems x ${SECONDS_PER_POINT}s"
+log "measuring: $REPS reps x $n_conns connection counts x 8 systems x ${SECONDS_PER_POINT}s"
 for rep in $(seq "$REPS"); do
     for c in $CONNS; do
         wrk_point a_direct "$c" "$rep" "http://127.0.0.1:$UP/lab/ping"
         wrk_point b_nginx "$c" "$rep" "http://127.0.0.1:$PX/lab/ping"
+        wrk_point p_pingora "$c" "$rep" "http://127.0.0.1:$BP/lab/ping"
         wrk_point c_labgate "$c" "$rep" "http://127.0.0.1:$LG/lab/ping" "X-Session-ID: $ACTIVE"
         wrk_point d_labgate423 "$c" "$rep" "http://127.0.0.1:$LG/lab/ping" "X-Session-ID: $WAITING"
+        wrk_point f_poll "$c" "$rep" "http://127.0.0.1:$LG/session/$WAITING"
         loop_point e_labgate "$LG" "$c" "$rep"
         loop_point e_neops "$NP" "$c" "$rep"
     done
@@ -200,8 +207,10 @@ def med(sys_, c, i):
 names = {
     "a_direct": "(a) direct to upstream",
     "b_nginx": "(b) nginx reverse proxy",
+    "p_pingora": "(p) bare pingora proxy",
     "c_labgate": "(c) labgate, ACTIVE session",
     "d_labgate423": "(d) labgate, 423 to WAITING",
+    "f_poll": "(f) labgate, GET /session/{id}",
     "e_labgate": "(e) session loop, labgate",
     "e_neops": "(e) session loop, neops-remote-lab",
 }
@@ -223,13 +232,16 @@ for s, label in names.items():
             bad = sum(r[4] for r in runs[(s, c)])
         print(f"| {label} | {c} | {med(s, c, 0):,.0f} | {ms(med(s, c, 1))} | {ms(med(s, c, 2))} | {bad} |")
 print()
-print("| connections | c/b req/s | c/b p99 | c/a req/s | d/c req/s | (e) labgate/neops req/s |")
-print("|---:|---:|---:|---:|---:|---:|")
+print("| connections | c/b req/s | c/b p99 | c/p req/s | p/b req/s | c/a req/s | d/c req/s "
+      "| d/a req/s | f/a req/s | (e) labgate/neops req/s |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for c in conns:
     r = lambda s: med(s, c, 0)
     p99 = lambda s: med(s, c, 2)
     print(f"| {c} | {r('c_labgate') / r('b_nginx'):.2f} | {p99('c_labgate') / p99('b_nginx'):.2f} "
+          f"| {r('c_labgate') / r('p_pingora'):.2f} | {r('p_pingora') / r('b_nginx'):.2f} "
           f"| {r('c_labgate') / r('a_direct'):.2f} | {r('d_labgate423') / r('c_labgate'):.2f} "
+          f"| {r('d_labgate423') / r('a_direct'):.2f} | {r('f_poll') / r('a_direct'):.2f} "
           f"| {r('e_labgate') / r('e_neops'):.1f} |")
 print()
 print("(c/b p99 is labgate's p99 latency over nginx's: below 1 means labgate's tail is shorter.)")

@@ -44,6 +44,40 @@ pub struct Metrics {
     pub client_connections_closed: IntCounterVec,
     pub state_write_failures: IntCounter,
     pub state_store_writable: IntGauge,
+    /// `gate_decisions`' series, one per [`Verdict`] in `Verdict::ALL` order, looked up
+    /// once: `with_label_values` hashes the labels and locks the vector on every call.
+    decisions: [IntCounter; Verdict::ALL.len()],
+}
+
+/// One upstream's series, looked up once when the gateway starts instead of by label
+/// on every forwarded request.
+pub struct UpstreamSeries {
+    name: String,
+    /// `2xx` to `5xx`; a `1xx` (an upgrade's 101) is rare and looked up by label.
+    requests: [IntCounter; 4],
+    duration: Histogram,
+    errors: [IntCounter; UpstreamError::ALL.len()],
+}
+
+impl UpstreamSeries {
+    /// A forwarded request ended with `status` after `elapsed`.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        match status {
+            200..=299 => self.requests[0].inc(),
+            300..=399 => self.requests[1].inc(),
+            400..=499 => self.requests[2].inc(),
+            100..=199 => metrics()
+                .upstream_requests
+                .with_label_values(&[self.name.as_str(), status_class(status)])
+                .inc(),
+            _ => self.requests[3].inc(),
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_error(&self, kind: UpstreamError) {
+        self.errors[kind as usize].inc();
+    }
 }
 
 /// Queue waits and holds run from seconds to hours.
@@ -239,9 +273,7 @@ impl Metrics {
         for reason in CreateRejection::ALL {
             create_rejected.with_label_values(&[reason.as_str()]);
         }
-        for verdict in Verdict::ALL {
-            gate_decisions.with_label_values(&[verdict.as_str()]);
-        }
+        let decisions = Verdict::ALL.map(|v| gate_decisions.with_label_values(&[v.as_str()]));
         for reason in crate::identity::Refusal::LABELS {
             identity_refused.with_label_values(&[reason]);
         }
@@ -279,6 +311,7 @@ impl Metrics {
             client_connections_closed,
             state_write_failures,
             state_store_writable,
+            decisions,
         }
     }
 
@@ -294,22 +327,23 @@ impl Metrics {
             .inc_by(bytes);
     }
 
-    /// Creates the per-upstream series for each configured upstream.
-    pub fn init_upstream(&self, name: &str) {
-        for kind in UpstreamError::ALL {
-            self.upstream_errors
-                .with_label_values(&[name, kind.as_str()]);
+    /// Creates the series of one configured upstream (so they read zero before its
+    /// first request) and hands them back for the request path.
+    pub fn init_upstream(&self, name: &str) -> UpstreamSeries {
+        UpstreamSeries {
+            name: name.to_string(),
+            requests: ["2xx", "3xx", "4xx", "5xx"]
+                .map(|class| self.upstream_requests.with_label_values(&[name, class])),
+            duration: self.upstream_duration.with_label_values(&[name]),
+            errors: UpstreamError::ALL.map(|kind| {
+                self.upstream_errors
+                    .with_label_values(&[name, kind.as_str()])
+            }),
         }
-        for class in ["2xx", "3xx", "4xx", "5xx"] {
-            self.upstream_requests.with_label_values(&[name, class]);
-        }
-        self.upstream_duration.with_label_values(&[name]);
     }
 
     pub fn count_decision(&self, verdict: Verdict) {
-        self.gate_decisions
-            .with_label_values(&[verdict.as_str()])
-            .inc();
+        self.decisions[verdict as usize].inc();
     }
 
     pub fn count_identity_refused(&self, reason: &str) {
@@ -319,12 +353,6 @@ impl Metrics {
     pub fn count_create_rejected(&self, reason: CreateRejection) {
         self.create_rejected
             .with_label_values(&[reason.as_str()])
-            .inc();
-    }
-
-    pub fn count_upstream_error(&self, upstream: &str, kind: UpstreamError) {
-        self.upstream_errors
-            .with_label_values(&[upstream, kind.as_str()])
             .inc();
     }
 
@@ -365,6 +393,17 @@ pub fn status_class(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cached series are indexed by discriminant: `ALL` must list them in order.
+    #[test]
+    fn label_enums_list_every_value_in_declaration_order() {
+        for (i, v) in Verdict::ALL.into_iter().enumerate() {
+            assert_eq!(v as usize, i, "{v:?}");
+        }
+        for (i, k) in UpstreamError::ALL.into_iter().enumerate() {
+            assert_eq!(k as usize, i, "{k:?}");
+        }
+    }
 
     #[test]
     fn registers_every_contract_metric() {

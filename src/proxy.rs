@@ -28,7 +28,7 @@ use crate::gate::{self, Denied, Verdict};
 use crate::identity::{self, Identity};
 use crate::limits;
 use crate::logfield;
-use crate::metrics::status_class;
+use crate::metrics::UpstreamSeries;
 use crate::path;
 use crate::splice::device::Opened;
 use crate::splice::upstream::Relayed;
@@ -50,11 +50,20 @@ const SESSION_ENDED: ErrorType = ErrorType::Custom("session ended");
 
 pub struct LabGate {
     shared: Arc<Shared>,
+    /// Each upstream's metric series, indexed like `config.upstreams`.
+    series: Vec<UpstreamSeries>,
 }
 
 impl LabGate {
     pub fn new(shared: Arc<Shared>) -> Self {
-        LabGate { shared }
+        let m = shared.metrics();
+        let series = shared
+            .config
+            .upstreams
+            .iter()
+            .map(|up| m.init_upstream(&up.name))
+            .collect();
+        LabGate { shared, series }
     }
 }
 
@@ -214,6 +223,7 @@ impl LabGate {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
         let up = self.upstream(routed);
+        let upstream = routed.upstream;
         let allowed = &routed.in_flight.allowed;
         let mut req = session.req_header().clone();
         self.shape_request(&mut req, ctx, routed, true)?;
@@ -245,7 +255,7 @@ impl LabGate {
                 let (kind, side, cut) = e.failure();
                 let failure = forward::on_failure(kind, side, cut);
                 if let Some(kind) = failure.upstream {
-                    self.shared.metrics().count_upstream_error(&up.name, kind);
+                    self.series[upstream].count_error(kind);
                     if let Some(f) = ctx.forwarded.as_mut() {
                         f.error = Some(kind);
                     }
@@ -515,8 +525,13 @@ impl ProxyHttp for LabGate {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        for name in forward::response_removals(resp.status.as_u16()) {
-            resp.remove_header(*name);
+        let removals = forward::response_removals(resp.status.as_u16());
+        // One pass over the (few) names the upstream sent: usually none of them is
+        // there, and a removal by name parses and hashes it in both of pingora's maps.
+        if resp.headers.keys().any(|k| removals.contains(&k.as_str())) {
+            for name in removals {
+                resp.remove_header(*name);
+            }
         }
         let neops_lane = ctx.routed.as_ref().and_then(|r| {
             let lane = self.shared.bridge.lane(r.upstream)?;
@@ -545,8 +560,7 @@ impl ProxyHttp for LabGate {
         let (kind, side) = classify(e);
         let failure = forward::on_failure(kind, side, cut);
         if let (Some(kind), Some(routed)) = (failure.upstream, &ctx.routed) {
-            let name = &self.upstream(routed).name;
-            self.shared.metrics().count_upstream_error(name, kind);
+            self.series[routed.upstream].count_error(kind);
             if let Some(f) = ctx.forwarded.as_mut() {
                 f.error = Some(kind);
             }
@@ -582,23 +596,16 @@ impl ProxyHttp for LabGate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         // The request is over: let the session be reaped again from now on.
-        let routed = ctx.routed.take();
-        let upstream = routed.as_ref().map(|r| self.upstream(r).name.as_str());
-        drop(routed);
+        let index = ctx.routed.take().map(|r| r.upstream);
         let status = session
             .response_written()
             .map(|h| h.status.as_u16())
             .or(ctx.local_status)
             .unwrap_or(0);
-        if let (Some(name), Some(forwarded)) = (upstream, &ctx.forwarded) {
-            let m = self.shared.metrics();
-            m.upstream_requests
-                .with_label_values(&[name, status_class(status)])
-                .inc();
-            m.upstream_duration
-                .with_label_values(&[name])
-                .observe(forwarded.started.elapsed().as_secs_f64());
+        if let (Some(i), Some(forwarded)) = (index, &ctx.forwarded) {
+            self.series[i].record(status, forwarded.started.elapsed());
         }
+        let upstream = index.map(|i| self.shared.config.upstreams[i].name.as_str());
         ctx.log_access(session.req_header(), status, upstream, e);
     }
 }
