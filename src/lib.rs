@@ -58,7 +58,9 @@
 //!
 //! Adapters and processes:
 //! - [`proxy`]: `impl ProxyHttp`, the thin pingora adapter calling the modules above;
-//!   `proxy::ctx` the per-request context, `proxy::wire` pingora <-> `http` translation.
+//!   `proxy::ctx` the per-request context, `proxy::steps` the steps of `request_filter`
+//!   that need the session (identify, answer, tunnel, upgrade, deny, shape),
+//!   `proxy::wire` pingora <-> `http` translation.
 //! - [`reaper`]: the background services: reaping stale and expired sessions on a tick,
 //!   and running the bridge's lanes.
 //! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::cli` for
