@@ -151,6 +151,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnSignal {
+            begin: Box::new({
+                let shared = shared.clone();
+                move || shared.begin_shutdown()
+            }),
             in_flight: Box::new(move || shared.forwarded_in_flight()),
             grace,
         }),
@@ -248,6 +252,7 @@ pub fn run_demo_lab(listen: SocketAddr) -> anyhow::Result<()> {
     tracing::info!(listen = %listen, "demo lab serving a fake device API");
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnSignal {
+            begin: Box::new(|| ()),
             in_flight: Box::new(|| 0),
             grace: Duration::ZERO,
         }),
@@ -257,6 +262,8 @@ pub fn run_demo_lab(listen: SocketAddr) -> anyhow::Result<()> {
 
 /// SIGTERM and SIGINT both drain: wait for forwarded requests to finish, at most `grace`.
 struct DrainOnSignal {
+    /// Called once the signal arrives (refuse new sessions).
+    begin: Box<dyn Fn() + Send + Sync>,
     in_flight: Box<dyn Fn() -> usize + Send + Sync>,
     grace: Duration,
 }
@@ -277,6 +284,7 @@ impl ShutdownSignalWatch for DrainOnSignal {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
+        (self.begin)();
         let deadline = drain_deadline(Instant::now(), self.grace);
         tracing::info!(
             signal = which,

@@ -46,6 +46,7 @@ use crate::metrics::{metrics, Metrics};
 use crate::ownership::{Access, Owners};
 use crate::queue::{Change, EndReason, Queue, QueueError, SessionId, SessionView, Status};
 use crate::store::{self, Store, StoreError, StoredSession};
+use crate::tombstone::{Tombstone, Tombstones};
 
 /// Audit events go to their own target so operators can route them separately.
 pub const AUDIT: &str = "labgate::audit";
@@ -58,6 +59,9 @@ pub enum CreateFailure {
     /// An operator is draining the lab.
     #[error("the lab is draining")]
     Draining,
+    /// labgate is shutting down (SIGTERM): a session made now would be lost.
+    #[error("shutting down")]
+    ShuttingDown,
     /// Nothing was created.
     #[error(transparent)]
     Store(#[from] StoreFailed),
@@ -133,6 +137,8 @@ struct Core {
     /// The reset last recorded beside the store, to record each change once.
     handoff_recorded: Option<u64>,
     bridge: Arc<Bridge>,
+    /// How recently ended sessions ended.
+    tombstones: Tombstones,
 }
 
 /// How many recent end reasons are kept for the end hooks.
@@ -187,6 +193,8 @@ pub struct Shared {
     poll_wakeups: AtomicUsize,
     /// Operator's drain: new sessions are refused, the queue goes on.
     draining: AtomicBool,
+    /// SIGTERM/SIGINT received: new sessions are refused.
+    shutting_down: AtomicBool,
     probes: Mutex<limits::ProbeDetector>,
 }
 
@@ -234,7 +242,9 @@ impl Core {
                     self.per_client.ended(client);
                 }
             }
-            ended_owners.push(self.owners.owner(&e.id).cloned());
+            let owner = self.owners.owner(&e.id).cloned();
+            self.tombstones.insert(e.id, e.reason, owner.clone(), now);
+            ended_owners.push(owner);
             self.owners.release(&e.id);
             if let Some(held) = e.held {
                 self.history.hold_ended(held);
@@ -361,8 +371,10 @@ impl Shared {
                 handoff_failed: false,
                 handoff_recorded,
                 bridge: bridge.clone(),
+                tombstones: Tombstones::default(),
             }),
             draining: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             probes: Mutex::new(limits::ProbeDetector::default()),
             limiter,
             metrics,
@@ -435,6 +447,11 @@ impl Shared {
             tracing::info!(target: AUDIT, event = "session_refused", client = %client, identity, reason = r.label());
             CreateFailure::Refused(r)
         };
+        if self.shutting_down.load(Ordering::SeqCst) {
+            self.metrics
+                .count_create_rejected(CreateRejection::Draining);
+            return Err(CreateFailure::ShuttingDown);
+        }
         if self.is_draining() {
             self.metrics
                 .count_create_rejected(CreateRejection::Draining);
@@ -573,6 +590,69 @@ impl Shared {
         }
     }
 
+    /// `GET /session/{id}?wait=N&while=active`: answers as soon as the session is no
+    /// longer ACTIVE (`None` once it is gone), or when `wait` is over. The holder's way
+    /// to notice a kick, expiry or reap at once. Refreshes nothing: the holder's
+    /// heartbeats keep it alive, not its watch.
+    pub async fn wait_while_active(
+        &self,
+        id: &SessionId,
+        wait: Duration,
+    ) -> Option<(Status, usize)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // A peek, not a touch: the watch is not a sign of life (heartbeats are), so a
+            // holder whose client died is still reaped while a watch is parked here.
+            let (status, wake) = {
+                let core = self.lock();
+                let status = core.queue.view(id).map(|v| (v.status, v.position))?;
+                let wake = core.meta.get(id).map(|m| m.wake.clone());
+                (status, wake)
+            };
+            if status.0 != Status::Active || tokio::time::Instant::now() >= deadline {
+                return Some(status);
+            }
+            let Some(wake) = wake else {
+                return Some(status);
+            };
+            // An ACTIVE session leaves that state only by ending, which wakes its `wake`.
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            // Registered before looking again, so an end in between is not missed.
+            woken.as_mut().enable();
+            let again = self.peek(id)?;
+            if again.0 != Status::Active {
+                return Some(again);
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return self.peek(id);
+            }
+            #[cfg(test)]
+            self.poll_wakeups.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// One session's status and place; refreshes nothing.
+    fn peek(&self, id: &SessionId) -> Option<(Status, usize)> {
+        self.lock().queue.view(id).map(|v| (v.status, v.position))
+    }
+
+    /// How `id` ended, if it ended recently; in identity mode only its owner learns it.
+    pub fn tombstone(
+        &self,
+        id: &SessionId,
+        caller: Option<&Identity>,
+        now: Instant,
+    ) -> Option<Tombstone> {
+        let core = self.lock();
+        let t = core.tombstones.get(id, now)?;
+        match (&t.owner, caller) {
+            (Some(owner), Some(caller)) if owner != caller => None,
+            (Some(_), None) if self.config.identity.is_some() => None,
+            _ => Some(t.clone()),
+        }
+    }
+
     pub fn heartbeat(&self, id: &SessionId, now: Instant) -> bool {
         self.lock().queue.heartbeat(id, now)
     }
@@ -584,7 +664,7 @@ impl Shared {
         reason: EndReason,
         now: Instant,
     ) -> Result<bool, StoreFailed> {
-        Ok(self.end(id, reason, now).await?.is_some())
+        Ok(self.end(id, reason, None, now).await?.is_some())
     }
 
     /// An operator ends a session (reason `kicked`); returns how many of its
@@ -596,17 +676,20 @@ impl Shared {
         why: &str,
         now: Instant,
     ) -> Result<Option<usize>, StoreFailed> {
-        let cut = self.end(id, EndReason::Kicked, now).await?;
+        let cut = self.end(id, EndReason::Kicked, Some(why), now).await?;
         if let Some(cut) = cut {
             tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.short(), uid, reason = %crate::logfield::text(why), connections_cut = cut);
         }
         Ok(cut)
     }
 
+    /// `note`: the operator's reason, kept in the tombstone (set under the same lock, so
+    /// a woken long-poll already sees it).
     async fn end(
         &self,
         id: &SessionId,
         reason: EndReason,
+        note: Option<&str>,
         now: Instant,
     ) -> Result<Option<usize>, StoreFailed> {
         let commit = {
@@ -632,7 +715,11 @@ impl Shared {
                 // Ended meanwhile by someone else (the reaper, another DELETE).
                 return Ok(None);
             };
-            core.settle(change, now)
+            let outcome = core.settle(change, now);
+            if let Some(note) = note {
+                core.tombstones.set_note(id, note);
+            }
+            outcome
         };
         let cut = outcome.cut;
         self.record(outcome);
@@ -870,6 +957,11 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A shutdown has begun: refuse new sessions from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
     }
 
     /// Starts or stops draining; returns the previous setting.

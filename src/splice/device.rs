@@ -140,7 +140,7 @@ pub async fn open(
             if let (Denied::Unknown, Some(client)) = (denied, client) {
                 shared.note_unknown_id(client, now);
             }
-            let reply = api::refused(denied, shared, now);
+            let reply = api::refused(denied, named, caller, shared, now);
             let why = refused_by_gate(denied);
             return asked.refuse(why, why.as_str(), reply, denied.verdict(), named);
         }

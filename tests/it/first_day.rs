@@ -1,0 +1,240 @@
+//! Issue 15's server side against the real binary: the holder's long-poll
+//! (`?wait=N&while=active`), tombstones (`X-Lab-Session-Ended`, `X-Lab-End-Note`) on
+//! every endpoint that names an ended session, `X-Lab-Session-Tag` on `GET`, `503`
+//! during the SIGTERM drain, a short drain `Retry-After`, and `X-Lab-Gate`.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn h<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_holder_learns_at_once_and_why_on_every_endpoint() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&Cfg::new(up.addr).admin_socket("admin.sock")).await;
+    let (a, _) = create_session(&gw).await;
+    let (b, _) = create_session(&gw).await;
+
+    // A live session's GET carries its public tag; labgate marks its own answers.
+    let r = client()
+        .get(gw.url(&format!("/session/{a}")))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(h(&r, "x-lab-session-tag"), Some(tag(&a).as_str()));
+    assert_eq!(h(&r, "x-lab-gate"), Some("local"));
+
+    // A WAITING session's while=active poll answers at once: it is not ACTIVE.
+    let started = Instant::now();
+    let r = client()
+        .get(gw.url(&format!("/session/{b}?wait=30&while=active")))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["status"], "waiting");
+
+    // The holder watches itself; an operator kicks it meanwhile.
+    let url = gw.url(&format!("/session/{a}?wait=60&while=active"));
+    let watch = tokio::spawn(async move {
+        let r = client()
+            .get(url)
+            .timeout(Duration::from_secs(90))
+            .send()
+            .await
+            .expect("long-poll");
+        let ended = h(&r, "x-lab-session-ended").map(str::to_string);
+        let note = h(&r, "x-lab-end-note").map(str::to_string);
+        (
+            r.status().as_u16(),
+            ended,
+            note,
+            r.text().await.unwrap_or_default(),
+            Instant::now(),
+        )
+    });
+    // Let the poll start waiting before the kick (it answers either way: gone is 404).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = gw.admin(&["kick", &a, "--reason", "firmware\nupdate"]);
+    assert!(out.status.success(), "{out:?}");
+    let kicked = Instant::now();
+    let (status, ended, note, body, answered) =
+        tokio::time::timeout(Duration::from_secs(10), watch)
+            .await
+            .expect("the long-poll answered after the kick")
+            .expect("join");
+    assert_eq!(status, 404);
+    assert_eq!(
+        body, r#"{"detail":"Session not found"}"#,
+        "neops body unchanged"
+    );
+    assert_eq!(ended.as_deref(), Some("kicked"));
+    assert_eq!(note.as_deref(), Some("firmware update"));
+    assert!(
+        answered.saturating_duration_since(kicked) < Duration::from_secs(5),
+        "the holder heard of the kick late"
+    );
+
+    // The same story on GET, heartbeat, DELETE and /lab.
+    let get = client()
+        .get(gw.url(&format!("/session/{a}")))
+        .send()
+        .await
+        .expect("GET");
+    let hb = client()
+        .post(gw.url("/session/heartbeat"))
+        .header("X-Session-ID", &a)
+        .send()
+        .await
+        .expect("heartbeat");
+    let lab = client()
+        .get(gw.url("/lab/x"))
+        .header("X-Session-ID", &a)
+        .send()
+        .await
+        .expect("lab");
+    let del = client()
+        .delete(gw.url(&format!("/session/{a}")))
+        .send()
+        .await
+        .expect("DELETE");
+    for (what, r) in [
+        ("get", &get),
+        ("heartbeat", &hb),
+        ("lab", &lab),
+        ("delete", &del),
+    ] {
+        assert_eq!(r.status().as_u16(), 404, "{what}");
+        assert_eq!(h(r, "x-lab-session-ended"), Some("kicked"), "{what}");
+        assert_eq!(h(r, "x-lab-end-note"), Some("firmware update"), "{what}");
+    }
+    assert_eq!(h(&lab, "x-lab-gate"), Some("unknown"));
+    assert_eq!(up.count(), 0, "nothing reached the lab");
+
+    // b took over; its own DELETE leaves a `deleted` tombstone. Unknown ids have none.
+    assert_eq!(delete_session(&gw, &b).await, 204);
+    let r = client()
+        .get(gw.url(&format!("/session/{b}")))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(h(&r, "x-lab-session-ended"), Some("deleted"));
+    let never = "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11";
+    let r = client()
+        .get(gw.url(&format!("/session/{never}")))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(h(&r, "x-lab-session-ended"), None);
+    // A 404 from the lab itself is not marked as the gate's.
+    let (c, _) = create_session(&gw).await;
+    let r = client()
+        .get(gw.url("/lab/status/404"))
+        .header("X-Session-ID", &c)
+        .send()
+        .await
+        .expect("lab");
+    assert_eq!(h(&r, "x-lab-gate"), None, "{:?}", r.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_active_keeps_plain_wait_semantics_for_a_holder_that_stays() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&Cfg::new(up.addr)).await;
+    let (a, _) = create_session(&gw).await;
+    let started = Instant::now();
+    let r = client()
+        .get(gw.url(&format!("/session/{a}?wait=1&while=active")))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "answered before wait"
+    );
+    // A holder's plain wait answers at once (§7 unchanged).
+    let started = Instant::now();
+    let r = client()
+        .get(gw.url(&format!("/session/{a}?wait=30")))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let r = client()
+        .get(gw.url(&format!("/session/{a}?wait=1&while=soon")))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_session_during_the_sigterm_drain_is_503_with_retry_after() {
+    let up = Upstream::start().await;
+    let mut gw = Gateway::start(&Cfg::new(up.addr).grace_period("10s")).await;
+    let (a, _) = create_session(&gw).await;
+    let url = gw.url("/lab/slow/3000");
+    let slow = tokio::spawn(async move {
+        client()
+            .get(url)
+            .header("X-Session-ID", a)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the slow request upstream",
+        || async { (up.count() == 1).then_some(()) },
+    )
+    .await;
+    gw.signal(Signal::SIGTERM);
+    let r = eventually(Duration::from_secs(3), "a 503 while draining", || async {
+        let r = client().post(gw.url("/session")).send().await.ok()?;
+        (r.status().as_u16() == 503).then_some(r)
+    })
+    .await;
+    let retry: u64 = h(&r, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=10).contains(&retry), "{retry}");
+    assert_eq!(
+        r.text().await.unwrap_or_default(),
+        r#"{"detail":"Lab gate is shutting down"}"#
+    );
+    gw.wait_exit(Duration::from_secs(15)).await.expect("exit");
+    let _ = slow.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_asks_clients_back_within_seconds() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&Cfg::new(up.addr).admin_socket("admin.sock")).await;
+    assert!(gw.admin(&["drain"]).status.success());
+    let r = client()
+        .post(gw.url("/session"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 503);
+    let retry: u64 = h(&r, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(retry <= 5, "a resume would go unnoticed for {retry} s");
+    assert!(gw.admin(&["resume"]).status.success());
+    let r = client()
+        .post(gw.url("/session"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 201);
+}
