@@ -285,8 +285,8 @@ pub async fn handle(
             }
         }
         Endpoint::DeleteSession(id) => {
-            let ended = match SessionId::parse_exact(id).and_then(|id| owned(id, "delete_session"))
-            {
+            let parsed = SessionId::parse_exact(id);
+            let ended = match parsed.and_then(|id| owned(id, "delete_session")) {
                 Some(id) => shared.end_session(&id, EndReason::Deleted, now).await,
                 None => Ok(false),
             };
@@ -295,7 +295,7 @@ pub async fn handle(
             tracing::info!(
                 target: AUDIT,
                 event = "session_delete",
-                session = %logfield::text(id),
+                session = %parsed.map_or_else(|| logfield::text(id), |id| id.tag()),
                 client = %client,
                 outcome = match &ended {
                     Ok(true) => "ended",
@@ -351,8 +351,11 @@ pub async fn handle(
         Endpoint::Healthz => Reply::empty(204),
         Endpoint::Readyz if shared.store_writable() => Reply::empty(204),
         Endpoint::Readyz => store_unavailable(),
-        Endpoint::Status => Reply::html(200, status::html(&status::lab_status(shared, now)))
-            .with_header("Cache-Control", "no-store"),
+        Endpoint::Status => Reply::html(
+            200,
+            status::html(&status::lab_status(shared, now), status::you_param(query)),
+        )
+        .with_header("Cache-Control", "no-store"),
         Endpoint::StatusJson => Reply {
             body: Some(Bytes::from(status::json(&status::lab_status(shared, now)))),
             ..Reply::empty(200)

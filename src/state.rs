@@ -51,6 +51,18 @@ use crate::tombstone::{Tombstone, Tombstones};
 /// Audit events go to their own target so operators can route them separately.
 pub const AUDIT: &str = "labgate::audit";
 
+/// The shortest tag prefix [`Shared::find_session`] accepts.
+pub const MIN_TAG_PREFIX: usize = 4;
+
+/// Why an operator's session name matched no single session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FindError {
+    #[error("no live session has that id or tag")]
+    NotFound,
+    #[error("more than one live session's tag starts so; give more digits")]
+    Ambiguous,
+}
+
 /// Why `POST /session` did not create a session.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateFailure {
@@ -408,7 +420,7 @@ impl Shared {
             tracing::info!(
                 target: AUDIT,
                 event = "session_ended",
-                session = %e.id.short(),
+                session = %e.id.tag(),
                 identity = owner.as_ref().map(Identity::as_str),
                 seq = e.seq,
                 reason = e.reason.as_str(),
@@ -421,7 +433,7 @@ impl Shared {
             tracing::info!(
                 target: AUDIT,
                 event = "session_promoted",
-                session = %p.id.short(),
+                session = %p.id.tag(),
                 identity = o.promoted_owner.as_ref().map(Identity::as_str),
                 seq = p.seq,
                 waited_secs = p.waited.as_secs_f64(),
@@ -520,7 +532,7 @@ impl Shared {
             }
         }
         self.metrics.sessions_created.inc();
-        tracing::info!(target: AUDIT, event = "session_created", session = %id.short(), client = %client, identity, position);
+        tracing::info!(target: AUDIT, event = "session_created", session = %id.tag(), client = %client, identity, position);
         self.record(outcome);
         Ok((id, position))
     }
@@ -678,7 +690,7 @@ impl Shared {
     ) -> Result<Option<usize>, StoreFailed> {
         let cut = self.end(id, EndReason::Kicked, Some(why), now).await?;
         if let Some(cut) = cut {
-            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.short(), uid, reason = %crate::logfield::text(why), connections_cut = cut);
+            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.tag(), uid, reason = %crate::logfield::text(why), connections_cut = cut);
         }
         Ok(cut)
     }
@@ -705,7 +717,7 @@ impl Shared {
         // commit, the session goes on as before (and stays if the commit fails).
         if let Some(commit) = commit {
             commit.await.map_err(|e| {
-                tracing::error!(error = %e, session = %id.short(), "cannot record the end of a session; keeping it");
+                tracing::error!(error = %e, session = %id.tag(), "cannot record the end of a session; keeping it");
                 StoreFailed::from(e)
             })?;
         }
@@ -767,12 +779,39 @@ impl Shared {
         tracing::warn!(
             target: AUDIT,
             event = "cross_identity",
-            session = %id.short(),
+            session = %id.tag(),
             identity = caller.as_str(),
             owner = owner.as_str(),
             endpoint = what,
             "an identity named a session another identity owns; answered as unknown"
         );
+    }
+
+    /// The session an operator names: its full id, its tag, or a prefix of the tag
+    /// (at least [`MIN_TAG_PREFIX`] hex digits) that only one live session's tag has.
+    /// O(n): operators kick rarely.
+    pub fn find_session(&self, name: &str) -> Result<SessionId, FindError> {
+        if let Some(id) = SessionId::parse_exact(name) {
+            return Ok(id);
+        }
+        let name = name.to_ascii_lowercase();
+        if name.len() < MIN_TAG_PREFIX
+            || name.len() > 8
+            || !name.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(FindError::NotFound);
+        }
+        let core = self.lock();
+        let mut found = core
+            .queue
+            .iter()
+            .map(|v| v.id)
+            .filter(|id| id.tag().starts_with(&name));
+        match (found.next(), found.next()) {
+            (Some(id), None) => Ok(id),
+            (None, _) => Err(FindError::NotFound),
+            (Some(_), Some(_)) => Err(FindError::Ambiguous),
+        }
     }
 
     /// `GET /active-session`: refreshes nothing.

@@ -116,7 +116,18 @@ fn escape(text: &str) -> String {
     out
 }
 
-pub fn html(status: &LabStatus) -> String {
+/// The `tag` a status page viewer asks to see marked as "you": exactly 8 lowercase hex
+/// digits (anything else is ignored, so nothing a client sends reaches the page raw).
+pub fn you_param(query: Option<&str>) -> Option<&str> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("tag="))
+        .filter(|t| t.len() == 8 && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The page; `you`: a tag to mark as the viewer's own row (`/status?tag=...`).
+pub fn html(status: &LabStatus, you: Option<&str>) -> String {
     let holder = status
         .queue
         .first()
@@ -170,8 +181,14 @@ pub fn html(status: &LabStatus) -> String {
             } else {
                 String::new()
             };
+            let mine = you == Some(e.tag.as_str());
+            let (class, marker) = if mine {
+                (" class=\"you\"", " <strong>&larr; you</strong>")
+            } else {
+                ("", "")
+            };
             format!(
-                "<tr><td>{}</td>{who}<td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                "<tr{class}><td>{}</td>{who}<td><code>{}</code>{marker}</td><td>{}</td><td>{}</td></tr>",
                 e.position,
                 e.tag,
                 e.state,
@@ -185,7 +202,7 @@ pub fn html(status: &LabStatus) -> String {
     } else {
         format!(
             "<table><thead><tr><th>#</th>{who_head}<th>session tag</th><th>state</th><th>for</th></tr></thead><tbody>{rows}</tbody></table>\
-             <p class=\"hint\">Your tag: the first 8 hex digits of SHA-256 over your session id's 16 bytes (also sent as <code>X-Lab-Session-Tag</code>).</p>"
+             <p class=\"hint\">Your tag: the first 8 hex digits of SHA-256 over your session id's 16 bytes  (also sent as <code>X-Lab-Session-Tag</code>); open <code>/status?tag=YOURTAG</code> to have your row marked.</p>"
         )
     };
     format!(
@@ -197,7 +214,7 @@ body{{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:
 h1{{font-size:1.4rem}} .state{{font-size:1.25rem;font-weight:600}}\
 .drain{{background:#fff3cd;border:1px solid #e0c060;padding:.5rem .75rem}}\
 table{{border-collapse:collapse;width:100%}} td,th{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #ddd}}\
-.hint{{color:#555;font-size:.85rem}}</style></head><body>\
+.hint{{color:#555;font-size:.85rem}} tr.you{{background:#e6f0ff}}</style></head><body>\
 <h1>labgate: lab status</h1>\
 <p class=\"state\" id=\"held\">{headline}</p><p id=\"waiting\">{waiting}</p>{draining}\
 <ul><li>Typical wait: {}</li><li>Typical hold: {}</li>{max_hold}</ul>{table}\
@@ -245,7 +262,12 @@ mod tests {
             secs: 3.0,
             identity: Some("<bob>".into()),
         });
-        let page = html(&s);
+        let page = html(&s, Some("99887766"));
+        assert!(
+            page.contains("<tr class=\"you\"><td>1</td><td>&lt;bob&gt;</td><td><code>99887766</code> <strong>&larr; you</strong>"),
+            "{page}"
+        );
+        assert_eq!(page.matches("&larr; you").count(), 1);
         assert!(
             page.contains("alice holds the lab, for 4 min 10 s so far."),
             "{page}"
@@ -275,7 +297,12 @@ mod tests {
 
     #[test]
     fn page_says_what_matters() {
-        let page = html(&status());
+        assert_eq!(you_param(Some("tag=0a1b2c3d")), Some("0a1b2c3d"));
+        for bad in ["tag=0A1B2C3D", "tag=<script>", "tag=0a1b2c3", "x=1"] {
+            assert_eq!(you_param(Some(bad)), None, "{bad}");
+        }
+        let page = html(&status(), None);
+        assert!(!page.contains("&larr; you"));
         assert!(page.contains("The lab is held, for 4 min 10 s so far."));
         assert!(page.contains("2 sessions are waiting."));
         assert!(page.contains("The holder has 2 tunnels open."));
@@ -292,7 +319,7 @@ mod tests {
             queue: vec![],
             ..status()
         };
-        let page = html(&free);
+        let page = html(&free, None);
         assert!(page.contains("The lab is free."));
         assert!(page.contains("Nobody is waiting."));
         assert!(!page.contains("class=\"drain\""));
@@ -300,12 +327,12 @@ mod tests {
             resetting: true,
             ..status()
         };
-        assert!(html(&resetting).contains("resetting the lab"));
+        assert!(html(&resetting, None).contains("resetting the lab"));
         let failed = LabStatus {
             reset_failed: true,
             ..status()
         };
-        assert!(html(&failed).contains("Resetting the lab failed"));
+        assert!(html(&failed, None).contains("Resetting the lab failed"));
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Asked<'_> {
     ) -> Opened {
         self.shared.metrics().count_tunnel_refused(why);
         let target: String = self.target.chars().take(128).collect();
-        let tag = session.map(|id| id.short());
+        let tag = session.map(|id| id.tag());
         tracing::info!(
             target: AUDIT,
             event = "tunnel_refused",
@@ -258,7 +258,7 @@ impl Prepared {
         tracing::info!(
             target: AUDIT,
             event = "tunnel_closed",
-            session = %id.short(),
+            session = %id.tag(),
             seq,
             client = %client.map(|c| c.to_string()).unwrap_or_default(),
             destination = %target,

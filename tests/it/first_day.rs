@@ -238,3 +238,56 @@ async fn a_drain_asks_clients_back_within_seconds() {
         .expect("POST");
     assert_eq!(r.status().as_u16(), 201);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_public_name_logs_admin_kick_and_status_page() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&Cfg::new(up.addr).admin_socket("admin.sock")).await;
+    let (a, _) = create_session(&gw).await;
+    let (b, _) = create_session(&gw).await;
+    let (ta, tb) = (tag(&a), tag(&b));
+    // The admin queue names each session by the same tag.
+    let out = gw.admin(&["--json", "queue"]);
+    assert!(out.status.success(), "{out:?}");
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listing["sessions"][0]["tag"], ta.as_str());
+    assert_eq!(listing["sessions"][1]["tag"], tb.as_str());
+    // The status page marks the viewer's row.
+    let page = client()
+        .get(gw.url(&format!("/status?tag={tb}")))
+        .send()
+        .await
+        .expect("status")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(
+        page.contains(&format!("<code>{tb}</code> <strong>&larr; you</strong>")),
+        "{page}"
+    );
+    assert_eq!(page.matches("&larr; you").count(), 1);
+    // Kick by a 4-digit prefix of the tag (unambiguous with two sessions, unless the
+    // tags happen to share it: then by the whole tag).
+    let name = if ta[..4] == tb[..4] {
+        ta.clone()
+    } else {
+        ta[..4].to_string()
+    };
+    let out = gw.admin(&["--json", "kick", &name, "--reason", "test"]);
+    assert!(out.status.success(), "{out:?}");
+    let kicked: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(kicked["tag"], ta.as_str());
+    // Logs and audit name it by the tag, never by the id.
+    let ended = gw.audit_events("session_ended");
+    assert!(
+        ended.iter().any(|e| e["session"] == ta.as_str()),
+        "{ended:#?}"
+    );
+    assert!(!gw.log().contains(&a[..8]), "the id prefix was logged");
+    // Too short, or unknown: 404, nothing kicked.
+    let out = gw.admin(&["kick", &tb[..3], "--reason", "test"]);
+    assert!(!out.status.success());
+    let out = gw.admin(&["kick", "ffffffff", "--reason", "test"]);
+    assert!(!out.status.success() || tb == "ffffffff");
+    assert_eq!(get_session(&gw, &b).await.0, 200);
+}
