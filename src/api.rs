@@ -394,6 +394,8 @@ pub const SHUTDOWN_RETRY_AFTER_SECS: u64 = 5;
 pub const SESSION_ENDED_HEADER: &str = "X-Lab-Session-Ended";
 /// The operator's reason for a kick, sanitised and bounded.
 pub const END_NOTE_HEADER: &str = "X-Lab-End-Note";
+/// Seconds until a WAITING session can expect the lab, from completed holds (`423`).
+pub const EXPECTED_START_HEADER: &str = "X-Lab-Expected-Start";
 /// Which gate decision (or `local`) produced one of labgate's own answers (§2).
 pub const GATE_HEADER: &str = "X-Lab-Gate";
 
@@ -497,9 +499,17 @@ pub fn refused(
         Denied::Missing => missing_header(),
         Denied::Duplicate => duplicate_header(),
         Denied::Unknown => gone(shared, id, caller, now),
-        Denied::Waiting { position } => not_active()
-            .with_header("X-Queue-Position", position)
-            .with_header("Retry-After", shared.retry_after(position, now)),
+        Denied::Waiting { position } => {
+            let reply = not_active()
+                .with_header("X-Queue-Position", position)
+                .with_header("Retry-After", shared.retry_after(position, now));
+            match shared.expected_start(position, now) {
+                Some(eta) => {
+                    reply.with_header(EXPECTED_START_HEADER, crate::limits::ceil_secs(eta))
+                }
+                None => reply,
+            }
+        }
     }
 }
 

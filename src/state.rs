@@ -184,6 +184,8 @@ pub struct Picture {
     pub handoff_failed: bool,
     /// Device tunnels the ACTIVE session has open.
     pub holder_tunnels: usize,
+    /// How many completed holds and real waits the typical figures are over.
+    pub samples: (usize, usize),
 }
 
 pub struct Shared {
@@ -258,8 +260,12 @@ impl Core {
             self.tombstones.insert(e.id, e.reason, owner.clone(), now);
             ended_owners.push(owner);
             self.owners.release(&e.id);
-            if let Some(held) = e.held {
-                self.history.hold_ended(held);
+            // Estimates learn from completed holds only: a kicked, stale or expired
+            // hold says nothing about how long people use the lab (issue 15 #9).
+            if let (Some(held), EndReason::Deleted) = (e.held, e.reason) {
+                if !held.is_zero() {
+                    self.history.hold_ended(held);
+                }
             }
             if self.recent_ends.len() == RECENT_ENDS {
                 self.recent_ends.pop_front();
@@ -268,7 +274,11 @@ impl Core {
         }
         let mut promoted_owner = None;
         if let Some(p) = &change.promoted {
-            self.history.promoted(p.waited);
+            // A session promoted as it was created (empty queue) never waited; only a
+            // promotion that follows an end is a real wait.
+            if !change.ended.is_empty() {
+                self.history.promoted(p.waited);
+            }
             promoted_owner = self.owners.owner(&p.id).cloned();
             if let Some(meta) = self.meta.get(&p.id) {
                 meta.wake.notify_waiters();
@@ -982,6 +992,18 @@ impl Shared {
         )
     }
 
+    /// When a WAITING session at `position` can expect the lab, from completed holds;
+    /// `None` before any hold completed.
+    pub fn expected_start(&self, position: usize, now: Instant) -> Option<Duration> {
+        let core = self.lock();
+        let typical = core.history.typical_hold()?;
+        Some(crate::history::expected_start(
+            position,
+            typical,
+            core.queue.active_hold(now),
+        ))
+    }
+
     /// With a hold limit, how long the ACTIVE session has left (zero when over).
     pub fn hold_remaining(&self, now: Instant) -> Option<Duration> {
         let max = self.config.queue.max_hold?;
@@ -1036,6 +1058,7 @@ impl Shared {
             resetting: core.queue.resetting().is_some(),
             handoff_failed: core.handoff_failed,
             holder_tunnels: core.queue.active().map_or(0, |v| core.conns.tunnels(&v.id)),
+            samples: core.history.samples(),
         }
     }
 

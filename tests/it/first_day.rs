@@ -291,3 +291,60 @@ async fn one_public_name_logs_admin_kick_and_status_page() {
     assert!(!out.status.success() || tb == "ffffffff");
     assert_eq!(get_session(&gw, &b).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estimates_come_from_completed_holds_and_each_waiter_gets_an_eta() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&Cfg::new(up.addr).admin_socket("admin.sock")).await;
+    let (a, _) = create_session(&gw).await;
+    let (b, _) = create_session(&gw).await;
+    let (c, _) = create_session(&gw).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(delete_session(&gw, &a).await, 204); // a completed hold of ~1 s
+    assert!(gw.admin(&["kick", &b, "--reason", "x"]).status.success()); // not a sample
+    let (d, _) = create_session(&gw).await;
+    let (e, _) = create_session(&gw).await;
+    let status: serde_json::Value = client()
+        .get(gw.url("/status.json"))
+        .send()
+        .await
+        .expect("status.json")
+        .json()
+        .await
+        .expect("json");
+    // One completed hold; two real waits (b after a, c after b); a's instant
+    // promotion at creation is not a wait.
+    assert_eq!(status["hold_samples"], 1, "{status}");
+    assert_eq!(status["wait_samples"], 2, "{status}");
+    let hold = status["typical_hold_secs"].as_f64().expect("typical hold");
+    assert!(hold >= 1.0, "{status}");
+    let queue = status["queue"].as_array().expect("queue");
+    assert!(queue[0].get("expected_start_secs").is_none(), "{status}");
+    let eta_d = queue[1]["expected_start_secs"].as_f64().expect("d's eta");
+    let eta_e = queue[2]["expected_start_secs"].as_f64().expect("e's eta");
+    assert!(eta_e >= eta_d + hold - 0.01, "{status}");
+    let page = client()
+        .get(gw.url("/status"))
+        .send()
+        .await
+        .expect("status")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(page.contains(", position 2</td>"), "{page}");
+    assert!(page.contains("(from the last completed hold)"), "{page}");
+    // A 423 says when to expect the lab.
+    let r = client()
+        .get(gw.url("/lab/x"))
+        .header("X-Session-ID", &e)
+        .send()
+        .await
+        .expect("lab");
+    assert_eq!(r.status().as_u16(), 423);
+    assert_eq!(h(&r, "x-queue-position"), Some("2"));
+    let eta: u64 = h(&r, "x-lab-expected-start")
+        .and_then(|v| v.parse().ok())
+        .expect("X-Lab-Expected-Start");
+    assert!(eta >= 1, "{eta}");
+    let _ = (c, d);
+}
