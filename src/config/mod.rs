@@ -211,11 +211,37 @@ impl Config {
                 message,
             }
         };
-        let raw: raw::RawConfig =
-            toml::from_str(text).map_err(|e| at(e.span(), one_line(e.message())))?;
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let value = e.span().and_then(|s| text.get(s)).unwrap_or("");
+            at(e.span(), friendly(&one_line(e.message()), value))
+        })?;
         validate::validate(raw)
             .and_then(resolve::resolve)
             .map_err(|(span, msg)| at(span, msg))
+    }
+}
+
+/// serde's messages name Rust types and give no hint: say what the file should hold
+/// instead. `value`: the offending text in the file.
+fn friendly(message: &str, value: &str) -> String {
+    let value = value.trim();
+    let shown: String = value.chars().take(60).collect();
+    if message.contains("RawSecret") {
+        "a header secret is a table naming where the value comes from: \
+         { env = \"VAR\" } or { file = \"/path\" }"
+            .to_string()
+    } else if message.contains("invalid socket address syntax") {
+        format!(
+            "{shown} is not an IP:port address (hostnames are not accepted here), \
+             e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
+        )
+    } else if message.contains("expected a string")
+        && !value.is_empty()
+        && value.bytes().all(|b| b.is_ascii_digit())
+    {
+        format!("a duration is a string with a unit: write \"{shown}s\", not {shown}")
+    } else {
+        message.to_string()
     }
 }
 

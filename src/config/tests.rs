@@ -510,4 +510,21 @@ fn bridge_tables_reach_the_upstream_and_their_errors_are_located() {
         "{MINIMAL}[upstream.hooks]\nrest = {{ command = [\"/bin/true\"] }}\n"
     ));
     assert!(e.message.contains("rest"), "{e}");
+fn serde_type_errors_become_hints() {
+    let e = err(&format!("[queue]\nactive_timeout = 300\n{MINIMAL}"));
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains(r#"write "300s""#), "{e}");
+    let e = err("[server]\nlisten = [\"lab.example:8080\"]\n");
+    assert!(
+        e.message.contains("\"lab.example:8080\" is not an IP:port")
+            && e.message.contains("hostnames"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[upstream.headers]\nX-Token = \"s3cret\"\n"
+    ));
+    assert!(
+        e.message.contains(r#"{ env = "VAR" }"#) && !e.message.contains("RawSecret"),
+        "{e}"
+    );
 }
