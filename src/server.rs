@@ -73,6 +73,9 @@ fn socket_options(idle: Duration) -> TcpSocketOptions {
 /// Builds and runs labgate until SIGTERM or SIGINT; returns after a graceful drain.
 pub fn run(config: Config) -> anyhow::Result<()> {
     check_listeners(&config)?;
+    if let Some(first) = config.missing_dirs().first() {
+        anyhow::bail!("{first}");
+    }
     let listen = config.server.listen.clone();
     let metrics_listen = config.metrics.listen;
     let demo = config.demo_lab.clone();

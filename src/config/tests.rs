@@ -528,3 +528,40 @@ fn serde_type_errors_become_hints() {
         "{e}"
     );
 }
+
+#[test]
+fn missing_directories_and_a_short_waiting_timeout_are_caught() {
+    let c = Config::parse(
+        &format!(
+            "[admin]\nsocket = \"/nonexistent-labgate-dir/admin.sock\"\n\
+             [queue]\nstate_path = \"/nonexistent-labgate-dir/q.redb\"\n{MINIMAL}"
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let missing = c.missing_dirs();
+    assert_eq!(missing.len(), 2, "{missing:?}");
+    assert!(missing[0].contains("[admin] socket"), "{missing:?}");
+    assert!(
+        missing[1].contains("/nonexistent-labgate-dir does not exist"),
+        "{missing:?}"
+    );
+    assert!(Config::parse(MINIMAL, "t.toml")
+        .unwrap()
+        .missing_dirs()
+        .is_empty());
+    let c = Config::parse(
+        &format!("[queue]\nwaiting_timeout = \"3s\"\n{MINIMAL}"),
+        "t.toml",
+    )
+    .unwrap();
+    assert!(
+        c.warnings().iter().any(|w| w.contains("waiting_timeout")),
+        "{:?}",
+        c.warnings()
+    );
+    assert!(Config::parse(MINIMAL, "t.toml")
+        .unwrap()
+        .warnings()
+        .is_empty());
+}

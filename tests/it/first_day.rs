@@ -348,3 +348,31 @@ async fn estimates_come_from_completed_holds_and_each_waiter_gets_an_eta() {
     assert!(eta >= 1, "{eta}");
     let _ = (c, d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_state_directory_stops_start_up_and_is_not_created() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("not-there");
+    let cfg = Cfg::new(up.addr).state_path(&missing.join("q.redb"));
+    let (status, stderr) = Gateway::start_expecting_exit(&cfg, Duration::from_secs(20)).await;
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(!missing.exists(), "serve created the state directory");
+    // `labgate check` says the same before anything runs.
+    let file = dir.path().join("labgate.toml");
+    std::fs::write(&file, cfg.render(dir.path(), free_port(), free_port())).expect("write");
+    let out = run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_labgate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&file),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state_path") && err.contains("does not exist"),
+        "{err}"
+    );
+}
