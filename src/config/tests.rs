@@ -510,6 +510,9 @@ fn bridge_tables_reach_the_upstream_and_their_errors_are_located() {
         "{MINIMAL}[upstream.hooks]\nrest = {{ command = [\"/bin/true\"] }}\n"
     ));
     assert!(e.message.contains("rest"), "{e}");
+}
+
+#[test]
 fn serde_type_errors_become_hints() {
     let e = err(&format!("[queue]\nactive_timeout = 300\n{MINIMAL}"));
     assert_eq!(e.line, 2, "{e}");
