@@ -1217,6 +1217,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_holders_watch_is_no_sign_of_life_and_wakes_when_its_session_ends() {
+        let s = shared("");
+        let now = Instant::now();
+        let (a, position) = s.create_session(client(), None, now).await.unwrap();
+        assert_eq!(position, 0);
+        let watch = {
+            let s = s.clone();
+            tokio::spawn(async move { s.wait_while_active(&a, Duration::from_secs(50)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!watch.is_finished());
+        // The parked watch did not refresh the session: a holder whose heartbeats stop
+        // is still reaped however long its watch runs.
+        assert_eq!(s.lock().queue.view(&a).map(|v| v.last_seen), Some(now));
+        assert_eq!(s.kick(&a, 0, "bench needed", now).await.unwrap(), Some(0));
+        assert_eq!(watch.await.unwrap(), None);
+        assert_eq!(s.poll_wakeups.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_long_poll_on_an_ended_session_answers_gone_at_once() {
         let s = shared("");
         let now = Instant::now();
