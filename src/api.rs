@@ -242,25 +242,33 @@ pub async fn handle(
                 Err(CreateFailure::Refused(refusal)) => create_refused(refusal),
                 Err(CreateFailure::Draining) => Reply::detail(503, "Lab is draining")
                     .with_header("Retry-After", DRAINING_RETRY_AFTER_SECS),
+                Err(CreateFailure::ShuttingDown) => Reply::detail(503, "Lab gate is shutting down")
+                    .with_header("Retry-After", SHUTDOWN_RETRY_AFTER_SECS),
                 Err(CreateFailure::Store(_)) => store_unavailable(),
             }
         }
-        Endpoint::GetSession(id) => {
+        Endpoint::GetSession(raw) => {
             let wait = match wait_param(query) {
                 Ok(wait) => wait,
                 Err(reply) => return reply,
             };
-            let id = SessionId::parse_exact(id).and_then(|id| owned(id, "get_session"));
+            let while_active = match while_param(query) {
+                Ok(w) => w,
+                Err(reply) => return reply,
+            };
+            let parsed = SessionId::parse_exact(raw);
+            let id = parsed.and_then(|id| owned(id, "get_session"));
             let status = match (id, wait) {
                 (None, _) => None,
                 (Some(id), None) => shared.session_status(&id, now),
+                (Some(id), Some(wait)) if while_active => shared.wait_while_active(&id, wait).await,
                 (Some(id), Some(wait)) => shared.wait_for_turn(&id, wait).await,
             };
             if status.is_none() {
                 shared.note_unknown_id(client, now);
             }
-            match status {
-                Some((status, position)) => with_hold_remaining(
+            match (status, id) {
+                (Some((status, position)), Some(id)) => with_hold_remaining(
                     Reply::json(
                         200,
                         &SessionStatus {
@@ -268,16 +276,17 @@ pub async fn handle(
                             position,
                         },
                     )
-                    .with_header(ACTIVE_TIMEOUT_HEADER, active_timeout),
+                    .with_header(ACTIVE_TIMEOUT_HEADER, active_timeout)
+                    .with_header(TAG_HEADER, id.tag()),
                     shared,
                     status,
                 ),
-                None => session_not_found(),
+                _ => gone(shared, parsed, caller.identity, Instant::now()),
             }
         }
         Endpoint::DeleteSession(id) => {
-            let ended = match SessionId::parse_exact(id).and_then(|id| owned(id, "delete_session"))
-            {
+            let parsed = SessionId::parse_exact(id);
+            let ended = match parsed.and_then(|id| owned(id, "delete_session")) {
                 Some(id) => shared.end_session(&id, EndReason::Deleted, now).await,
                 None => Ok(false),
             };
@@ -286,7 +295,7 @@ pub async fn handle(
             tracing::info!(
                 target: AUDIT,
                 event = "session_delete",
-                session = %logfield::text(id),
+                session = %parsed.map_or_else(|| logfield::text(id), |id| id.tag()),
                 client = %client,
                 outcome = match &ended {
                     Ok(true) => "ended",
@@ -298,7 +307,7 @@ pub async fn handle(
                 Ok(true) => Reply::empty(204),
                 Ok(false) => {
                     shared.note_unknown_id(client, now);
-                    session_not_found()
+                    gone(shared, SessionId::parse_exact(id), caller.identity, now)
                 }
                 Err(_) => store_unavailable(),
             }
@@ -311,7 +320,7 @@ pub async fn handle(
                     Some((status, _)) => with_hold_remaining(Reply::empty(204), shared, status),
                     None => {
                         shared.note_unknown_id(client, now);
-                        session_not_found()
+                        gone(shared, Some(id), caller.identity, now)
                     }
                 }
             }
@@ -342,8 +351,11 @@ pub async fn handle(
         Endpoint::Healthz => Reply::empty(204),
         Endpoint::Readyz if shared.store_writable() => Reply::empty(204),
         Endpoint::Readyz => store_unavailable(),
-        Endpoint::Status => Reply::html(200, status::html(&status::lab_status(shared, now)))
-            .with_header("Cache-Control", "no-store"),
+        Endpoint::Status => Reply::html(
+            200,
+            status::html(&status::lab_status(shared, now), status::you_param(query)),
+        )
+        .with_header("Cache-Control", "no-store"),
         Endpoint::StatusJson => Reply {
             body: Some(Bytes::from(status::json(&status::lab_status(shared, now)))),
             ..Reply::empty(200)
@@ -372,8 +384,38 @@ pub async fn handle(
     }
 }
 
-/// Draining usually precedes maintenance: ask again in a few minutes.
-const DRAINING_RETRY_AFTER_SECS: u64 = 300;
+/// A drain may end any moment (`admin resume`): a client asking again every few
+/// seconds learns of the resume promptly, and a `POST /session` is cheap to refuse.
+pub const DRAINING_RETRY_AFTER_SECS: u64 = 5;
+/// A restarting gate is usually back within seconds.
+pub const SHUTDOWN_RETRY_AFTER_SECS: u64 = 5;
+
+/// Why a session the caller named recently ended (its tombstone).
+pub const SESSION_ENDED_HEADER: &str = "X-Lab-Session-Ended";
+/// The operator's reason for a kick, sanitised and bounded.
+pub const END_NOTE_HEADER: &str = "X-Lab-End-Note";
+/// Seconds until a WAITING session can expect the lab, from completed holds (`423`).
+pub const EXPECTED_START_HEADER: &str = "X-Lab-Expected-Start";
+/// Which gate decision (or `local`) produced one of labgate's own answers (§2).
+pub const GATE_HEADER: &str = "X-Lab-Gate";
+
+/// `404 Session not found`, with how the session ended when it ended recently (the
+/// body stays the reference server's, for neops clients).
+pub fn gone(
+    shared: &Shared,
+    id: Option<SessionId>,
+    caller: Option<&Identity>,
+    now: Instant,
+) -> Reply {
+    let mut reply = session_not_found();
+    if let Some(t) = id.and_then(|id| shared.tombstone(&id, caller, now)) {
+        reply = reply.with_header(SESSION_ENDED_HEADER, t.reason.as_str());
+        if let Some(note) = t.note {
+            reply = reply.with_header(END_NOTE_HEADER, note);
+        }
+    }
+    reply
+}
 
 /// The server's active timeout, for clients that heartbeat (labgate run).
 pub const ACTIVE_TIMEOUT_HEADER: &str = "X-Lab-Active-Timeout";
@@ -415,6 +457,20 @@ pub fn wait_param(query: Option<&str>) -> Result<Option<Duration>, Reply> {
     }
 }
 
+/// Reads `while`: only `while=active` (with `wait`, answer as soon as the session is
+/// no longer ACTIVE) is known; anything else is a 422.
+pub fn while_param(query: Option<&str>) -> Result<bool, Reply> {
+    match query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("while="))
+    {
+        None => Ok(false),
+        Some("active") => Ok(true),
+        Some(_) => Err(Reply::detail(422, "while must be 'active'")),
+    }
+}
+
 #[derive(Serialize)]
 struct BadQuery<'a> {
     detail: [BadQueryItem<'a>; 1],
@@ -431,14 +487,29 @@ struct BadQueryItem<'a> {
 
 /// The answer to a request the gate refused. A WAITING session learns its place and
 /// when to ask again (§7 queue hints).
-pub fn refused(denied: Denied, shared: &Shared, now: Instant) -> Reply {
+/// `id` and `caller`: the named session and who asks, to say how an ended one ended.
+pub fn refused(
+    denied: Denied,
+    id: Option<SessionId>,
+    caller: Option<&Identity>,
+    shared: &Shared,
+    now: Instant,
+) -> Reply {
     match denied {
         Denied::Missing => missing_header(),
         Denied::Duplicate => duplicate_header(),
-        Denied::Unknown => session_not_found(),
-        Denied::Waiting { position } => not_active()
-            .with_header("X-Queue-Position", position)
-            .with_header("Retry-After", shared.retry_after(position, now)),
+        Denied::Unknown => gone(shared, id, caller, now),
+        Denied::Waiting { position } => {
+            let reply = not_active()
+                .with_header("X-Queue-Position", position)
+                .with_header("Retry-After", shared.retry_after(position, now));
+            match shared.expected_start(position, now) {
+                Some(eta) => {
+                    reply.with_header(EXPECTED_START_HEADER, crate::limits::ceil_secs(eta))
+                }
+                None => reply,
+            }
+        }
     }
 }
 

@@ -38,6 +38,11 @@ impl History {
         median(self.waits.iter().copied())
     }
 
+    /// How many completed holds and real waits the typical figures are over.
+    pub fn samples(&self) -> (usize, usize) {
+        (self.holds.len(), self.waits.len())
+    }
+
     /// `Retry-After` for a WAITING session at `position`; see [`waiting_retry_after`].
     pub fn retry_after(
         &self,
@@ -75,11 +80,20 @@ pub fn waiting_retry_after(
     waiting_timeout: Duration,
 ) -> u64 {
     let typical = median(recent_holds).unwrap_or(DEFAULT_HOLD_GUESS);
-    let ahead = u32::try_from(position.saturating_sub(1)).unwrap_or(u32::MAX);
-    let estimate = typical
-        .saturating_sub(current_hold)
-        .saturating_add(typical.saturating_mul(ahead));
+    let estimate = expected_start(position, typical, current_hold);
     ceil_secs(estimate.min(waiting_timeout / 2))
+}
+
+/// When the session at `position` can expect the lab: what the holder has left of a
+/// `typical` hold, plus a typical hold for each session in between (zero for the holder).
+pub fn expected_start(position: usize, typical: Duration, current_hold: Duration) -> Duration {
+    if position == 0 {
+        return Duration::ZERO;
+    }
+    let ahead = u32::try_from(position.saturating_sub(1)).unwrap_or(u32::MAX);
+    typical
+        .saturating_sub(current_hold)
+        .saturating_add(typical.saturating_mul(ahead))
 }
 
 /// The median (the upper one of an even count); `None` without samples.
@@ -92,6 +106,15 @@ pub fn median(samples: impl IntoIterator<Item = Duration>) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expected_start_counts_the_sessions_ahead() {
+        let s = Duration::from_secs;
+        assert_eq!(expected_start(0, s(600), s(0)), s(0));
+        assert_eq!(expected_start(1, s(600), s(100)), s(500));
+        assert_eq!(expected_start(3, s(600), s(100)), s(1700));
+        assert_eq!(expected_start(2, s(600), s(900)), s(600));
+    }
 
     #[test]
     fn retry_after_follows_recent_holds_and_position() {

@@ -22,6 +22,7 @@
 //!   trusted proxy.
 //! - [`ownership`]: which identity owns which session; the owner check and the
 //!   per-identity cap.
+//! - [`tombstone`]: why a recently ended session ended (bounded, expiring).
 //! - [`logfield`]: what a log line may hold of a request: bounded fields, ids redacted
 //!   in every spelling.
 //! - `bridge::machine`: one upstream lane around each turn (upstream session, hooks,
@@ -124,4 +125,5 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod tombstone;
 pub mod tunnel;

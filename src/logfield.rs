@@ -83,7 +83,14 @@ fn bounded(s: &str) -> String {
         if run_len > 0 {
             let run = &rest[..run_len];
             let digits = run.bytes().filter(u8::is_ascii_hexdigit).count();
-            if digits >= ID_LIKE_HEX_DIGITS {
+            let exact = crate::queue::SessionId::parse_exact(run);
+            if let Some(id) = exact.filter(|_| chars + 12 <= MAX_FIELD) {
+                // A real session id: logged by its one public name (issue 15 #5), the
+                // tag the status page, the admin queue and `admin kick` use.
+                out.push_str("tag:");
+                out.push_str(&id.tag());
+                chars += 12;
+            } else if digits >= ID_LIKE_HEX_DIGITS {
                 if chars + 9 > MAX_FIELD {
                     out.push(CUT);
                     break;
@@ -147,15 +154,20 @@ mod tests {
         ] {
             let logged = path(p.as_bytes());
             assert!(!leaks(&logged), "{p} logged as {logged}");
-            assert!(logged.contains("…"), "{p} logged as {logged}");
+            assert!(
+                logged.contains("…") || logged.contains("tag:"),
+                "{p} logged as {logged}"
+            );
         }
+        let tag = crate::queue::SessionId::parse_exact(ID).map(|id| id.tag());
+        let tag = tag.unwrap_or_default();
         assert_eq!(
             path(format!("/session/{ID}").as_bytes()),
-            "/session/0b9f7a0e…"
+            format!("/session/tag:{tag}")
         );
         assert_eq!(
             path(format!("/%73ession/{ID}?wait=5").as_bytes()),
-            "/session/0b9f7a0e…?wait=5"
+            format!("/session/tag:{tag}?wait=5")
         );
         assert!(!leaks(&text(&format!("kicked {ID} for hogging"))));
     }

@@ -125,6 +125,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Check { config }) => {
             let c = Config::load(&config)?;
+            if let Some(first) = c.missing_dirs().first() {
+                anyhow::bail!("{}: {first}", config.display());
+            }
             for warning in c.warnings() {
                 eprintln!("labgate: warning: {}: {warning}", config.display());
             }

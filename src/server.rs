@@ -73,6 +73,9 @@ fn socket_options(idle: Duration) -> TcpSocketOptions {
 /// Builds and runs labgate until SIGTERM or SIGINT; returns after a graceful drain.
 pub fn run(config: Config) -> anyhow::Result<()> {
     check_listeners(&config)?;
+    if let Some(first) = config.missing_dirs().first() {
+        anyhow::bail!("{first}");
+    }
     let listen = config.server.listen.clone();
     let metrics_listen = config.metrics.listen;
     let demo = config.demo_lab.clone();
@@ -151,6 +154,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnSignal {
+            begin: Box::new({
+                let shared = shared.clone();
+                move || shared.begin_shutdown()
+            }),
             in_flight: Box::new(move || shared.forwarded_in_flight()),
             grace,
         }),
@@ -248,6 +255,7 @@ pub fn run_demo_lab(listen: SocketAddr) -> anyhow::Result<()> {
     tracing::info!(listen = %listen, "demo lab serving a fake device API");
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnSignal {
+            begin: Box::new(|| ()),
             in_flight: Box::new(|| 0),
             grace: Duration::ZERO,
         }),
@@ -257,6 +265,8 @@ pub fn run_demo_lab(listen: SocketAddr) -> anyhow::Result<()> {
 
 /// SIGTERM and SIGINT both drain: wait for forwarded requests to finish, at most `grace`.
 struct DrainOnSignal {
+    /// Called once the signal arrives (refuse new sessions).
+    begin: Box<dyn Fn() + Send + Sync>,
     in_flight: Box<dyn Fn() -> usize + Send + Sync>,
     grace: Duration,
 }
@@ -277,6 +287,7 @@ impl ShutdownSignalWatch for DrainOnSignal {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
+        (self.begin)();
         let deadline = drain_deadline(Instant::now(), self.grace);
         tracing::info!(
             signal = which,

@@ -46,9 +46,22 @@ use crate::metrics::{metrics, Metrics};
 use crate::ownership::{Access, Owners};
 use crate::queue::{Change, EndReason, Queue, QueueError, SessionId, SessionView, Status};
 use crate::store::{self, Store, StoreError, StoredSession};
+use crate::tombstone::{Tombstone, Tombstones};
 
 /// Audit events go to their own target so operators can route them separately.
 pub const AUDIT: &str = "labgate::audit";
+
+/// The shortest tag prefix [`Shared::find_session`] accepts.
+pub const MIN_TAG_PREFIX: usize = 4;
+
+/// Why an operator's session name matched no single session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FindError {
+    #[error("no live session has that id or tag")]
+    NotFound,
+    #[error("more than one live session's tag starts so; give more digits")]
+    Ambiguous,
+}
 
 /// Why `POST /session` did not create a session.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +71,9 @@ pub enum CreateFailure {
     /// An operator is draining the lab.
     #[error("the lab is draining")]
     Draining,
+    /// labgate is shutting down (SIGTERM): a session made now would be lost.
+    #[error("shutting down")]
+    ShuttingDown,
     /// Nothing was created.
     #[error(transparent)]
     Store(#[from] StoreFailed),
@@ -133,6 +149,8 @@ struct Core {
     /// The reset last recorded beside the store, to record each change once.
     handoff_recorded: Option<u64>,
     bridge: Arc<Bridge>,
+    /// How recently ended sessions ended.
+    tombstones: Tombstones,
 }
 
 /// How many recent end reasons are kept for the end hooks.
@@ -166,6 +184,8 @@ pub struct Picture {
     pub handoff_failed: bool,
     /// Device tunnels the ACTIVE session has open.
     pub holder_tunnels: usize,
+    /// How many completed holds and real waits the typical figures are over.
+    pub samples: (usize, usize),
 }
 
 pub struct Shared {
@@ -187,6 +207,8 @@ pub struct Shared {
     poll_wakeups: AtomicUsize,
     /// Operator's drain: new sessions are refused, the queue goes on.
     draining: AtomicBool,
+    /// SIGTERM/SIGINT received: new sessions are refused.
+    shutting_down: AtomicBool,
     probes: Mutex<limits::ProbeDetector>,
 }
 
@@ -234,10 +256,16 @@ impl Core {
                     self.per_client.ended(client);
                 }
             }
-            ended_owners.push(self.owners.owner(&e.id).cloned());
+            let owner = self.owners.owner(&e.id).cloned();
+            self.tombstones.insert(e.id, e.reason, owner.clone(), now);
+            ended_owners.push(owner);
             self.owners.release(&e.id);
-            if let Some(held) = e.held {
-                self.history.hold_ended(held);
+            // Estimates learn from completed holds only: a kicked, stale or expired
+            // hold says nothing about how long people use the lab (issue 15 #9).
+            if let (Some(held), EndReason::Deleted) = (e.held, e.reason) {
+                if !held.is_zero() {
+                    self.history.hold_ended(held);
+                }
             }
             if self.recent_ends.len() == RECENT_ENDS {
                 self.recent_ends.pop_front();
@@ -246,7 +274,11 @@ impl Core {
         }
         let mut promoted_owner = None;
         if let Some(p) = &change.promoted {
-            self.history.promoted(p.waited);
+            // A session promoted as it was created (empty queue) never waited; only a
+            // promotion that follows an end is a real wait.
+            if !change.ended.is_empty() {
+                self.history.promoted(p.waited);
+            }
             promoted_owner = self.owners.owner(&p.id).cloned();
             if let Some(meta) = self.meta.get(&p.id) {
                 meta.wake.notify_waiters();
@@ -361,8 +393,10 @@ impl Shared {
                 handoff_failed: false,
                 handoff_recorded,
                 bridge: bridge.clone(),
+                tombstones: Tombstones::default(),
             }),
             draining: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             probes: Mutex::new(limits::ProbeDetector::default()),
             limiter,
             metrics,
@@ -396,7 +430,7 @@ impl Shared {
             tracing::info!(
                 target: AUDIT,
                 event = "session_ended",
-                session = %e.id.short(),
+                session = %e.id.tag(),
                 identity = owner.as_ref().map(Identity::as_str),
                 seq = e.seq,
                 reason = e.reason.as_str(),
@@ -409,7 +443,7 @@ impl Shared {
             tracing::info!(
                 target: AUDIT,
                 event = "session_promoted",
-                session = %p.id.short(),
+                session = %p.id.tag(),
                 identity = o.promoted_owner.as_ref().map(Identity::as_str),
                 seq = p.seq,
                 waited_secs = p.waited.as_secs_f64(),
@@ -435,6 +469,11 @@ impl Shared {
             tracing::info!(target: AUDIT, event = "session_refused", client = %client, identity, reason = r.label());
             CreateFailure::Refused(r)
         };
+        if self.shutting_down.load(Ordering::SeqCst) {
+            self.metrics
+                .count_create_rejected(CreateRejection::Draining);
+            return Err(CreateFailure::ShuttingDown);
+        }
         if self.is_draining() {
             self.metrics
                 .count_create_rejected(CreateRejection::Draining);
@@ -503,7 +542,7 @@ impl Shared {
             }
         }
         self.metrics.sessions_created.inc();
-        tracing::info!(target: AUDIT, event = "session_created", session = %id.short(), client = %client, identity, position);
+        tracing::info!(target: AUDIT, event = "session_created", session = %id.tag(), client = %client, identity, position);
         self.record(outcome);
         Ok((id, position))
     }
@@ -573,6 +612,69 @@ impl Shared {
         }
     }
 
+    /// `GET /session/{id}?wait=N&while=active`: answers as soon as the session is no
+    /// longer ACTIVE (`None` once it is gone), or when `wait` is over. The holder's way
+    /// to notice a kick, expiry or reap at once. Refreshes nothing: the holder's
+    /// heartbeats keep it alive, not its watch.
+    pub async fn wait_while_active(
+        &self,
+        id: &SessionId,
+        wait: Duration,
+    ) -> Option<(Status, usize)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // A peek, not a touch: the watch is not a sign of life (heartbeats are), so a
+            // holder whose client died is still reaped while a watch is parked here.
+            let (status, wake) = {
+                let core = self.lock();
+                let status = core.queue.view(id).map(|v| (v.status, v.position))?;
+                let wake = core.meta.get(id).map(|m| m.wake.clone());
+                (status, wake)
+            };
+            if status.0 != Status::Active || tokio::time::Instant::now() >= deadline {
+                return Some(status);
+            }
+            let Some(wake) = wake else {
+                return Some(status);
+            };
+            // An ACTIVE session leaves that state only by ending, which wakes its `wake`.
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            // Registered before looking again, so an end in between is not missed.
+            woken.as_mut().enable();
+            let again = self.peek(id)?;
+            if again.0 != Status::Active {
+                return Some(again);
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return self.peek(id);
+            }
+            #[cfg(test)]
+            self.poll_wakeups.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// One session's status and place; refreshes nothing.
+    fn peek(&self, id: &SessionId) -> Option<(Status, usize)> {
+        self.lock().queue.view(id).map(|v| (v.status, v.position))
+    }
+
+    /// How `id` ended, if it ended recently; in identity mode only its owner learns it.
+    pub fn tombstone(
+        &self,
+        id: &SessionId,
+        caller: Option<&Identity>,
+        now: Instant,
+    ) -> Option<Tombstone> {
+        let core = self.lock();
+        let t = core.tombstones.get(id, now)?;
+        match (&t.owner, caller) {
+            (Some(owner), Some(caller)) if owner != caller => None,
+            (Some(_), None) if self.config.identity.is_some() => None,
+            _ => Some(t.clone()),
+        }
+    }
+
     pub fn heartbeat(&self, id: &SessionId, now: Instant) -> bool {
         self.lock().queue.heartbeat(id, now)
     }
@@ -584,7 +686,7 @@ impl Shared {
         reason: EndReason,
         now: Instant,
     ) -> Result<bool, StoreFailed> {
-        Ok(self.end(id, reason, now).await?.is_some())
+        Ok(self.end(id, reason, None, now).await?.is_some())
     }
 
     /// An operator ends a session (reason `kicked`); returns how many of its
@@ -596,17 +698,20 @@ impl Shared {
         why: &str,
         now: Instant,
     ) -> Result<Option<usize>, StoreFailed> {
-        let cut = self.end(id, EndReason::Kicked, now).await?;
+        let cut = self.end(id, EndReason::Kicked, Some(why), now).await?;
         if let Some(cut) = cut {
-            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.short(), uid, reason = %crate::logfield::text(why), connections_cut = cut);
+            tracing::warn!(target: AUDIT, event = "session_kicked", session = %id.tag(), uid, reason = %crate::logfield::text(why), connections_cut = cut);
         }
         Ok(cut)
     }
 
+    /// `note`: the operator's reason, kept in the tombstone (set under the same lock, so
+    /// a woken long-poll already sees it).
     async fn end(
         &self,
         id: &SessionId,
         reason: EndReason,
+        note: Option<&str>,
         now: Instant,
     ) -> Result<Option<usize>, StoreFailed> {
         let commit = {
@@ -622,7 +727,7 @@ impl Shared {
         // commit, the session goes on as before (and stays if the commit fails).
         if let Some(commit) = commit {
             commit.await.map_err(|e| {
-                tracing::error!(error = %e, session = %id.short(), "cannot record the end of a session; keeping it");
+                tracing::error!(error = %e, session = %id.tag(), "cannot record the end of a session; keeping it");
                 StoreFailed::from(e)
             })?;
         }
@@ -632,7 +737,11 @@ impl Shared {
                 // Ended meanwhile by someone else (the reaper, another DELETE).
                 return Ok(None);
             };
-            core.settle(change, now)
+            let outcome = core.settle(change, now);
+            if let Some(note) = note {
+                core.tombstones.set_note(id, note);
+            }
+            outcome
         };
         let cut = outcome.cut;
         self.record(outcome);
@@ -680,12 +789,39 @@ impl Shared {
         tracing::warn!(
             target: AUDIT,
             event = "cross_identity",
-            session = %id.short(),
+            session = %id.tag(),
             identity = caller.as_str(),
             owner = owner.as_str(),
             endpoint = what,
             "an identity named a session another identity owns; answered as unknown"
         );
+    }
+
+    /// The session an operator names: its full id, its tag, or a prefix of the tag
+    /// (at least [`MIN_TAG_PREFIX`] hex digits) that only one live session's tag has.
+    /// O(n): operators kick rarely.
+    pub fn find_session(&self, name: &str) -> Result<SessionId, FindError> {
+        if let Some(id) = SessionId::parse_exact(name) {
+            return Ok(id);
+        }
+        let name = name.to_ascii_lowercase();
+        if name.len() < MIN_TAG_PREFIX
+            || name.len() > 8
+            || !name.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(FindError::NotFound);
+        }
+        let core = self.lock();
+        let mut found = core
+            .queue
+            .iter()
+            .map(|v| v.id)
+            .filter(|id| id.tag().starts_with(&name));
+        match (found.next(), found.next()) {
+            (Some(id), None) => Ok(id),
+            (None, _) => Err(FindError::NotFound),
+            (Some(_), Some(_)) => Err(FindError::Ambiguous),
+        }
     }
 
     /// `GET /active-session`: refreshes nothing.
@@ -856,6 +992,18 @@ impl Shared {
         )
     }
 
+    /// When a WAITING session at `position` can expect the lab, from completed holds;
+    /// `None` before any hold completed.
+    pub fn expected_start(&self, position: usize, now: Instant) -> Option<Duration> {
+        let core = self.lock();
+        let typical = core.history.typical_hold()?;
+        Some(crate::history::expected_start(
+            position,
+            typical,
+            core.queue.active_hold(now),
+        ))
+    }
+
     /// With a hold limit, how long the ACTIVE session has left (zero when over).
     pub fn hold_remaining(&self, now: Instant) -> Option<Duration> {
         let max = self.config.queue.max_hold?;
@@ -870,6 +1018,11 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A shutdown has begun: refuse new sessions from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
     }
 
     /// Starts or stops draining; returns the previous setting.
@@ -905,6 +1058,7 @@ impl Shared {
             resetting: core.queue.resetting().is_some(),
             handoff_failed: core.handoff_failed,
             holder_tunnels: core.queue.active().map_or(0, |v| core.conns.tunnels(&v.id)),
+            samples: core.history.samples(),
         }
     }
 
@@ -1059,6 +1213,26 @@ mod tests {
         assert!(s.end_session(&a, EndReason::Deleted, now).await.unwrap());
         let answer = poll.await.unwrap();
         assert_eq!(answer, Some((Status::Active, 0)));
+        assert_eq!(s.poll_wakeups.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holders_watch_is_no_sign_of_life_and_wakes_when_its_session_ends() {
+        let s = shared("");
+        let now = Instant::now();
+        let (a, position) = s.create_session(client(), None, now).await.unwrap();
+        assert_eq!(position, 0);
+        let watch = {
+            let s = s.clone();
+            tokio::spawn(async move { s.wait_while_active(&a, Duration::from_secs(50)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!watch.is_finished());
+        // The parked watch did not refresh the session: a holder whose heartbeats stop
+        // is still reaped however long its watch runs.
+        assert_eq!(s.lock().queue.view(&a).map(|v| v.last_seen), Some(now));
+        assert_eq!(s.kick(&a, 0, "bench needed", now).await.unwrap(), Some(0));
+        assert_eq!(watch.await.unwrap(), None);
         assert_eq!(s.poll_wakeups.load(Ordering::SeqCst), 1);
     }
 

@@ -31,6 +31,10 @@ pub struct LabStatus {
     pub max_hold_secs: Option<f64>,
     /// Device tunnels the holder has open (a count, never whose).
     pub tunnels: usize,
+    /// How many completed holds `typical_hold_secs` (and expected starts) are over, and
+    /// how many real waits `typical_wait_secs` is over.
+    pub hold_samples: usize,
+    pub wait_samples: usize,
     /// The first sessions in order: (position, tag, state, seconds in state).
     pub queue: Vec<QueueEntry>,
 }
@@ -41,6 +45,10 @@ pub struct QueueEntry {
     pub tag: String,
     pub state: &'static str,
     pub secs: f64,
+    /// WAITING: seconds until it can expect the lab (from completed holds; `None` before
+    /// any hold completed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_start_secs: Option<f64>,
     /// Identity mode with `status_page_names`: who opened the session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
@@ -64,6 +72,13 @@ pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
             secs: now
                 .saturating_duration_since(s.view.promoted_at.unwrap_or(s.view.created))
                 .as_secs_f64(),
+            expected_start_secs: picture
+                .typical_hold
+                .filter(|_| s.view.position > 0)
+                .map(|t| {
+                    crate::history::expected_start(s.view.position, t, picture.active_hold)
+                        .as_secs_f64()
+                }),
             identity: s
                 .owner
                 .as_ref()
@@ -82,6 +97,8 @@ pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
         draining: shared.is_draining(),
         max_hold_secs: shared.config.queue.max_hold.map(|d| d.as_secs_f64()),
         tunnels: picture.holder_tunnels,
+        hold_samples: picture.samples.0,
+        wait_samples: picture.samples.1,
         queue,
     }
 }
@@ -93,6 +110,15 @@ pub fn human(secs: f64) -> String {
         0..=59 => format!("{s} s"),
         60..=3599 => format!("{} min {} s", s / 60, s % 60),
         _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// "median of the last 12 completed holds": what a typical figure is over.
+fn window(n: usize, what: &str) -> String {
+    match n {
+        0 => format!("no {what}s yet"),
+        1 => format!("from the last {what}"),
+        n => format!("median of the last {n} {what}s"),
     }
 }
 
@@ -116,7 +142,18 @@ fn escape(text: &str) -> String {
     out
 }
 
-pub fn html(status: &LabStatus) -> String {
+/// The `tag` a status page viewer asks to see marked as "you": exactly 8 lowercase hex
+/// digits (anything else is ignored, so nothing a client sends reaches the page raw).
+pub fn you_param(query: Option<&str>) -> Option<&str> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("tag="))
+        .filter(|t| t.len() == 8 && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The page; `you`: a tag to mark as the viewer's own row (`/status?tag=...`).
+pub fn html(status: &LabStatus, you: Option<&str>) -> String {
     let holder = status
         .queue
         .first()
@@ -170,8 +207,19 @@ pub fn html(status: &LabStatus) -> String {
             } else {
                 String::new()
             };
+            let mine = you == Some(e.tag.as_str());
+            let (class, marker) = if mine {
+                (" class=\"you\"", " <strong>&larr; you</strong>")
+            } else {
+                ("", "")
+            };
+            let eta = match (e.position, e.expected_start_secs) {
+                (0, _) => "holds the lab".to_string(),
+                (p, Some(secs)) => format!("~{}, position {p}", human(secs)),
+                (p, None) => format!("not known yet, position {p}"),
+            };
             format!(
-                "<tr><td>{}</td>{who}<td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                "<tr{class}><td>{}</td>{who}<td><code>{}</code>{marker}</td><td>{}</td><td>{}</td><td>{eta}</td></tr>",
                 e.position,
                 e.tag,
                 e.state,
@@ -184,8 +232,8 @@ pub fn html(status: &LabStatus) -> String {
         String::new()
     } else {
         format!(
-            "<table><thead><tr><th>#</th>{who_head}<th>session tag</th><th>state</th><th>for</th></tr></thead><tbody>{rows}</tbody></table>\
-             <p class=\"hint\">Your tag: the first 8 hex digits of SHA-256 over your session id's 16 bytes (also sent as <code>X-Lab-Session-Tag</code>).</p>"
+            "<table><thead><tr><th>#</th>{who_head}<th>session tag</th><th>state</th><th>for</th><th>expected start</th></tr></thead><tbody>{rows}</tbody></table>\
+             <p class=\"hint\">Your tag: the first 8 hex digits of SHA-256 over your session id's 16 bytes  (also sent as <code>X-Lab-Session-Tag</code>); open <code>/status?tag=YOURTAG</code> to have your row marked.</p>"
         )
     };
     format!(
@@ -197,13 +245,15 @@ body{{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:
 h1{{font-size:1.4rem}} .state{{font-size:1.25rem;font-weight:600}}\
 .drain{{background:#fff3cd;border:1px solid #e0c060;padding:.5rem .75rem}}\
 table{{border-collapse:collapse;width:100%}} td,th{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #ddd}}\
-.hint{{color:#555;font-size:.85rem}}</style></head><body>\
+.hint{{color:#555;font-size:.85rem}} tr.you{{background:#e6f0ff}}</style></head><body>\
 <h1>labgate: lab status</h1>\
 <p class=\"state\" id=\"held\">{headline}</p><p id=\"waiting\">{waiting}</p>{draining}\
-<ul><li>Typical wait: {}</li><li>Typical hold: {}</li>{max_hold}</ul>{table}\
+<ul><li>Typical wait: {} ({})</li><li>Typical hold: {} ({})</li>{max_hold}</ul>{table}\
 <p class=\"hint\">Refreshes every {REFRESH_SECS} s.</p></body></html>",
         typical(status.typical_wait_secs),
+        window(status.wait_samples, "wait"),
         typical(status.typical_hold_secs),
+        window(status.hold_samples, "completed hold"),
     )
 }
 
@@ -224,11 +274,14 @@ mod tests {
             reset_failed: false,
             max_hold_secs: Some(1800.0),
             tunnels: 2,
+            hold_samples: 0,
+            wait_samples: 12,
             queue: vec![QueueEntry {
                 position: 0,
                 tag: "0a1b2c3d".into(),
                 state: "active",
                 secs: 250.0,
+                expected_start_secs: None,
                 identity: None,
             }],
         }
@@ -243,9 +296,16 @@ mod tests {
             tag: "99887766".into(),
             state: "waiting",
             secs: 3.0,
+            expected_start_secs: Some(720.0),
             identity: Some("<bob>".into()),
         });
-        let page = html(&s);
+        let page = html(&s, Some("99887766"));
+        assert!(
+            page.contains("<tr class=\"you\"><td>1</td><td>&lt;bob&gt;</td><td><code>99887766</code> <strong>&larr; you</strong>"),
+            "{page}"
+        );
+        assert_eq!(page.matches("&larr; you").count(), 1);
+        assert!(page.contains("<td>~12 min 0 s, position 1</td>"), "{page}");
         assert!(
             page.contains("alice holds the lab, for 4 min 10 s so far."),
             "{page}"
@@ -275,13 +335,18 @@ mod tests {
 
     #[test]
     fn page_says_what_matters() {
-        let page = html(&status());
+        assert_eq!(you_param(Some("tag=0a1b2c3d")), Some("0a1b2c3d"));
+        for bad in ["tag=0A1B2C3D", "tag=<script>", "tag=0a1b2c3", "x=1"] {
+            assert_eq!(you_param(Some(bad)), None, "{bad}");
+        }
+        let page = html(&status(), None);
+        assert!(!page.contains("&larr; you"));
         assert!(page.contains("The lab is held, for 4 min 10 s so far."));
         assert!(page.contains("2 sessions are waiting."));
         assert!(page.contains("The holder has 2 tunnels open."));
         assert!(page.contains("draining"));
-        assert!(page.contains("Typical wait: 30 s"));
-        assert!(page.contains("Typical hold: not known yet"));
+        assert!(page.contains("Typical wait: 30 s (median of the last 12 waits)"));
+        assert!(page.contains("Typical hold: not known yet (no completed holds yet)"));
         assert!(page.contains("Hold limit: 30 min 0 s"));
         assert!(page.contains("<code>0a1b2c3d</code>"));
         assert!(page.contains("http-equiv=\"refresh\""));
@@ -292,7 +357,7 @@ mod tests {
             queue: vec![],
             ..status()
         };
-        let page = html(&free);
+        let page = html(&free, None);
         assert!(page.contains("The lab is free."));
         assert!(page.contains("Nobody is waiting."));
         assert!(!page.contains("class=\"drain\""));
@@ -300,12 +365,12 @@ mod tests {
             resetting: true,
             ..status()
         };
-        assert!(html(&resetting).contains("resetting the lab"));
+        assert!(html(&resetting, None).contains("resetting the lab"));
         let failed = LabStatus {
             reset_failed: true,
             ..status()
         };
-        assert!(html(&failed).contains("Resetting the lab failed"));
+        assert!(html(&failed, None).contains("Resetting the lab failed"));
     }
 
     #[test]

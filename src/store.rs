@@ -15,9 +15,9 @@
 //! let a damaged file take the process down: every failure to open is a [`StoreError`].
 
 use std::cell::Cell;
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -343,13 +343,8 @@ fn open_private(path: &Path) -> Result<File, StoreError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    // Missing directories are created private (0700, whatever the umask); existing ones
-    // are checked, not changed: the operator chose them.
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| io_failure("cannot create", dir, e))?;
+    // A missing directory is refused, never created (issue 15 #10: `mkdir -p` as root
+    // made directories nobody chose); an existing one is checked, not changed.
     let meta = std::fs::metadata(dir).map_err(|e| io_failure("cannot inspect", dir, e))?;
     check_private(&meta, me, "directory", dir).map_err(unsafe_because)?;
     // 0600 at creation (not whatever the umask leaves), no symlink followed (a link
@@ -464,7 +459,7 @@ mod tests {
     #[test]
     fn a_fresh_store_is_empty_and_starts_at_seq_1() {
         let dir = private_dir();
-        let (_, restored) = Store::open(&dir.path().join("sub/q.redb")).unwrap();
+        let (_, restored) = Store::open(&dir.path().join("q.redb")).unwrap();
         assert_eq!(restored.next_seq, 1);
         assert!(restored.sessions.is_empty());
     }
@@ -551,17 +546,18 @@ mod tests {
     }
 
     /// Issue 10 #7: the file holds every session id, so it is created 0600 whatever the
-    /// umask (the test process runs with 022, which used to give 0644), in a 0700
-    /// directory when labgate creates the directory.
+    /// umask (the test process runs with 022, which used to give 0644); a missing
+    /// directory is refused, not created (issue 15 #10).
     #[test]
     fn the_store_is_created_private() {
         let dir = private_dir();
-        let path = dir.path().join("state/sub/q.redb");
+        let path = dir.path().join("q.redb");
         let (store, _) = Store::open(&path).unwrap();
         store.insert(&session(1), 2).unwrap();
         assert_eq!(mode(&path), 0o600);
-        assert_eq!(mode(&dir.path().join("state/sub")), 0o700);
-        assert_eq!(mode(&dir.path().join("state")), 0o700);
+        let missing = dir.path().join("state/sub/q.redb");
+        assert!(Store::open(&missing).is_err());
+        assert!(!dir.path().join("state").exists());
     }
 
     /// Issue 10 #7: a file or directory that group or others can read or write stops
@@ -600,9 +596,10 @@ mod tests {
         chmod(dir.path(), 0o700);
         chmod(&path, 0o600);
         assert!(Store::open(&path).is_ok());
-        // A directory that does not exist yet inside a shared one is not enough either.
+        // A shared directory is refused, and a missing one is never created.
         chmod(dir.path(), 0o777);
-        assert!(Store::open(&dir.path().join("new/q.redb")).is_ok());
+        assert!(Store::open(&dir.path().join("new/q.redb")).is_err());
+        assert!(!dir.path().join("new").exists());
         assert!(matches!(
             Store::open(&dir.path().join("q2.redb")),
             Err(StoreError::Unsafe { .. })

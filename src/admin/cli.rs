@@ -191,6 +191,7 @@ mod tests {
             draining: true,
             sessions: vec![SessionRow {
                 id: "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11".into(),
+                tag: "1a2b3c4d".into(),
                 state: "active".into(),
                 position: 0,
                 seq: 7,

@@ -3,7 +3,7 @@
 //! Owns the one model both halves share: the commands ([`Action`], which is also the
 //! CLI's clap definition, so a new command is added once), the routes and the JSON
 //! bodies. [`server`] answers on the socket; [`cli`] calls it and prints the answer.
-//! Routes: `GET /v1/queue`, `POST /v1/sessions/{id}/kick` (`{"reason": "..."}`),
+//! Routes: `GET /v1/queue`, `POST /v1/sessions/{id|tag|tag prefix}/kick` (`{"reason": "..."}`),
 //! `POST /v1/drain`, `POST /v1/resume`. Must never hold policy: kicking, draining and
 //! listing are `Shared`'s.
 
@@ -22,7 +22,8 @@ pub enum Action {
     Queue,
     /// End a session now (reason `kicked`), cutting its connections.
     Kick {
-        /// The session id.
+        /// The session: its tag (as logs and the status page show it), an unambiguous
+        /// prefix of the tag (4+ hex digits), or its full id.
         id: String,
         /// Why: written to the audit log.
         #[arg(long)]
@@ -55,6 +56,9 @@ pub struct KickRequest {
 pub struct Kicked {
     pub connections_cut: usize,
     pub kicked: String,
+    /// The kicked session's public tag.
+    #[serde(default)]
+    pub tag: String,
     pub reason: String,
 }
 
@@ -69,6 +73,9 @@ pub struct Drained {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRow {
     pub id: String,
+    /// The session's one public name (logs, status page, `admin kick`).
+    #[serde(default)]
+    pub tag: String,
     pub state: String,
     pub position: usize,
     pub seq: u64,

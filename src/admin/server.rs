@@ -28,8 +28,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{Drained, KickRequest, Kicked, QueueListing, Retried, SessionRow};
-use crate::queue::SessionId;
-use crate::state::{Shared, AUDIT};
+use crate::state::{FindError, Shared, AUDIT};
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 16 * 1024;
@@ -139,6 +138,7 @@ impl SessionRow {
             .into_iter()
             .map(|s| SessionRow {
                 id: s.view.id.to_string(),
+                tag: s.view.id.tag(),
                 state: s.view.status.as_str().to_string(),
                 position: s.view.position,
                 seq: s.view.seq,
@@ -203,8 +203,19 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
                     )
                 }
             };
-            let Some(session) = SessionId::parse_exact(id) else {
-                return detail(StatusCode::NOT_FOUND, "Session not found");
+            // The full id, the tag (the name logs and the status page show) or an
+            // unambiguous prefix of it.
+            let session = match shared.find_session(id) {
+                Ok(session) => session,
+                Err(FindError::NotFound) => {
+                    return detail(StatusCode::NOT_FOUND, "Session not found")
+                }
+                Err(FindError::Ambiguous) => {
+                    return detail(
+                        StatusCode::CONFLICT,
+                        "More than one session's tag starts so: give more digits",
+                    )
+                }
             };
             match shared.kick(&session, uid, &reason, Instant::now()).await {
                 Ok(Some(cut)) => answer(
@@ -212,6 +223,7 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
                     &Kicked {
                         connections_cut: cut,
                         kicked: session.to_string(),
+                        tag: session.tag(),
                         reason,
                     },
                 ),

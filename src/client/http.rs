@@ -16,6 +16,14 @@ use super::exit;
 const ACTIVE_TIMEOUT_HEADER: &str = "x-lab-active-timeout";
 
 /// Every request except a long-poll must be answered within this.
+/// How the server says a session it no longer knows ended (its tombstone), and the
+/// operator's reason for a kick.
+const ENDED_HEADER: &str = "x-lab-session-ended";
+const END_NOTE_HEADER: &str = "x-lab-end-note";
+
+/// The most of a server-sent reason shown, in characters.
+const MAX_REASON_CHARS: usize = 200;
+
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// First pause after a connection failure; doubled up to [`MAX_BACKOFF`].
@@ -31,8 +39,9 @@ pub enum ClientError {
         tries: u32,
         spent: humantime::Duration,
     },
-    #[error("session {0} not found")]
-    NotFound(String),
+    /// 404 for a session id; with how it ended when the server still remembers it.
+    #[error("session {0} not found{why}", why = ended_suffix(.1.as_ref()))]
+    NotFound(String, Option<Ended>),
     /// 429 rate limited, 503 queue full or draining: try again later.
     #[error("{url} answered {status}: {detail}")]
     Refused {
@@ -56,11 +65,64 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Unreachable { .. } => exit::UNAVAILABLE,
-            ClientError::NotFound(_) => exit::NOT_FOUND,
+            ClientError::NotFound(..) => exit::NOT_FOUND,
             ClientError::Refused { .. } => exit::TEMPFAIL,
             ClientError::Unexpected { .. } | ClientError::BadAnswer { .. } => exit::PROTOCOL,
         }
     }
+}
+
+/// Why the server ended a session (`X-Lab-Session-Ended`, `X-Lab-End-Note`), as sent:
+/// bounded and stripped of control characters before it reaches a terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub reason: String,
+    pub note: Option<String>,
+}
+
+impl Ended {
+    fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<Ended> {
+        let get = |name| {
+            headers
+                .get(name)
+                .map(|v| printable(&String::from_utf8_lossy(v.as_bytes())))
+                .filter(|v| !v.is_empty())
+        };
+        Some(Ended {
+            reason: get(ENDED_HEADER)?,
+            note: get(END_NOTE_HEADER),
+        })
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reason.as_str() {
+            "kicked" => f.write_str("kicked by an operator")?,
+            "expired" => f.write_str("expired: held longer than max_hold while others waited")?,
+            "stale" => f.write_str("reaped: no sign of life within the server's idle timeout")?,
+            "deleted" => f.write_str("ended by a DELETE")?,
+            other => write!(f, "ended: {other}")?,
+        }
+        match &self.note {
+            Some(note) => write!(f, ": {note}"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn ended_suffix(ended: Option<&Ended>) -> String {
+    ended.map(|e| format!(" ({e})")).unwrap_or_default()
+}
+
+/// A server-sent text fit for one terminal line: control characters dropped, bounded.
+fn printable(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REASON_CHARS)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 /// `POST /session`.
@@ -201,15 +263,33 @@ impl LabClient {
     /// `GET /session/{id}`, as a long-poll of `wait` seconds when given (a server
     /// without long-poll ignores the query and answers at once).
     pub async fn status(&self, id: &str, wait: Option<u64>) -> Result<Status, ClientError> {
+        self.status_query(id, wait, false).await
+    }
+
+    /// `GET /session/{id}?wait=N&while=active`: the holder's watch. A server with it
+    /// answers as soon as the session is no longer ACTIVE; one without answers at once.
+    pub async fn watch_active(&self, id: &str, wait: u64) -> Result<Status, ClientError> {
+        self.status_query(id, Some(wait), true).await
+    }
+
+    async fn status_query(
+        &self,
+        id: &str,
+        wait: Option<u64>,
+        while_active: bool,
+    ) -> Result<Status, ClientError> {
         plausible(id)?;
         let url = self.url(&format!("/session/{id}"));
-        let (query, timeout): (Vec<(&str, String)>, Duration) = match wait {
+        let (mut query, timeout): (Vec<(&str, String)>, Duration) = match wait {
             Some(n) => (
                 vec![("wait", n.to_string())],
                 REQUEST_TIMEOUT + Duration::from_secs(n),
             ),
             None => (Vec::new(), REQUEST_TIMEOUT),
         };
+        if while_active {
+            query.push(("while", "active".to_string()));
+        }
         let resp = self
             .send(&url, true, || {
                 self.http.get(&url).query(&query).timeout(timeout)
@@ -355,7 +435,7 @@ fn plausible(id: &str) -> Result<(), ClientError> {
     if plausible_id(id) {
         Ok(())
     } else {
-        Err(ClientError::NotFound(id.chars().take(40).collect()))
+        Err(ClientError::NotFound(id.chars().take(40).collect(), None))
     }
 }
 
@@ -391,6 +471,7 @@ fn parse<T: serde::de::DeserializeOwned>(url: &str, body: &str) -> Result<T, Cli
 /// Turns a non-success answer into its error; `id` makes a 404 a [`ClientError::NotFound`].
 async fn failure(url: &str, id: Option<&str>, resp: Response) -> ClientError {
     let status = resp.status();
+    let ended = Ended::from_headers(resp.headers());
     let retry_after = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)
@@ -407,7 +488,7 @@ async fn failure(url: &str, id: Option<&str>, resp: Response) -> ClientError {
         })
         .unwrap_or_else(|| excerpt(&body));
     match (status, id) {
-        (StatusCode::NOT_FOUND, Some(id)) => ClientError::NotFound(id.to_string()),
+        (StatusCode::NOT_FOUND, Some(id)) => ClientError::NotFound(id.to_string(), ended),
         (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE, _) => {
             ClientError::Refused {
                 url: url.to_string(),
@@ -465,7 +546,7 @@ mod tests {
         assert!(plausible("8c0a9e1b-3f4d-4c8e-9a6b-1f2e3d4c5b6a").is_ok());
         for bad in ["", "../x", "a/b", "a?b", "a b", "a\nb", &"x".repeat(129)] {
             assert!(
-                matches!(plausible(bad), Err(ClientError::NotFound(_))),
+                matches!(plausible(bad), Err(ClientError::NotFound(..))),
                 "{bad:?}"
             );
         }

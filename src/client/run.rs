@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::child::{self, Cmd};
 use super::exit;
 use super::forward::{Event, ForwardSpec, Forwards, Running};
-use super::http::{ClientError, LabClient};
+use super::http::{ClientError, Ended, LabClient};
 use super::progress::{seconds, Progress};
 use super::tunnel::Dialer;
 use super::tunnel_cmd::describe;
@@ -27,6 +27,13 @@ const LONG_POLL: Duration = Duration::from_secs(20);
 
 /// Without long-poll, at most one status request this often.
 const POLL_EVERY: Duration = Duration::from_secs(2);
+
+/// Long-poll length of the holder's watch on its own session (`while=active`).
+const WATCH_POLL: u64 = 20;
+
+/// Without `while=active`, the holder asks about its session this often, so a kick,
+/// expiry or reap is seen within about this long whatever the heartbeat.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Heartbeat interval when the server does not say its active timeout
 /// (neops-remote-lab's default active timeout is 300 s).
@@ -101,12 +108,16 @@ pub async fn run(opts: RunOptions) -> u8 {
         shown(&opts.command)
     ));
     let held = Instant::now();
-    let code = hold(&client, &id, heartbeat, &mut watch, &opts, forwards).await;
+    let (code, lost_at) = hold(&client, &id, heartbeat, &mut watch, &opts, forwards).await;
+    // A lost session held the lab until the loss was seen, not until CMD exited.
+    let held_for = lost_at
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(held);
     if end(&client, &id, &watch.progress).await {
         watch.progress.say(&format!(
             "session {} ended after holding the lab {}; exit status {code}",
             tag(&id),
-            seconds(held.elapsed())
+            seconds(held_for)
         ));
     }
     code
@@ -186,11 +197,12 @@ async fn acquire(
                     return Ok((id, active_timeout));
                 }
             }
-            Err(ClientError::NotFound(_)) => {
+            Err(ClientError::NotFound(_, ended)) => {
                 watch.progress.stop_waiting();
                 watch.progress.error(&format!(
-                    "session {} was removed by the server while waiting (reaped or kicked); CMD not run",
-                    tag(&id)
+                    "session {} was removed by the server while waiting ({}); CMD not run",
+                    tag(&id),
+                    why_ended(ended.as_ref())
                 ));
                 return Err(exit::TEMPFAIL);
             }
@@ -258,15 +270,16 @@ async fn interrupted(
     code
 }
 
-/// What the heartbeat task reports.
+/// What the heartbeat and watch tasks report.
 enum Beat {
-    /// The server no longer knows the session.
-    Lost,
+    /// The server no longer knows the session (and how it ended, when it says).
+    Lost(Option<Ended>),
     /// A heartbeat failed otherwise; the next one may succeed.
     Failed(String),
 }
 
-/// Runs CMD while heartbeating; returns the exit code once CMD has exited.
+/// Runs CMD while heartbeating and watching the session; returns the exit code once
+/// CMD has exited, and when the session was seen lost (if it was).
 async fn hold(
     client: &LabClient,
     id: &str,
@@ -274,7 +287,7 @@ async fn hold(
     watch: &mut Watch,
     opts: &RunOptions,
     forwards: Forwards,
-) -> u8 {
+) -> (u8, Option<Instant>) {
     let mut env = vec![
         ("LAB_SESSION_ID".to_string(), id.to_string()),
         ("LAB_URL".to_string(), client.base().to_string()),
@@ -286,7 +299,7 @@ async fn hold(
             Ok(d) => d,
             Err(e) => {
                 watch.progress.error(&e);
-                return exit::USAGE;
+                return (exit::USAGE, None);
             }
         };
         env.extend(forwards.env());
@@ -299,7 +312,7 @@ async fn hold(
         Ok(c) => c,
         Err((code, why)) => {
             watch.progress.error(&why);
-            return code;
+            return (code, None);
         }
     };
     let (beats_tx, mut beats) = mpsc::unbounded_channel();
@@ -307,10 +320,11 @@ async fn hold(
         client.clone(),
         id.to_string(),
         every,
-        beats_tx,
+        beats_tx.clone(),
     ));
+    let watcher = tokio::spawn(watch_loop(client.clone(), id.to_string(), beats_tx));
     let mut kill_at: Option<tokio::time::Instant> = None;
-    let mut lost = false;
+    let mut lost: Option<Instant> = None;
     let status = loop {
         tokio::select! {
             status = cmd.wait() => break status,
@@ -324,26 +338,28 @@ async fn hold(
                 kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_after);
             }
             Some(beat) = beats.recv() => match beat {
-                Beat::Lost if !lost => {
-                    lost = true;
+                // Both tasks may see the loss: act on the first.
+                Beat::Lost(ended) if lost.is_none() => {
+                    lost = Some(Instant::now());
                     // Closes the listeners: new connections are refused.
                     let closed = running.take().map(|_| format!("; forwards closed ({shown})")).unwrap_or_default();
                     watch.progress.error(&format!(
-                        "session {} was ended by the server while CMD ran (reaped or kicked){closed}; stopping CMD",
-                        tag(id)
+                        "session {} was ended by the server while CMD ran ({}){closed}; stopping CMD",
+                        tag(id),
+                        why_ended(ended.as_ref())
                     ));
                     cmd.signal(Signal::SIGTERM);
                     kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_after);
                 }
-                Beat::Lost => {}
+                Beat::Lost(_) => {}
                 Beat::Failed(why) => watch.progress.error(&format!("heartbeat failed: {why}")),
             },
             event = forward_event(&mut running) => match event {
                 Event::Problem(line) => watch.progress.error(&line),
                 Event::SessionEnded(reason) => {
                     running = None;
-                    if !lost {
-                        lost = true;
+                    if lost.is_none() {
+                        lost = Some(Instant::now());
                         watch.progress.error(&format!(
                             "session {}: {reason}; forwards closed ({shown}), new connections are refused; stopping CMD",
                             tag(id)
@@ -364,15 +380,53 @@ async fn hold(
         }
     };
     beater.abort();
+    watcher.abort();
     // CMD is done with them: no connection may open once the session is ended.
     drop(running);
-    match (status, lost) {
-        (_, true) => exit::TEMPFAIL,
-        (Ok(status), false) => child::exit_code(status),
-        (Err(e), false) => {
+    let code = match (status, lost) {
+        (_, Some(_)) => exit::TEMPFAIL,
+        (Ok(status), None) => child::exit_code(status),
+        (Err(e), None) => {
             watch.progress.error(&format!("lost track of CMD: {e}"));
             exit::SOFTWARE
         }
+    };
+    (code, lost)
+}
+
+/// How an ended session ended, for a message; a server without tombstones (or one
+/// that forgot) cannot say.
+fn why_ended(ended: Option<&Ended>) -> String {
+    ended.map_or_else(|| "reaped or kicked".to_string(), Ended::to_string)
+}
+
+/// Watches the held session so its loss is seen promptly, independent of the
+/// heartbeat: a long-poll `while=active` where the server has it, else a status
+/// request every [`WATCH_EVERY`]. Reports only the loss; other failures are the
+/// heartbeat's to report (and the next look may succeed).
+async fn watch_loop(client: LabClient, id: String, beats: mpsc::UnboundedSender<Beat>) {
+    loop {
+        let asked_at = Instant::now();
+        let pause = match client.watch_active(&id, WATCH_POLL).await {
+            Err(ClientError::NotFound(_, ended)) => {
+                let _ = beats.send(Beat::Lost(ended));
+                return;
+            }
+            Ok(_) => watch_pause(Duration::from_secs(WATCH_POLL), asked_at.elapsed()),
+            Err(_) => WATCH_EVERY.saturating_sub(asked_at.elapsed()),
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// After an ACTIVE answer to a `while=active` long-poll of `asked` that took `took`:
+/// a server that held it (its wait ran out) is asked again at once; one that
+/// answered at once (no `while=active`) is asked again [`WATCH_EVERY`] after the last.
+fn watch_pause(asked: Duration, took: Duration) -> Duration {
+    if took >= asked / 2 {
+        Duration::ZERO
+    } else {
+        WATCH_EVERY.saturating_sub(took)
     }
 }
 
@@ -396,10 +450,10 @@ async fn heartbeat_loop(
         next += every;
         let beat = match client.heartbeat(&id).await {
             Ok(()) => continue,
-            Err(ClientError::NotFound(_)) => Beat::Lost,
+            Err(ClientError::NotFound(_, ended)) => Beat::Lost(ended),
             Err(e) => Beat::Failed(e.to_string()),
         };
-        let lost = matches!(beat, Beat::Lost);
+        let lost = matches!(beat, Beat::Lost(_));
         if beats.send(beat).is_err() || lost {
             return;
         }
@@ -412,7 +466,7 @@ async fn heartbeat_loop(
 /// Returns whether the session is gone.
 async fn end(client: &LabClient, id: &str, progress: &Progress) -> bool {
     match client.end(id).await {
-        Ok(()) | Err(ClientError::NotFound(_)) => true,
+        Ok(()) | Err(ClientError::NotFound(..)) => true,
         Err(e) => {
             progress.error(&format!(
                 "could not end session {}: {e}; the server will reap it after its idle timeout",

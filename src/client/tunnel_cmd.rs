@@ -81,7 +81,7 @@ pub async fn forward(
                 }
             }
         }
-        Err(ClientError::NotFound(_)) => {
+        Err(ClientError::NotFound(..)) => {
             progress.error(&format!(
                 "{}; no forwards started",
                 OpenError::SessionNotFound

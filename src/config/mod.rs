@@ -167,6 +167,9 @@ impl fmt::Display for Upstream {
     }
 }
 
+/// How often a neops-remote-lab client polls its session while it waits.
+const NEOPS_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Config {
     /// Settings that are allowed but dangerous, one line each, for `labgate check` and
     /// the start-up log.
@@ -177,6 +180,13 @@ impl Config {
             .filter_map(|u| u.tls.as_ref().map(|t| t.warnings(&u.name)))
             .flatten()
             .collect();
+        if self.queue.timeouts.waiting < NEOPS_POLL {
+            out.push(format!(
+                "[queue] waiting_timeout = {:?} is shorter than a neops-remote-lab client's \
+                 {:?} poll: every waiting neops client would be reaped as stale",
+                self.queue.timeouts.waiting, NEOPS_POLL
+            ));
+        }
         if self.compat.active_session_id {
             out.push(
                 "[compat] active_session_id = true: GET /active-session hands the holder's \
@@ -184,6 +194,21 @@ impl Config {
                  use or end the holder's session"
                     .to_string(),
             );
+        }
+        out
+    }
+
+    /// Directories labgate needs but must not create (as root, with whatever mode): a
+    /// missing one is the operator's to make. `labgate check` and `serve` both refuse
+    /// them, one line each. Not part of parsing, which stays about the file (the shipped
+    /// configs parse on any machine).
+    pub fn missing_dirs(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(sock) = &self.admin_socket {
+            out.extend(need_dir(sock, "[admin] socket"));
+        }
+        if let Some(path) = &self.queue.state_path {
+            out.extend(need_dir(path, "[queue] state_path"));
         }
         out
     }
@@ -211,12 +236,54 @@ impl Config {
                 message,
             }
         };
-        let raw: raw::RawConfig =
-            toml::from_str(text).map_err(|e| at(e.span(), one_line(e.message())))?;
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let value = e.span().and_then(|s| text.get(s)).unwrap_or("");
+            at(e.span(), friendly(&one_line(e.message()), value))
+        })?;
         validate::validate(raw)
             .and_then(resolve::resolve)
             .map_err(|(span, msg)| at(span, msg))
     }
+}
+
+/// serde's messages name Rust types and give no hint: say what the file should hold
+/// instead. `value`: the offending text in the file.
+fn friendly(message: &str, value: &str) -> String {
+    let value = value.trim();
+    let shown: String = value.chars().take(60).collect();
+    if message.contains("RawSecret") {
+        "a header secret is a table naming where the value comes from: \
+         { env = \"VAR\" } or { file = \"/path\" }"
+            .to_string()
+    } else if message.contains("invalid socket address syntax") {
+        format!(
+            "{shown} is not an IP:port address (hostnames are not accepted here), \
+             e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
+        )
+    } else if message.contains("expected a string")
+        && !value.is_empty()
+        && value.bytes().all(|b| b.is_ascii_digit())
+    {
+        format!("a duration is a string with a unit: write \"{shown}s\", not {shown}")
+    } else {
+        message.to_string()
+    }
+}
+
+/// `Some(problem)` unless the directory that will hold `path` exists.
+fn need_dir(path: &std::path::Path, key: &str) -> Option<String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => return None,
+    };
+    (!dir.is_dir()).then(|| {
+        format!(
+            "{key} {:?}: directory {} does not exist; create it (owned by labgate's user, \
+             mode 0700), e.g. with systemd's RuntimeDirectory= or StateDirectory=",
+            path.display(),
+            dir.display()
+        )
+    })
 }
 
 /// toml's messages may span lines; an error is one line in a log or a terminal.

@@ -511,3 +511,60 @@ fn bridge_tables_reach_the_upstream_and_their_errors_are_located() {
     ));
     assert!(e.message.contains("rest"), "{e}");
 }
+
+#[test]
+fn serde_type_errors_become_hints() {
+    let e = err(&format!("[queue]\nactive_timeout = 300\n{MINIMAL}"));
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains(r#"write "300s""#), "{e}");
+    let e = err("[server]\nlisten = [\"lab.example:8080\"]\n");
+    assert!(
+        e.message.contains("\"lab.example:8080\" is not an IP:port")
+            && e.message.contains("hostnames"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[upstream.headers]\nX-Token = \"s3cret\"\n"
+    ));
+    assert!(
+        e.message.contains(r#"{ env = "VAR" }"#) && !e.message.contains("RawSecret"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_directories_and_a_short_waiting_timeout_are_caught() {
+    let c = Config::parse(
+        &format!(
+            "[admin]\nsocket = \"/nonexistent-labgate-dir/admin.sock\"\n\
+             [queue]\nstate_path = \"/nonexistent-labgate-dir/q.redb\"\n{MINIMAL}"
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let missing = c.missing_dirs();
+    assert_eq!(missing.len(), 2, "{missing:?}");
+    assert!(missing[0].contains("[admin] socket"), "{missing:?}");
+    assert!(
+        missing[1].contains("/nonexistent-labgate-dir does not exist"),
+        "{missing:?}"
+    );
+    assert!(Config::parse(MINIMAL, "t.toml")
+        .unwrap()
+        .missing_dirs()
+        .is_empty());
+    let c = Config::parse(
+        &format!("[queue]\nwaiting_timeout = \"3s\"\n{MINIMAL}"),
+        "t.toml",
+    )
+    .unwrap();
+    assert!(
+        c.warnings().iter().any(|w| w.contains("waiting_timeout")),
+        "{:?}",
+        c.warnings()
+    );
+    assert!(Config::parse(MINIMAL, "t.toml")
+        .unwrap()
+        .warnings()
+        .is_empty());
+}

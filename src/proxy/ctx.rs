@@ -101,7 +101,7 @@ impl RequestCtx {
         if !tracing::enabled!(target: ACCESS, tracing::Level::INFO) {
             return;
         }
-        let session_tag = self.session.map(|id| id.short());
+        let session_tag = self.session.map(|id| id.tag());
         let upstream_error = self.forwarded.as_ref().and_then(|f| f.error);
         tracing::info!(
             target: ACCESS,

@@ -18,6 +18,13 @@ impl LabGate {
         reply: Reply,
     ) -> Result<bool> {
         ctx.local_status = Some(reply.status);
+        // Tell labgate's own answers from the lab's (a 404 from the gate is not one
+        // from the lab): the gate decision, or `local` for the session API.
+        let decision = match ctx.verdict {
+            Some(v) if v != Verdict::Allowed => v.as_str(),
+            _ => "local",
+        };
+        let reply = reply.with_header(api::GATE_HEADER, decision);
         if !discard_small_body(session).await {
             // Unread body left: the connection cannot carry another request.
             session.set_keepalive(None);
@@ -236,7 +243,11 @@ impl LabGate {
         if let (Denied::Unknown, Some(client)) = (denied, ctx.client) {
             self.shared.note_unknown_id(client, now);
         }
-        let reply = api::refused(denied, &self.shared, now);
+        let id = match header {
+            gate::SessionHeader::One(id) => id,
+            _ => None,
+        };
+        let reply = api::refused(denied, id, ctx.identity.as_ref(), &self.shared, now);
         self.answer(session, ctx, reply).await
     }
 }

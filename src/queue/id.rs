@@ -1,8 +1,7 @@
-//! The session id: a UUID compared exactly, its canonical spelling, its log form and its
-//! public tag.
+//! The session id: a UUID compared exactly, its canonical spelling and its public tag
+//! (its one public name, logs included).
 //!
-//! Owns how an id is made, parsed and shown: in full, short for logs, and as the public
-//! tag. Must never accept a second spelling of the same id (contract §1: a differently
+//! Owns how an id is made, parsed and shown: in full, and as the public tag. Must never accept a second spelling of the same id (contract §1: a differently
 //! spelled id is a different, unknown id) and never allocate while parsing, since every
 //! gated request parses one.
 
@@ -20,16 +19,9 @@ impl SessionId {
         SessionId(Uuid::new_v4())
     }
 
-    /// The first 8 characters, for logs: enough to tell sessions apart, useless as
-    /// a credential.
-    pub fn short(&self) -> String {
-        let mut s = self.to_string();
-        s.truncate(8);
-        s
-    }
-
-    /// The public, non-reversible tag (status page, `X-Lab-Session-Tag`): the first 8
-    /// hex digits of a SHA-256 of the id's 16 bytes. The id itself is the gate credential.
+    /// The session's one public name (status page, `X-Lab-Session-Tag`, logs, the audit
+    /// trail, `admin queue` and `admin kick`): the first 8 hex digits of a SHA-256 of the
+    /// id's 16 bytes, so it never reveals the id, which is the gate credential.
     pub fn tag(&self) -> String {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(self.0.as_bytes());

@@ -87,7 +87,7 @@ impl Asked<'_> {
     ) -> Opened {
         self.shared.metrics().count_tunnel_refused(why);
         let target: String = self.target.chars().take(128).collect();
-        let tag = session.map(|id| id.short());
+        let tag = session.map(|id| id.tag());
         tracing::info!(
             target: AUDIT,
             event = "tunnel_refused",
@@ -140,7 +140,7 @@ pub async fn open(
             if let (Denied::Unknown, Some(client)) = (denied, client) {
                 shared.note_unknown_id(client, now);
             }
-            let reply = api::refused(denied, shared, now);
+            let reply = api::refused(denied, named, caller, shared, now);
             let why = refused_by_gate(denied);
             return asked.refuse(why, why.as_str(), reply, denied.verdict(), named);
         }
@@ -258,7 +258,7 @@ impl Prepared {
         tracing::info!(
             target: AUDIT,
             event = "tunnel_closed",
-            session = %id.short(),
+            session = %id.tag(),
             seq,
             client = %client.map(|c| c.to_string()).unwrap_or_default(),
             destination = %target,

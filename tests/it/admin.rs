@@ -274,12 +274,12 @@ async fn kicking_the_holder_promotes_the_next_and_cuts_its_connections() {
     assert_eq!(kicked[0]["uid"], uid, "{:#}", kicked[0]);
     assert_eq!(kicked[0]["reason"], "holder hung over the weekend");
     // Logs name a session by its first 8 characters only.
-    assert_eq!(kicked[0]["session"], &a[..8]);
+    assert_eq!(kicked[0]["session"], tag(&a));
     let ended = gw.audit_events("session_ended");
     assert!(
         ended
             .iter()
-            .any(|e| e["session"] == a[..8] && e["reason"] == "kicked"),
+            .any(|e| e["session"] == tag(&a) && e["reason"] == "kicked"),
         "{ended:#?}"
     );
 }

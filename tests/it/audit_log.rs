@@ -17,7 +17,7 @@ fn one_about(gw: &Gateway, event: &str, session: &str) -> Value {
     let all = gw.audit_events(event);
     let mine: Vec<&Value> = all
         .iter()
-        .filter(|e| e["session"] == session[..8])
+        .filter(|e| e["session"] == tag(session))
         .collect();
     assert_eq!(mine.len(), 1, "{event} for {session}: {all:#?}");
     mine[0].clone()
@@ -151,7 +151,7 @@ async fn every_session_change_admin_action_and_gate_denial_is_audited() {
     let e = eventually(Duration::from_secs(10), "c reaped as stale", || async {
         gw.audit_events("session_ended")
             .into_iter()
-            .find(|e| e["session"] == c[..8])
+            .find(|e| e["session"] == tag(&c))
     })
     .await;
     assert_eq!(e["reason"], "stale", "{e}");
@@ -270,12 +270,12 @@ async fn access_lines_carry_method_path_client_session_decision_status_upstream_
         assert_eq!(l["level"], "INFO", "{l}");
     }
     let fwd = find("GET", "/lab/forwarded?x=1");
-    assert_eq!(fwd["session"], &a[..8], "{fwd}");
+    assert_eq!(fwd["session"], tag(&a), "{fwd}");
     assert_eq!(fwd["decision"], "allowed", "{fwd}");
     assert_eq!(fwd["status"], 200, "{fwd}");
     assert_eq!(fwd["upstream"], "lab", "{fwd}");
     let refused = find("GET", "/lab/refused");
-    assert_eq!(refused["session"], &b[..8], "{refused}");
+    assert_eq!(refused["session"], tag(&b), "{refused}");
     assert_eq!(refused["decision"], "waiting", "{refused}");
     assert_eq!(refused["status"], 423, "{refused}");
     assert_eq!(refused["upstream"], "-", "{refused}");

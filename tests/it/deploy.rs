@@ -296,10 +296,15 @@ fn prod_config_copy(dir: &Path) -> String {
     );
     let secret = dir.join("lab-api-token");
     std::fs::write(&secret, "Bearer example-token\n").expect("write secret");
+    // `check` refuses directories that do not exist (systemd makes these at start);
+    // here they are the temp dir's.
+    let under = |name: &str| format!("{:?}", dir.join(name).display().to_string());
     text.replace(
         shipped,
         &format!("file = {:?}", secret.display().to_string()),
     )
+    .replace("\"/var/lib/labgate/queue.redb\"", &under("queue.redb"))
+    .replace("\"/run/labgate/admin.sock\"", &under("admin.sock"))
 }
 
 #[test]

@@ -29,6 +29,7 @@ mod cli_and_shutdown;
 mod connections;
 mod deploy;
 mod durability;
+mod first_day;
 mod forwarding;
 mod gate;
 mod hostile;

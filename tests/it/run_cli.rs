@@ -355,25 +355,43 @@ async fn sigterm_while_waiting_ends_the_session_without_running_cmd() {
 }
 
 #[tokio::test]
-async fn a_kicked_session_stops_cmd_and_exits_75() {
+async fn a_kicked_session_stops_cmd_and_exits_75_whatever_the_heartbeat() {
     let gw = gateway().await;
     let dir = tempfile::tempdir().expect("tempdir");
+    // The default heartbeat (a third of 300 s): only the holder's watch can see the kick.
     let mut c = Client::run(
         dir.path(),
         "kicked",
         &gw,
-        &["--heartbeat", "200ms"],
+        &[],
         "echo $LAB_SESSION_ID > id.txt; exec sleep 60",
     );
     let id = file_text(&dir.path().join("id.txt")).await;
     // The kick, from outside (the admin API will do the same).
     assert_eq!(delete_session(&gw, &id).await, 204);
+    // Within LONG (30 s), far below the 100 s heartbeat.
     assert_eq!(c.code().await, 75, "{}", c.stderr());
     let err = c.stderr();
     assert!(
-        err.contains("was ended by the server while CMD ran (reaped or kicked); stopping CMD"),
+        err.contains("was ended by the server while CMD ran (") && err.contains("stopping CMD"),
         "{err}"
     );
+    assert!(held_seconds(&err) < 30, "true hold time reported: {err}");
+}
+
+/// The seconds in "... after holding the lab Ns; ..." of a `labgate run` stderr.
+fn held_seconds(stderr: &str) -> u64 {
+    let rest = stderr
+        .split("after holding the lab ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no hold time in {stderr}"));
+    let d = rest.split(';').next().unwrap_or("");
+    if d.trim() == "0s" {
+        return 0;
+    }
+    humantime::parse_duration(d.trim())
+        .unwrap_or_else(|e| panic!("hold time {d:?}: {e}"))
+        .as_secs()
 }
 
 #[tokio::test]
@@ -395,31 +413,37 @@ async fn a_cmd_that_ignores_sigterm_is_killed_after_the_grace_period() {
 }
 
 #[tokio::test]
-async fn a_reaped_session_stops_cmd_and_exits_75() {
-    // Reaped 1 s after its last sign of life; the client heartbeats only after 3 s.
+async fn an_expired_session_stops_cmd_within_seconds_and_reports_the_true_hold() {
+    // max_hold 1 s with a waiter behind: expired after about 1 s; heartbeat every 100 s.
     let gw = Gateway::start(
         &Cfg::bare()
             .upstream(UpstreamCfg::new("lab", free_port_addr()))
-            .timeouts("1s", "600s"),
+            .max_hold("1s"),
     )
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = Client::run(
         dir.path(),
-        "reaped",
+        "expired",
         &gw,
-        &["--heartbeat", "3s"],
+        &[],
         "echo $LAB_SESSION_ID > id.txt; exec sleep 60",
     );
-    let id = file_text(&dir.path().join("id.txt")).await;
+    file_text(&dir.path().join("id.txt")).await;
+    let waiter = create_session(&gw).await;
     assert_eq!(c.code().await, 75, "{}", c.stderr());
-    assert!(c.stderr().contains("reaped or kicked"), "{}", c.stderr());
+    let err = c.stderr();
+    assert!(err.contains("stopping CMD"), "{err}");
+    // Seen within a second or two of the expiry, not at CMD's end (60 s) or the
+    // next heartbeat (100 s).
+    assert!(held_seconds(&err) <= 5, "{err}");
     assert_eq!(
-        gw.metric("labgate_sessions_ended_total{reason=\"stale\"}")
+        gw.metric("labgate_sessions_ended_total{reason=\"expired\"}")
             .await,
         Some(1.0),
-        "session {id} was reaped, not deleted"
+        "{err}"
     );
+    drop(waiter);
 }
 
 #[tokio::test]
@@ -501,8 +525,8 @@ async fn a_waiter_learns_of_its_turn_without_busy_polling() {
     let polls = gw
         .log()
         .lines()
-        // Logged paths carry 8 characters of the id (the id is a credential).
-        .filter(|l| l.contains("\"GET\"") && l.contains(&format!("/session/{}", &id[..8])))
+        // Logged paths name the session by its tag (the id is a credential).
+        .filter(|l| l.contains("\"GET\"") && l.contains(&format!("/session/tag:{}", tag(&id))))
         .count();
     let at_most = waited.as_secs() as usize / 2 + 2;
     assert!(
@@ -628,6 +652,8 @@ struct FakeState {
     /// The query of every `GET /session/{id}`.
     status_queries: Vec<String>,
     heartbeats: u64,
+    /// Tombstones: id -> (X-Lab-Session-Ended, X-Lab-End-Note).
+    ended: std::collections::HashMap<String, (String, Option<String>)>,
 }
 
 /// A minimal contract-§1 session server: a FIFO of ids, `?wait=` honoured only when
@@ -635,6 +661,7 @@ struct FakeState {
 struct FakeLab {
     url: String,
     state: Arc<Mutex<FakeState>>,
+    changed: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -652,10 +679,10 @@ impl FakeLab {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let state: Arc<Mutex<FakeState>> = Arc::default();
         let changed = Arc::new(tokio::sync::Notify::new());
-        let st = state.clone();
+        let (st, ch) = (state.clone(), changed.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (st, changed) = (st.clone(), changed.clone());
+                let (st, changed) = (st.clone(), ch.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let (st, changed) = (st.clone(), changed.clone());
@@ -667,7 +694,23 @@ impl FakeLab {
                 });
             }
         });
-        FakeLab { url, state, task }
+        FakeLab {
+            url,
+            state,
+            changed,
+            task,
+        }
+    }
+
+    /// Ends `id` as the server would on its own (kick, expiry, reap), leaving a
+    /// tombstone that says why.
+    fn end(&self, id: &str, reason: &str, note: Option<&str>) {
+        self.with(|s| {
+            s.queue.retain(|q| q != id);
+            s.ended
+                .insert(id.to_string(), (reason.to_string(), note.map(String::from)));
+        });
+        self.changed.notify_waiters();
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
@@ -723,16 +766,18 @@ async fn fake_answer(
                 .status_queries
                 .push(query.clone());
             let wait: u64 = query
-                .strip_prefix("wait=")
+                .split('&')
+                .find_map(|p| p.strip_prefix("wait="))
                 .and_then(|n| n.parse().ok())
                 .filter(|_| opts.long_poll)
                 .unwrap_or(0);
+            let while_active = opts.long_poll && query.split('&').any(|p| p == "while=active");
             let until = tokio::time::Instant::now() + Duration::from_secs(wait.min(60));
             loop {
                 let notified = changed.notified();
                 let pos = position(&state.lock().expect("fake state"), id);
                 match pos {
-                    Some(n) if n > 0 && tokio::time::Instant::now() < until => {
+                    Some(n) if (n > 0 || while_active) && tokio::time::Instant::now() < until => {
                         let _ = tokio::time::timeout_at(until, notified).await;
                     }
                     Some(n) => {
@@ -767,6 +812,15 @@ async fn fake_answer(
     if let Some(t) = opts.active_timeout {
         r = r.header("x-lab-active-timeout", t.to_string());
     }
+    let tombstone = path
+        .strip_prefix("/session/")
+        .and_then(|id| state.lock().expect("fake state").ended.get(id).cloned());
+    if let (404, Some((reason, note))) = (status, tombstone) {
+        r = r.header("x-lab-session-ended", reason);
+        if let Some(note) = note {
+            r = r.header("x-lab-end-note", note);
+        }
+    }
     r.body(Full::new(Bytes::from(body))).expect("fake response")
 }
 
@@ -795,7 +849,13 @@ async fn wait_behind_a_holder(opts: FakeOpts, hold: Duration) -> (Vec<String>, S
     assert_eq!(c.code().await, 0, "{}", c.stderr());
     assert!(dir.path().join("ran").exists());
     assert_eq!(fake.with(|s| s.queue.len()), 0, "waiter's session ended");
-    (fake.with(|s| s.status_queries.clone()), c.stderr())
+    // The waiter's own watch while CMD ran is not part of the wait.
+    let queries = fake.with(|s| s.status_queries.clone());
+    let waiting = queries
+        .into_iter()
+        .filter(|q| !q.contains("while=active"))
+        .collect();
+    (waiting, c.stderr())
 }
 
 async fn delete(url: &str) -> u16 {
@@ -899,4 +959,106 @@ async fn a_server_gone_while_cmd_runs_is_reported_and_cmd_decides_the_status() {
         "{err}"
     );
     assert!(!err.contains("ended after holding"), "{err}");
+}
+
+/// `labgate run` holding the lab on `fake` with the default heartbeat; returns it, its
+/// session id and its directory.
+async fn hold_on_fake(fake: &FakeLab, name: &str) -> (Client, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "run",
+        "--url",
+        fake.url.as_str(),
+        "--",
+        "sh",
+        "-c",
+        "echo $LAB_SESSION_ID > id.txt; exec sleep 60",
+    ];
+    let c = Client::start(dir.path(), name, &args, &[]);
+    let id = file_text(&dir.path().join("id.txt")).await;
+    (c, id, dir)
+}
+
+#[tokio::test]
+async fn the_holder_long_polls_while_active_and_prints_the_kick_reason() {
+    let fake = FakeLab::start(FakeOpts {
+        long_poll: true,
+        active_timeout: None,
+    })
+    .await;
+    let (mut c, id, _dir) = hold_on_fake(&fake, "kicked").await;
+    eventually(LONG, "the holder's watch", || async {
+        fake.with(|s| s.status_queries.iter().any(|q| q == "wait=20&while=active"))
+            .then_some(())
+    })
+    .await;
+    fake.end(&id, "kicked", Some("firmware update, back at 3pm"));
+    assert_eq!(c.code().await, 75, "{}", c.stderr());
+    let err = c.stderr();
+    assert!(
+        err.contains("(kicked by an operator: firmware update, back at 3pm); stopping CMD"),
+        "{err}"
+    );
+    // One held request, answered at the kick: no polling while held.
+    let watches = fake.with(|s| {
+        s.status_queries
+            .iter()
+            .filter(|q| q.contains("while=active"))
+            .count()
+    });
+    assert_eq!(watches, 1, "{err}");
+    assert!(held_seconds(&err) < 30, "{err}");
+}
+
+#[tokio::test]
+async fn a_reap_is_seen_without_long_poll_and_its_reason_printed() {
+    // neops-style server: answers at once, no tombstone unless set; the holder polls.
+    let fake = FakeLab::start(FakeOpts {
+        long_poll: false,
+        active_timeout: None,
+    })
+    .await;
+    let (mut c, id, _dir) = hold_on_fake(&fake, "reaped").await;
+    fake.end(&id, "stale", None);
+    assert_eq!(c.code().await, 75, "{}", c.stderr());
+    let err = c.stderr();
+    assert!(err.contains("(reaped: no sign of life"), "{err}");
+    assert_eq!(fake.with(|s| s.heartbeats), 0, "seen by the watch: {err}");
+
+    // A session that ended without a tombstone still says what it can.
+    let (mut c, id, _dir) = hold_on_fake(&fake, "unknown").await;
+    fake.with(|s| s.queue.retain(|q| *q != id));
+    assert_eq!(c.code().await, 75, "{}", c.stderr());
+    assert!(c.stderr().contains("(reaped or kicked)"), "{}", c.stderr());
+}
+
+#[tokio::test]
+async fn session_status_prints_how_the_session_ended() {
+    let fake = FakeLab::start(FakeOpts {
+        long_poll: false,
+        active_timeout: None,
+    })
+    .await;
+    let id = {
+        let v: serde_json::Value = client()
+            .post(format!("{}/session", fake.url))
+            .send()
+            .await
+            .expect("fake POST")
+            .json()
+            .await
+            .expect("json");
+        v["session_id"].as_str().expect("id").to_string()
+    };
+    fake.end(&id, "expired", None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["session", "--url", fake.url.as_str(), "status", id.as_str()];
+    let mut c = Client::start(dir.path(), "status", &args, &[]);
+    assert_eq!(c.code().await, 66, "{}", c.stderr());
+    assert!(
+        c.stderr()
+            .contains("not found (expired: held longer than max_hold"),
+        "{}",
+        c.stderr()
+    );
 }

@@ -113,9 +113,10 @@ fn assert_no_session_id(page: &str, ids: &[String], what: &str) {
     }
 }
 
-const STATUS_KEYS: [&str; 11] = [
+const STATUS_KEYS: [&str; 13] = [
     "draining",
     "held",
+    "hold_samples",
     "hold_secs",
     "max_hold_secs",
     "queue",
@@ -124,6 +125,7 @@ const STATUS_KEYS: [&str; 11] = [
     "tunnels",
     "typical_hold_secs",
     "typical_wait_secs",
+    "wait_samples",
     "waiting",
 ];
 
@@ -145,6 +147,8 @@ async fn an_empty_lab_is_free_with_nothing_known_yet() {
             "reset_failed": false,
             "max_hold_secs": null,
             "tunnels": 0,
+            "hold_samples": 0,
+            "wait_samples": 0,
             "queue": [],
         })
     );
@@ -181,8 +185,9 @@ async fn a_held_lab_shows_holder_waiters_and_tags_but_never_an_id() {
     assert_eq!(s["draining"], false);
     let hold = s["hold_secs"].as_f64().expect("hold_secs");
     assert!((0.3..=elapsed).contains(&hold), "hold {hold} of {elapsed}");
-    // The holder walked in without waiting; nobody has finished a hold yet.
-    assert_eq!(s["typical_wait_secs"], 0.0);
+    // The holder walked in without waiting (not a wait: issue 15 #9); nobody has
+    // finished a hold yet.
+    assert_eq!(s["typical_wait_secs"], Value::Null);
     assert_eq!(s["typical_hold_secs"], Value::Null);
     let queue = s["queue"].as_array().expect("queue");
     assert_eq!(queue.len(), 3, "{s:#}");
@@ -248,12 +253,15 @@ async fn typical_wait_and_hold_are_medians_of_recent_sessions() {
     assert_eq!(delete_session(&gw, &y).await, 204);
     let at_most = t0.elapsed().as_secs_f64();
     let s = status_json(&gw).await;
-    // Waits {0, y's ≈ 0.4, z's ≈ 0.8}: the median is y's.
+    // Waits {y's ≈ 0.4, z's ≈ 0.8} (x walked in: not a wait): the (upper) median is
+    // z's.
     let wait = s["typical_wait_secs"].as_f64().expect("typical wait");
     assert!(
-        (0.4..=y_waited_at_most).contains(&wait),
+        (0.8..=at_most).contains(&wait) && wait > y_waited_at_most - 0.4,
         "typical wait {wait}, y waited ≤ {y_waited_at_most}: {s:#}"
     );
+    assert_eq!(s["wait_samples"], 2, "{s:#}");
+    assert_eq!(s["hold_samples"], 2, "{s:#}");
     // Holds {x's ≈ 0.4, y's ≈ 0.4}.
     let hold = s["typical_hold_secs"].as_f64().expect("typical hold");
     assert!(

@@ -110,6 +110,8 @@ where
 async fn a_full_disk_does_not_poison_the_store_and_reaped_sessions_stay_gone() {
     let fs = Tmpfs::mount("8m");
     let up = Upstream::start().await;
+    // labgate refuses a missing state directory (it never creates one itself).
+    std::fs::create_dir(fs.path().join("store")).expect("state directory on the tmpfs");
     // The holder never idles out; waiting sessions are reaped after 2 s.
     let cfg = Cfg::new(up.addr)
         .timeouts("300s", "2s")
