@@ -41,7 +41,10 @@
 //! - [`api`]: the session API: which endpoint, and each answer's exact status, headers
 //!   and body, computed against [`state::Shared`].
 //! - [`state`]: the shared handle: one lock around the queue, and around each operation
-//!   the store write, cutting, metrics and the audit trail.
+//!   the store write, cutting, metrics and the audit trail (`state/mod.rs`); building it
+//!   and restoring the queue (`open`), the gate side and tunnels (`lab`), status and
+//!   long-polls (`polls`), the raw picture and wait estimates (`picture`), the bridge's
+//!   reports (`turns`).
 //! - [`store`]: the durable queue in redb (sessions and the seq counter), its file kept
 //!   private, and the wall-clock floor of the seq counter.
 //! - [`commit`]: group commit: one thread owns the store, writes every waiting change in
