@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -18,7 +17,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use ipnet::IpNet;
 
-use crate::config::RateLimitConfig;
+use crate::config::{RateLimitConfig, MAX_BURST, MAX_REFILL_EVERY};
 
 /// Why `POST /session` is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,18 +137,6 @@ impl ProbeDetector {
         self.clients.len()
     }
 }
-
-/// Live sessions one client may hold unless configured: room for a few CI jobs behind
-/// one NAT address, far from the whole queue.
-pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 10;
-
-/// The largest `rate_limit.burst` and `rate_limit.refill_every`: governor keeps
-/// `burst * refill_every` in u64 nanoseconds (584 years); these keep it under 30 years.
-pub const MAX_BURST: NonZeroU32 = match NonZeroU32::new(10_000) {
-    Some(n) => n,
-    None => NonZeroU32::MIN,
-};
-pub const MAX_REFILL_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// The key one client's limits are counted under: an IPv4 address, or the /64 of an IPv6
 /// address (one host usually holds a whole /64, so counting its addresses one by one

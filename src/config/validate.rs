@@ -21,7 +21,6 @@ use super::{
 };
 use crate::bridge;
 use crate::forward;
-use crate::limits;
 use crate::path::{self, RouteTable};
 use crate::queue::Timeouts;
 use crate::tunnel::config::TunnelsConfig;
@@ -83,6 +82,18 @@ pub const MAX_SERVER_DURATION: Duration = Duration::from_secs(3600);
 pub const MAX_THREADS: usize = 1024;
 pub const MAX_SESSIONS: usize = 1_000_000;
 
+/// Live sessions one client may hold unless configured: room for a few CI jobs behind
+/// one NAT address, far from the whole queue.
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 10;
+
+/// The largest `rate_limit.burst` and `rate_limit.refill_every`: governor keeps
+/// `burst * refill_every` in u64 nanoseconds (584 years); these keep it under 30 years.
+pub const MAX_BURST: NonZeroU32 = match NonZeroU32::new(10_000) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+pub const MAX_REFILL_EVERY: Duration = Duration::from_secs(24 * 3600);
+
 /// A duration in `(0, max]`.
 fn positive_at_most(d: &Spanned<Dur>, what: &str, max: Duration) -> Result<Duration, Problem> {
     if d.get_ref().0.is_zero() {
@@ -141,14 +152,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Checked, Problem> {
         &raw.rate_limit.burst,
         "rate_limit.burst",
         1,
-        limits::MAX_BURST.get(),
+        MAX_BURST.get(),
     )?;
     let rate_limit = RateLimitConfig {
         burst: NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN),
         refill_every: positive_at_most(
             &raw.rate_limit.refill_every,
             "rate_limit.refill_every",
-            limits::MAX_REFILL_EVERY,
+            MAX_REFILL_EVERY,
         )?,
     };
     let demo_lab = match raw.demo_lab {
@@ -324,7 +335,7 @@ fn validate_queue(raw: RawQueue) -> Result<QueueConfig, Problem> {
     // Written: at most max_sessions. Defaulted: the default, or max_sessions if lower.
     let max_sessions_per_client = match &raw.max_sessions_per_client {
         Some(n) => within(n, "queue.max_sessions_per_client", 1, max_sessions)?,
-        None => limits::DEFAULT_MAX_SESSIONS_PER_CLIENT.min(max_sessions),
+        None => DEFAULT_MAX_SESSIONS_PER_CLIENT.min(max_sessions),
     };
     let session_timeout =
         |d: &Spanned<Dur>, what: &str| positive_at_most(d, what, MAX_SESSION_TIMEOUT);

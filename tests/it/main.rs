@@ -34,6 +34,7 @@ mod forwarding;
 mod gate;
 mod hostile;
 mod identity;
+mod layout;
 mod limits;
 mod metrics_lint;
 mod neops_compat;
