@@ -47,6 +47,8 @@ struct Block {
     line: usize,
     /// The commands, as bash runs them.
     script: String,
+    /// Line N of `script` is README line `line + N` (not so for a `console` block).
+    same_lines: bool,
     skip: Option<String>,
 }
 
@@ -88,6 +90,7 @@ fn shell_blocks(markdown: &str) -> Vec<Block> {
         blocks.push(Block {
             line: start + 1,
             script,
+            same_lines: lang != "console",
             skip,
         });
     }
@@ -278,7 +281,9 @@ for _ in $(seq 1 600); do
 done
 if [ -z "$up" ]; then echo "the README's first block did not bring labgate up" >"$WORK/results/start.err"; exit 3; fi
 for n in $(cat "$WORK/blocks/order"); do
-  timeout -k 5 "$BLOCK_TIMEOUT" bash -euo pipefail "$WORK/blocks/$n.sh" </dev/null \
+  # The ERR trap notes which line of the block failed (sourced: $LINENO is the block's).
+  timeout -k 5 "$BLOCK_TIMEOUT" bash -euo pipefail -c 'trap "echo \$LINENO >\"\$2\"" ERR; . "$1"' \
+    block "$WORK/blocks/$n.sh" "$WORK/results/$n.line" </dev/null \
     >"$WORK/results/$n.out" 2>"$WORK/results/$n.err"
   rc=$?
   echo "$rc" >"$WORK/results/$n.rc"
@@ -390,10 +395,15 @@ fn readme_shell_blocks_run_as_pasted() {
     );
     for b in &runs {
         let rc = read(&format!("{}.rc", b.line));
+        let failed_at = match read(&format!("{}.line", b.line)).trim().parse::<usize>() {
+            Ok(n) if b.same_lines => format!(", at README.md:{}", b.line + n),
+            Ok(n) => format!(", at line {n} of the block"),
+            Err(_) => String::new(),
+        };
         assert_eq!(
             rc.trim(),
             "0",
-            "README.md:{}: the block failed (exit {}; empty: not run)\n--- block ---\n{}--- stdout ---\n{}\n--- stderr ---\n{}\n{}\n--- driver ---\n{}",
+            "README.md:{}: the block failed (exit {}{failed_at}; empty: not run)\n--- block ---\n{}--- stdout ---\n{}\n--- stderr ---\n{}\n{}\n--- driver ---\n{}",
             b.line,
             rc.trim(),
             b.script,
