@@ -2,9 +2,11 @@
 //! request is for, and the exact status, headers and JSON body of each answer.
 //!
 //! Byte-compatible with the neops-remote-lab server (FastAPI): same paths, status codes,
-//! field names and order, `detail` messages, compact JSON; one deliberate exception:
+//! field names and order, `detail` messages, compact JSON; two deliberate exceptions:
 //! `GET /active-session` names the holder by its public tag unless
-//! `[compat] active_session_id` is set (the neops client never calls it). Must never touch sockets: it
+//! `[compat] active_session_id` is set (the neops client never calls it), and every JSON
+//! body ends with a newline (JSON whitespace: a client's `.json()` reads the same value;
+//! `curl` output no longer runs into the next prompt). Must never touch sockets: it
 //! produces a [`Reply`] that the pingora adapter writes.
 
 use std::net::IpAddr;
@@ -55,6 +57,12 @@ impl Reply {
     pub fn json(status: u16, value: &impl Serialize) -> Reply {
         // Serialising these plain structs cannot fail; an empty object is a safe fallback.
         let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        Reply::json_bytes(status, body)
+    }
+
+    /// Already serialised JSON; the newline every JSON body ends with is added here.
+    fn json_bytes(status: u16, mut body: Vec<u8>) -> Reply {
+        body.push(b'\n');
         Reply {
             status,
             headers: Vec::new(),
@@ -68,7 +76,8 @@ impl Reply {
         Reply::json(status, &Detail { detail: message })
     }
 
-    /// A constant JSON body, served without serialising it again (the refusal paths).
+    /// A constant JSON body, served without serialising it again (the refusal paths);
+    /// write it with [`json_line!`], which adds the closing newline.
     pub fn fixed(status: u16, body: &'static [u8]) -> Reply {
         Reply {
             status,
@@ -85,6 +94,13 @@ impl Reply {
 }
 
 const JSON: &str = "application/json";
+
+/// A constant JSON body as [`Reply::fixed`] takes it: the literal and its newline.
+macro_rules! json_line {
+    ($json:literal) => {
+        concat!($json, "\n").as_bytes()
+    };
+}
 
 #[derive(Serialize)]
 struct Detail<'a> {
@@ -356,11 +372,10 @@ pub async fn handle(
             status::html(&status::lab_status(shared, now), status::you_param(query)),
         )
         .with_header("Cache-Control", "no-store"),
-        Endpoint::StatusJson => Reply {
-            body: Some(Bytes::from(status::json(&status::lab_status(shared, now)))),
-            ..Reply::empty(200)
+        Endpoint::StatusJson => {
+            Reply::json_bytes(200, status::json(&status::lab_status(shared, now)))
+                .with_header("Cache-Control", "no-store")
         }
-        .with_header("Cache-Control", "no-store"),
         Endpoint::Tunnels => {
             let id = match session_header {
                 SessionHeader::Missing => return missing_header(),
@@ -515,7 +530,7 @@ pub fn refused(
 
 /// `404` for every refused tunnel target alike, so the allowlist cannot be probed.
 pub fn tunnel_not_allowed() -> Reply {
-    Reply::fixed(404, br#"{"detail":"Tunnel target not allowed"}"#)
+    Reply::fixed(404, json_line!(r#"{"detail":"Tunnel target not allowed"}"#))
 }
 
 /// `426`: a tunnel request that is not a WebSocket opening handshake.
@@ -525,22 +540,25 @@ pub fn not_websocket(why: &str) -> Reply {
 
 /// `429`: the session holds `tunnels.max_per_session` tunnels.
 pub fn too_many_tunnels() -> Reply {
-    Reply::fixed(429, br#"{"detail":"Too many tunnels for this session"}"#)
+    Reply::fixed(
+        429,
+        json_line!(r#"{"detail":"Too many tunnels for this session"}"#),
+    )
 }
 
 /// `502`: an allowed device refused the connection or cannot be reached.
 pub fn tunnel_unreachable() -> Reply {
-    Reply::fixed(502, br#"{"detail":"Tunnel target unreachable"}"#)
+    Reply::fixed(502, json_line!(r#"{"detail":"Tunnel target unreachable"}"#))
 }
 
 /// `504`: an allowed device did not answer within `tunnels.connect_timeout`.
 pub fn tunnel_timed_out() -> Reply {
-    Reply::fixed(504, br#"{"detail":"Tunnel target timed out"}"#)
+    Reply::fixed(504, json_line!(r#"{"detail":"Tunnel target timed out"}"#))
 }
 
 /// `423`: the session is not (or no longer) the holder.
 pub fn not_active() -> Reply {
-    Reply::fixed(423, br#"{"detail":"Session is not active"}"#)
+    Reply::fixed(423, json_line!(r#"{"detail":"Session is not active"}"#))
 }
 
 /// `423` for an ACTIVE session whose turn the bridge is not ready to serve yet (its
@@ -554,7 +572,7 @@ pub fn lab_busy() -> Reply {
 const LAB_BUSY_RETRY_AFTER_SECS: u64 = 5;
 
 pub fn session_not_found() -> Reply {
-    Reply::fixed(404, br#"{"detail":"Session not found"}"#)
+    Reply::fixed(404, json_line!(r#"{"detail":"Session not found"}"#))
 }
 
 fn store_unavailable() -> Reply {
@@ -562,11 +580,11 @@ fn store_unavailable() -> Reply {
 }
 
 pub fn not_found() -> Reply {
-    Reply::fixed(404, br#"{"detail":"Not Found"}"#)
+    Reply::fixed(404, json_line!(r#"{"detail":"Not Found"}"#))
 }
 
 pub fn invalid_path() -> Reply {
-    Reply::fixed(400, br#"{"detail":"Invalid path"}"#)
+    Reply::fixed(400, json_line!(r#"{"detail":"Invalid path"}"#))
 }
 
 /// The exact answer to a request whose forwarding failed (§5).
@@ -593,7 +611,9 @@ pub fn upstream_timed_out() -> Reply {
 fn missing_header() -> Reply {
     Reply::fixed(
         422,
-        br#"{"detail":[{"type":"missing","loc":["header","X-Session-ID"],"msg":"Field required","input":null}]}"#,
+        json_line!(
+            r#"{"detail":[{"type":"missing","loc":["header","X-Session-ID"],"msg":"Field required","input":null}]}"#
+        ),
     )
 }
 

@@ -1,7 +1,12 @@
 use super::*;
 
+/// The body less the newline every JSON body ends with (checked here): the bytes
+/// the reference server sends.
 fn body(r: &Reply) -> &str {
-    std::str::from_utf8(r.body.as_deref().unwrap_or_default()).unwrap()
+    let text = std::str::from_utf8(r.body.as_deref().unwrap_or_default()).unwrap();
+    text.strip_suffix('\n')
+        .filter(|json| !json.ends_with('\n'))
+        .unwrap_or_else(|| panic!("a JSON body ends with exactly one newline: {text:?}"))
 }
 
 #[test]

@@ -210,7 +210,7 @@ def scenario_lab() -> dict:
     r = w._session.get(w._url("/lab/devices"), timeout=10)
     check(r.status_code == 423, f"waiting GET /lab/devices: {r.status_code} {r.text}")
     check(r.headers.get("content-type") == "application/json", f"423 content-type {r.headers}")
-    check(r.content == b'{"detail":"Session is not active"}', f"423 body {r.content!r}")
+    check(r.content == b'{"detail":"Session is not active"}\n', f"423 body {r.content!r}")
 
     acq = Background(lambda: w.acquire(TOPOLOGY, reuse=True))
     # acquire() treats 423 as "lab busy": it logs, sleeps 5 s and retries.
@@ -337,12 +337,16 @@ def scenario_wire() -> dict:
         return out
 
     def deliberate(answer: tuple) -> tuple:
-        """The one deliberate difference (issue 10 #1): labgate names the holder by its
+        """The two deliberate differences. Issue 10 #1: labgate names the holder by its
         public tag, never by its id, which is the credential (the full id is behind
-        `[compat] active_session_id`). The neops client never calls /active-session."""
+        `[compat] active_session_id`); the neops client never calls /active-session.
+        Issue 15 #6: labgate ends every JSON body with a newline, JSON whitespace that
+        every parser skips (checked below with the client's own requests)."""
         name, status, ctype, body = answer
         if name == "GET /active-session" and status == 200:
             body = body.replace(b'"session_id":"<A>"', b'"session_tag":"<A.tag>"')
+        if body:
+            body += b"\n"
         return (name, status, ctype, body)
 
     want = [deliberate(w) for w in run("ref")]
@@ -352,6 +356,17 @@ def scenario_wire() -> dict:
         print(f"DIFF {w[0]}\n  fastapi: {w[1:]}\n  labgate: {g[1:]}", file=sys.stderr)
     check(len(want) == len(got), "different step counts")
     check(not diffs, f"{len(diffs)} of {len(want)} answers differ from FastAPI's")
+    # The newline changes no value a client reads: requests' .json() (the neops client's)
+    # and httpx's give the reference server's value for every body.
+    import httpx
+
+    for w in want:
+        if w[3]:
+            r = requests.models.Response()
+            r._content, r.encoding = w[3], "utf-8"
+            value = json.loads(w[3][:-1])
+            check(r.json() == value, f"{w[0]}: requests .json() of {w[3]!r}")
+            check(httpx.Response(200, content=w[3]).json() == value, f"{w[0]}: httpx .json()")
     for w in want:
         print(f"SAME {w[0]} -> {w[1]} {w[3].decode()!r}")
     return {"compared": len(want)}

@@ -476,7 +476,7 @@ async fn the_admin_api_is_not_served_on_any_tcp_listener() {
         );
         let r = raw(gw.addr(), &req).await.expect("public listener");
         assert_eq!(r.status, 404, "{method} {path} on the public listener");
-        assert_eq!(r.text(), r#"{"detail":"Not Found"}"#);
+        assert_eq!(r.text(), concat!(r#"{"detail":"Not Found"}"#, "\n"));
         let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], gw.metrics_port));
         let m = raw(metrics, &req).await.expect("metrics listener");
         assert!(

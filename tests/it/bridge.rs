@@ -436,7 +436,10 @@ async fn a_failing_reset_hook_leaves_the_lab_draining_with_an_alert() {
     assert!(body.contains("\"waiting\""), "{body}");
     let r = client().post(gw.url("/session")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 503);
-    assert_eq!(r.text().await.unwrap(), r#"{"detail":"Lab is draining"}"#);
+    assert_eq!(
+        r.text().await.unwrap(),
+        concat!(r#"{"detail":"Lab is draining"}"#, "\n")
+    );
     assert_eq!(gw.audit_events("handoff_failed").len(), 1);
     // The operator fixes the lab and retries: b gets it.
     std::fs::write(&fixed, b"").unwrap();
@@ -612,7 +615,7 @@ async fn a_client_around_labgate_shows_up_as_a_reported_wait() {
     let (status, body) = lab_get(&gw, "/lab/devices", &id).await;
     assert_eq!(
         (status, body.as_str()),
-        (423, r#"{"detail":"Lab currently busy"}"#)
+        (423, concat!(r#"{"detail":"Lab currently busy"}"#, "\n"))
     );
     eventually(WITHIN, "the wait reported", || async {
         (!gw.audit_events("upstream_session_waiting").is_empty()).then_some(())

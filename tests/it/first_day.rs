@@ -71,7 +71,8 @@ async fn a_kicked_holder_learns_at_once_and_why_on_every_endpoint() {
             .expect("join");
     assert_eq!(status, 404);
     assert_eq!(
-        body, r#"{"detail":"Session not found"}"#,
+        body,
+        concat!(r#"{"detail":"Session not found"}"#, "\n"),
         "neops body unchanged"
     );
     assert_eq!(ended.as_deref(), Some("kicked"));
@@ -209,7 +210,7 @@ async fn post_session_during_the_sigterm_drain_is_503_with_retry_after() {
     assert!((1..=10).contains(&retry), "{retry}");
     assert_eq!(
         r.text().await.unwrap_or_default(),
-        r#"{"detail":"Lab gate is shutting down"}"#
+        concat!(r#"{"detail":"Lab gate is shutting down"}"#, "\n")
     );
     gw.wait_exit(Duration::from_secs(15)).await.expect("exit");
     let _ = slow.await;

@@ -315,7 +315,10 @@ async fn websocket_upgrade_from_a_waiting_session_gets_423_and_never_reaches_ups
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status().as_u16(), 423);
             let body = resp.body().clone().unwrap_or_default();
-            assert_eq!(body, br#"{"detail":"Session is not active"}"#);
+            assert_eq!(
+                body,
+                concat!(r#"{"detail":"Session is not active"}"#, "\n").as_bytes()
+            );
         }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a WAITING session got a WebSocket"),
@@ -357,7 +360,10 @@ async fn upstream_down_is_502_upstream_unavailable() {
     .await
     .expect("raw");
     assert_eq!(r.status, 502);
-    assert_eq!(r.text(), r#"{"detail":"Upstream unavailable"}"#);
+    assert_eq!(
+        r.text(),
+        concat!(r#"{"detail":"Upstream unavailable"}"#, "\n")
+    );
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
         gw.metric(r#"labgate_upstream_errors_total{kind="connect",upstream="down"}"#)
@@ -379,7 +385,7 @@ async fn upstream_slower_than_read_timeout_is_504_upstream_timed_out() {
     let started = Instant::now();
     let (status, body) = lab_get(&gw, "/lab/slow/5000", &a).await;
     assert_eq!(status, 504);
-    assert_eq!(body, r#"{"detail":"Upstream timed out"}"#);
+    assert_eq!(body, concat!(r#"{"detail":"Upstream timed out"}"#, "\n"));
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "{:?}",

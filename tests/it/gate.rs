@@ -4,10 +4,13 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const MISSING_HEADER: &str = r#"{"detail":[{"type":"missing","loc":["header","X-Session-ID"],"msg":"Field required","input":null}]}"#;
-const NOT_FOUND_SESSION: &str = r#"{"detail":"Session not found"}"#;
-const INVALID_PATH: &str = r#"{"detail":"Invalid path"}"#;
-const NOT_FOUND: &str = r#"{"detail":"Not Found"}"#;
+const MISSING_HEADER: &str = concat!(
+    r#"{"detail":[{"type":"missing","loc":["header","X-Session-ID"],"msg":"Field required","input":null}]}"#,
+    "\n"
+);
+const NOT_FOUND_SESSION: &str = concat!(r#"{"detail":"Session not found"}"#, "\n");
+const INVALID_PATH: &str = concat!(r#"{"detail":"Invalid path"}"#, "\n");
+const NOT_FOUND: &str = concat!(r#"{"detail":"Not Found"}"#, "\n");
 
 fn lab_request(target: &str, headers: &str) -> String {
     format!("GET {target} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n")
@@ -73,7 +76,7 @@ async fn gate_answers_each_kind_of_caller_as_the_contract_says() {
     .expect("raw");
     assert_eq!(
         (r.status, r.text().as_str()),
-        (423, r#"{"detail":"Session is not active"}"#)
+        (423, concat!(r#"{"detail":"Session is not active"}"#, "\n"))
     );
     assert_eq!(up.count(), 0, "nothing refused may reach the upstream");
 

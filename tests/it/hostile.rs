@@ -212,7 +212,10 @@ async fn a_waiting_client_cannot_learn_the_holders_id() {
     assert_eq!(
         body,
         format!(
-            r#"{{"status":"active","position":0,"session_tag":"{}"}}"#,
+            concat!(
+                r#"{{"status":"active","position":0,"session_tag":"{}"}}"#,
+                "\n"
+            ),
             tag(&a)
         )
     );
@@ -271,7 +274,7 @@ async fn the_full_id_only_behind_the_compat_option_which_check_warns_about() {
         get_active(&gw).await,
         (
             200,
-            format!(r#"{{"status":"active","position":0,"session_id":"{a}"}}"#)
+            format!(r#"{{"status":"active","position":0,"session_id":"{a}"}}"#) + "\n"
         )
     );
     let out = run_bounded(
@@ -326,7 +329,10 @@ async fn one_client_cannot_fill_the_queue() {
     assert_eq!(status, 429, "{body}");
     assert_eq!(
         body,
-        r#"{"detail":"Too many live sessions from this client: end one (DELETE /session/{id}) first"}"#
+        concat!(
+            r#"{"detail":"Too many live sessions from this client: end one (DELETE /session/{id}) first"}"#,
+            "\n"
+        )
     );
     // Everybody else still gets in.
     assert_eq!(create_as(&gw, "2001:db8:1:3::1").await.0, 201);
@@ -358,7 +364,10 @@ async fn an_ipv6_64_shares_one_rate_limit() {
     let (status, body) = create_as(&gw, "2001:db8:7::ffff").await;
     assert_eq!(
         (status, body.as_str()),
-        (429, r#"{"detail":"Too many session requests"}"#)
+        (
+            429,
+            concat!(r#"{"detail":"Too many session requests"}"#, "\n")
+        )
     );
     assert_eq!(create_as(&gw, "2001:db8:8::1").await.0, 201);
 }

@@ -131,7 +131,8 @@ async fn mtls_sessions_belong_to_the_certificate_that_opened_them() {
         let (_, status, body) = curl_as(&ca, Some(&pki.bob), &args, target.clone()).await;
         assert_eq!(status, 404, "{args:?} {target}: {body}");
         assert_eq!(
-            body, r#"{"detail":"Session not found"}"#,
+            body,
+            concat!(r#"{"detail":"Session not found"}"#, "\n"),
             "{args:?} {target}"
         );
     }
@@ -206,7 +207,10 @@ async fn the_session_rate_limit_is_per_identity() {
     }
     let (_, status, body) = curl_as(&ca, Some(&pki.alice), &["-X", "POST"], url.clone()).await;
     assert_eq!(status, 429, "{body}");
-    assert_eq!(body, r#"{"detail":"Too many session requests"}"#);
+    assert_eq!(
+        body,
+        concat!(r#"{"detail":"Too many session requests"}"#, "\n")
+    );
     // Same address, another person: their own bucket.
     let (_, status, body) = curl_as(&ca, Some(&pki.bob), &["-X", "POST"], url.clone()).await;
     assert_eq!(status, 201, "{body}");

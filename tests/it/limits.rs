@@ -32,7 +32,10 @@ async fn creates_beyond_the_burst_get_429_with_retry_after() {
     for n in 1..=2 {
         let r = create_from(&gw, None).await;
         assert_eq!(r.status, 429);
-        assert_eq!(r.text(), r#"{"detail":"Too many session requests"}"#);
+        assert_eq!(
+            r.text(),
+            concat!(r#"{"detail":"Too many session requests"}"#, "\n")
+        );
         assert_eq!(r.header("content-type"), Some("application/json"));
         let secs = retry_after(&r);
         assert!((1..=60).contains(&secs), "Retry-After {secs}");
@@ -57,7 +60,10 @@ async fn creates_beyond_max_sessions_get_503_with_retry_after() {
     assert_eq!(create_from(&gw, None).await.status, 201);
     let r = create_from(&gw, None).await;
     assert_eq!(r.status, 503);
-    assert_eq!(r.text(), r#"{"detail":"Session queue is full"}"#);
+    assert_eq!(
+        r.text(),
+        concat!(r#"{"detail":"Session queue is full"}"#, "\n")
+    );
     assert!(retry_after(&r) >= 1);
     assert_eq!(gw.metric(name).await, Some(1.0));
     assert_eq!(

@@ -17,8 +17,9 @@
 //! 4. Shared helpers go into `support/` (the module doc there lists which file owns what);
 //!    helpers for one area stay in that area's module.
 //!
-//! Files the tests read (`tests/compat/` for `neops_compat`, `config/`, `deploy/`) are
-//! found through `CARGO_MANIFEST_DIR`, so they stay where they are.
+//! Files the tests read (`tests/compat/` for `neops_compat`, `config/`, `deploy/`,
+//! `README.md` for `readme`) are found through `CARGO_MANIFEST_DIR`, so they stay where
+//! they are.
 
 mod support;
 
@@ -40,6 +41,7 @@ mod metrics_lint;
 mod neops_compat;
 mod queue_extensions;
 mod queue_lifecycle;
+mod readme;
 mod run_cli;
 mod session_api;
 mod session_end;

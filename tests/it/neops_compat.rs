@@ -455,7 +455,7 @@ async fn pytest_fixtures_pass_and_leave_the_queue_empty() {
     .expect("GET /active-session");
     assert_eq!(
         (r.status, r.text().as_str()),
-        (404, r#"{"detail":"No active session"}"#)
+        (404, concat!(r#"{"detail":"No active session"}"#, "\n"))
     );
     let seen = lab.requests();
     let calls: Vec<(&str, &str)> = seen

@@ -7,7 +7,7 @@ use crate::support::*;
 fn status_body(status: &str, position: u64) -> (u16, String) {
     (
         200,
-        format!(r#"{{"status":"{status}","position":{position}}}"#),
+        format!(r#"{{"status":"{status}","position":{position}}}"#) + "\n",
     )
 }
 

@@ -11,9 +11,10 @@ async fn gateway() -> (Upstream, Gateway) {
     (up, gw)
 }
 
+/// `body` is the reference server's bytes; labgate's JSON bodies end with a newline.
 fn assert_json(r: &RawResponse, status: u16, body: &str) {
     assert_eq!(r.status, status, "status; body {}", r.text());
-    assert_eq!(r.text(), body);
+    assert_eq!(r.text(), format!("{body}\n"));
     assert_eq!(r.header("content-type"), Some("application/json"));
 }
 
@@ -35,7 +36,7 @@ async fn create_answers_201_with_uuid4_and_position_in_field_order() {
         let text = r.text();
         let id = text
             .strip_prefix(r#"{"session_id":""#)
-            .and_then(|t| t.strip_suffix(&format!(r#"","position":{want}}}"#)))
+            .and_then(|t| t.strip_suffix(&(format!(r#"","position":{want}}}"#) + "\n")))
             .unwrap_or_else(|| panic!("unexpected body {text}"));
         assert!(is_uuid_v4(id), "not a lower-case uuid4: {id}");
     }
@@ -56,15 +57,24 @@ async fn get_session_reports_status_and_position_exactly() {
     let (c, _) = create_session(&gw).await;
     assert_eq!(
         get_session(&gw, &a).await,
-        (200, r#"{"status":"active","position":0}"#.to_string())
+        (
+            200,
+            concat!(r#"{"status":"active","position":0}"#, "\n").to_string()
+        )
     );
     assert_eq!(
         get_session(&gw, &b).await,
-        (200, r#"{"status":"waiting","position":1}"#.to_string())
+        (
+            200,
+            concat!(r#"{"status":"waiting","position":1}"#, "\n").to_string()
+        )
     );
     assert_eq!(
         get_session(&gw, &c).await,
-        (200, r#"{"status":"waiting","position":2}"#.to_string())
+        (
+            200,
+            concat!(r#"{"status":"waiting","position":2}"#, "\n").to_string()
+        )
     );
     let r = req(
         &gw,
@@ -340,7 +350,10 @@ async fn create_with_a_small_body_works_and_the_connection_stays_usable() {
         .expect("send");
     let r = conn.read_response(false).await.expect("next request");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.text(), r#"{"status":"active","position":0}"#);
+    assert_eq!(
+        r.text(),
+        concat!(r#"{"status":"active","position":0}"#, "\n")
+    );
 
     // A chunked body too.
     conn.send(

@@ -713,7 +713,7 @@ async fn cut_case(case: Case, end: End) {
                 "long request got {text:?}"
             );
             assert!(
-                text.ends_with(r#"{"detail":"Session is not active"}"#),
+                text.ends_with(concat!(r#"{"detail":"Session is not active"}"#, "\n")),
                 "{text:?}"
             );
         }
