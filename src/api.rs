@@ -137,6 +137,8 @@ pub enum Endpoint<'a> {
     /// The public status page, HTML and JSON.
     Status,
     StatusJson,
+    /// `/favicon.svg` and `/favicon.ico`: the status page's icon.
+    Favicon,
     /// `/lab` or below: the gate decides.
     Lab,
     /// `/lab/tunnel/{target}`: a device tunnel (`splice::device`).
@@ -182,6 +184,10 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         },
         "/status.json" => match *method {
             Method::GET => Endpoint::StatusJson,
+            _ => not_allowed("GET"),
+        },
+        "/favicon.svg" | "/favicon.ico" => match *method {
+            Method::GET => Endpoint::Favicon,
             _ => not_allowed("GET"),
         },
         "/tunnels" => match *method {
@@ -361,6 +367,7 @@ pub async fn handle(
             ..Reply::empty(200)
         }
         .with_header("Cache-Control", "no-store"),
+        Endpoint::Favicon => favicon(),
         Endpoint::Tunnels => {
             let id = match session_header {
                 SessionHeader::Missing => return missing_header(),
@@ -382,6 +389,27 @@ pub async fn handle(
             Reply::detail(405, "Method Not Allowed").with_header("Allow", allow)
         }
     }
+}
+
+/// The status page's icon, built in. Browsers ask for `/favicon.ico` on every page
+/// view; without it each view logged a 404. The same SVG answers both names (browsers
+/// take an SVG icon by its content type, whatever the name).
+const FAVICON: &[u8] = include_bytes!("favicon.svg");
+/// A day: the icon only changes with a new labgate.
+const FAVICON_MAX_AGE_SECS: u32 = 86_400;
+
+fn favicon() -> Reply {
+    Reply {
+        status: 200,
+        headers: Vec::new(),
+        body: Some(Bytes::from_static(FAVICON)),
+        content_type: "image/svg+xml",
+    }
+    .with_header(
+        "Cache-Control",
+        format!("public, max-age={FAVICON_MAX_AGE_SECS}"),
+    )
+    .with_header("X-Content-Type-Options", "nosniff")
 }
 
 /// A drain may end any moment (`admin resume`): a client asking again every few
@@ -636,6 +664,23 @@ mod tests {
     }
 
     #[test]
+    fn favicon_is_a_cacheable_svg() {
+        let r = favicon();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.content_type, "image/svg+xml");
+        assert!(body(&r).starts_with("<svg ") && body(&r).trim_end().ends_with("</svg>"));
+        assert!(!body(&r).contains("<script"), "an icon runs nothing");
+        let header = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("Cache-Control"), Some("public, max-age=86400"));
+        assert_eq!(header("X-Content-Type-Options"), Some("nosniff"));
+    }
+
+    #[test]
     fn routes() {
         let id = "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11";
         let get = Method::GET;
@@ -668,6 +713,12 @@ mod tests {
         assert_eq!(route(&get, "/active-session"), Endpoint::ActiveSession);
         assert_eq!(route(&get, "/healthz"), Endpoint::Healthz);
         assert_eq!(route(&get, "/readyz"), Endpoint::Readyz);
+        assert_eq!(route(&get, "/favicon.ico"), Endpoint::Favicon);
+        assert_eq!(route(&get, "/favicon.svg"), Endpoint::Favicon);
+        assert_eq!(
+            route(&post, "/favicon.ico"),
+            Endpoint::MethodNotAllowed { allow: "GET" }
+        );
         assert_eq!(route(&get, "/lab"), Endpoint::Lab);
         assert_eq!(route(&Method::PUT, "/lab/x/y"), Endpoint::Lab);
         for p in [

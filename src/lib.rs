@@ -22,6 +22,8 @@
 //!   trusted proxy.
 //! - [`ownership`]: which identity owns which session; the owner check and the
 //!   per-identity cap.
+//! - [`health`]: each upstream's reachability from forwarding outcomes and idle probes
+//!   (`labgate_upstream_up`): when a probe is due, what a signal changes.
 //! - [`tombstone`]: why a recently ended session ended (bounded, expiring).
 //! - [`logfield`]: what a log line may hold of a request: bounded fields, ids redacted
 //!   in every spelling.
@@ -72,6 +74,7 @@
 //! - [`splice`]: upgraded connections labgate owns end to end: device tunnels
 //!   (`splice::device`) and `/lab` upgrades on its own upstream connection
 //!   (`splice::upstream`), cut when the turn ends.
+//! - [`logging`]: the process's log: format, filter, colour only on a terminal.
 //! - [`demo`]: a fake lab (the lab half of the neops-remote-lab API) for trying labgate
 //!   without hardware.
 //!
@@ -109,10 +112,12 @@ pub mod cut;
 pub mod demo;
 pub mod forward;
 pub mod gate;
+pub mod health;
 pub mod history;
 pub mod identity;
 pub mod limits;
 pub mod logfield;
+pub mod logging;
 pub mod metrics;
 pub mod ownership;
 pub mod path;
