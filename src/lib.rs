@@ -22,8 +22,6 @@
 //!   trusted proxy.
 //! - [`ownership`]: which identity owns which session; the owner check and the
 //!   per-identity cap.
-//! - [`health`]: each upstream's reachability from forwarding outcomes and idle probes
-//!   (`labgate_upstream_up`): when a probe is due, what a signal changes.
 //! - [`tombstone`]: why a recently ended session ended (bounded, expiring).
 //! - [`logfield`]: what a log line may hold of a request: bounded fields, ids redacted
 //!   in every spelling.
@@ -50,7 +48,11 @@
 //!   one transaction, and reopens the store after an I/O error.
 //! - [`cut`]: the registry of in-flight requests and upgrades, and cutting them when a
 //!   session's turn ends.
-//! - [`metrics`]: every Prometheus metric, its name, help, labels and buckets.
+//! - [`metrics`]: every Prometheus metric, its name, help, labels and buckets (the
+//!   `process_*` series come from the prometheus crate's process collector).
+//! - [`health`]: each upstream's reachability (`labgate_upstream_up`) from forwarding
+//!   outcomes and idle probes: pure decisions (when a probe is due, what a signal
+//!   changes) over a lock-free board the request path writes.
 //! - [`status`]: the public view of the lab and its page (HTML and JSON), sessions by
 //!   tag only.
 //! - [`bridge`]: §8 around each turn: upstream sessions on a neops-remote-lab server
@@ -65,7 +67,7 @@
 //!   that need the session (identify, answer, tunnel, upgrade, deny, shape),
 //!   `proxy::wire` pingora <-> `http` translation.
 //! - [`reaper`]: the background services: reaping stale and expired sessions on a tick,
-//!   and running the bridge's lanes.
+//!   running the bridge's lanes, and probing idle upstreams for [`health`].
 //! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::cli` for
 //!   `labgate admin`, one command model ([`admin::Action`]) for both.
 //! - [`conn`]: client connections: caps in total and per address, keep-alive idle and

@@ -123,7 +123,10 @@ impl BackgroundService for HealthService {
         let Some(shortest) = upstreams.iter().filter_map(|u| u.health_interval).min() else {
             return;
         };
-        let mut tick = tokio::time::interval(health_tick(shortest));
+        // The first look comes one tick after start, not at once: the demo lab (and
+        // anything started with labgate) gets time to listen before it is judged.
+        let period = health_tick(shortest);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -156,6 +156,37 @@ fn check_warns_about_a_secret_file_others_can_read() {
     assert!(!stderr.contains("secret file"), "{stderr}");
 }
 
+#[tokio::test]
+async fn serve_logs_a_warning_for_a_secret_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("lab-key");
+    std::fs::write(&secret, "k3y-value\n").expect("write secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let upstream = format!(
+        "[[upstream]]\nname = \"lab\"\naddress = \"{}\"\nroutes = [\"/lab\"]\n\
+         [upstream.headers]\nX-Lab-Key = {{ file = {:?} }}\n",
+        up.addr,
+        secret.display().to_string()
+    );
+    let gw = Gateway::start(&Cfg::bare().extra(&upstream)).await;
+    let warnings: Vec<serde_json::Value> = gw
+        .log_json()
+        .into_iter()
+        .filter(|l| l["level"] == "WARN")
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("secret file"))
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", gw.log());
+    let message = warnings[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("mode 640"), "{message}");
+    assert!(!gw.log().contains("k3y-value"));
+}
+
 // ------------------------------------------------------------------ completions, man
 
 fn labgate(args: &[&str]) -> std::process::Output {
