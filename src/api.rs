@@ -153,6 +153,8 @@ pub enum Endpoint<'a> {
     /// The public status page, HTML and JSON.
     Status,
     StatusJson,
+    /// `/favicon.svg` and `/favicon.ico`: the status page's icon.
+    Favicon,
     /// `/lab` or below: the gate decides.
     Lab,
     /// `/lab/tunnel/{target}`: a device tunnel (`splice::device`).
@@ -198,6 +200,10 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         },
         "/status.json" => match *method {
             Method::GET => Endpoint::StatusJson,
+            _ => not_allowed("GET"),
+        },
+        "/favicon.svg" | "/favicon.ico" => match *method {
+            Method::GET => Endpoint::Favicon,
             _ => not_allowed("GET"),
         },
         "/tunnels" => match *method {
@@ -376,6 +382,7 @@ pub async fn handle(
             Reply::json_bytes(200, status::json(&status::lab_status(shared, now)))
                 .with_header("Cache-Control", "no-store")
         }
+        Endpoint::Favicon => favicon(),
         Endpoint::Tunnels => {
             let id = match session_header {
                 SessionHeader::Missing => return missing_header(),
@@ -397,6 +404,27 @@ pub async fn handle(
             Reply::detail(405, "Method Not Allowed").with_header("Allow", allow)
         }
     }
+}
+
+/// The status page's icon, built in. Browsers ask for `/favicon.ico` on every page
+/// view; without it each view logged a 404. The same SVG answers both names (browsers
+/// take an SVG icon by its content type, whatever the name).
+const FAVICON: &[u8] = include_bytes!("favicon.svg");
+/// A day: the icon only changes with a new labgate.
+const FAVICON_MAX_AGE_SECS: u32 = 86_400;
+
+fn favicon() -> Reply {
+    Reply {
+        status: 200,
+        headers: Vec::new(),
+        body: Some(Bytes::from_static(FAVICON)),
+        content_type: "image/svg+xml",
+    }
+    .with_header(
+        "Cache-Control",
+        format!("public, max-age={FAVICON_MAX_AGE_SECS}"),
+    )
+    .with_header("X-Content-Type-Options", "nosniff")
 }
 
 /// A drain may end any moment (`admin resume`): a client asking again every few

@@ -51,7 +51,11 @@
 //!   one transaction, and reopens the store after an I/O error.
 //! - [`cut`]: the registry of in-flight requests and upgrades, and cutting them when a
 //!   session's turn ends.
-//! - [`metrics`]: every Prometheus metric, its name, help, labels and buckets.
+//! - [`metrics`]: every Prometheus metric, its name, help, labels and buckets (the
+//!   `process_*` series come from the prometheus crate's process collector).
+//! - [`health`]: each upstream's reachability (`labgate_upstream_up`) from forwarding
+//!   outcomes and idle probes: pure decisions (when a probe is due, what a signal
+//!   changes) over a lock-free board the request path writes.
 //! - [`status`]: the public view of the lab and its page (HTML and JSON), sessions by
 //!   tag only.
 //! - [`bridge`]: §8 around each turn: upstream sessions on a neops-remote-lab server
@@ -66,7 +70,7 @@
 //!   that need the session (identify, answer, tunnel, upgrade, deny, shape),
 //!   `proxy::wire` pingora <-> `http` translation.
 //! - [`reaper`]: the background services: reaping stale and expired sessions on a tick,
-//!   and running the bridge's lanes.
+//!   running the bridge's lanes, and probing idle upstreams for [`health`].
 //! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::cli` for
 //!   `labgate admin`, one command model ([`admin::Action`]) for both.
 //! - [`conn`]: client connections: caps in total and per address, keep-alive idle and
@@ -75,6 +79,7 @@
 //! - [`splice`]: upgraded connections labgate owns end to end: device tunnels
 //!   (`splice::device`) and `/lab` upgrades on its own upstream connection
 //!   (`splice::upstream`), cut when the turn ends.
+//! - [`logging`]: the process's log: format, filter, colour only on a terminal.
 //! - [`demo`]: a fake lab (the lab half of the neops-remote-lab API) for trying labgate
 //!   without hardware.
 //!
@@ -112,10 +117,12 @@ pub mod cut;
 pub mod demo;
 pub mod forward;
 pub mod gate;
+pub mod health;
 pub mod history;
 pub mod identity;
 pub mod limits;
 pub mod logfield;
+pub mod logging;
 pub mod metrics;
 pub mod ownership;
 pub mod path;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use labgate::config::Config;
 
 #[derive(Parser)]
@@ -61,6 +61,13 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Print a shell completion script: labgate completions bash > /etc/bash_completion.d/labgate
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): labgate man | man -l -
+    Man,
 }
 
 const DEFAULT_CONFIG: &str = "/etc/labgate/labgate.toml";
@@ -76,7 +83,7 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct LogArgs {
-    /// Log format.
+    /// Log format (pretty is coloured only on a terminal, and never with NO_COLOR set).
     #[arg(long, value_enum, env = "LABGATE_LOG_FORMAT", default_value = "pretty")]
     log_format: LogFormat,
 }
@@ -88,16 +95,10 @@ enum LogFormat {
 }
 
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("LABGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // try_init: a second subscriber (never expected) must not abort the process.
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    labgate::logging::init(match format {
+        LogFormat::Pretty => labgate::logging::Format::Pretty,
+        LogFormat::Json => labgate::logging::Format::Json,
+    });
 }
 
 fn main() -> ExitCode {
@@ -158,10 +159,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(log.log_format);
             labgate::server::run_demo_lab(listen)
         }
+        Some(Command::Completions { shell }) => {
+            // Into a buffer first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "labgate", &mut script);
+            print_out(&script)
+        }
+        Some(Command::Man) => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print_out(&page)
+        }
         Some(
             Command::Run(_) | Command::Session(_) | Command::Tunnel(_) | Command::SshConfig(_),
         ) => unreachable!("handled in main"),
     }
+}
+
+/// Writes generated text to stdout; a closed pipe is an error, not a panic.
+fn print_out(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

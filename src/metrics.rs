@@ -2,7 +2,9 @@
 //!
 //! Owns metric names, help texts, labels and buckets. The metrics live in the
 //! process-wide default registry, the one `pingora-prometheus` serves, so there is one
-//! registry and one `/metrics` listener. Must never hold request or queue logic: callers
+//! registry and one `/metrics` listener. The standard `process_*` series (memory, open
+//! and max fds, CPU seconds, start time) come from the prometheus crate's process
+//! collector, which its `process` feature registers in that same default registry. Must never hold request or queue logic: callers
 //! record facts, this module only counts them.
 
 use std::sync::OnceLock;
@@ -44,6 +46,8 @@ pub struct Metrics {
     pub client_connections_closed: IntCounterVec,
     pub state_write_failures: IntCounter,
     pub state_store_writable: IntGauge,
+    /// `labgate_upstream_up`: written by `health::Board` only.
+    pub upstream_up: IntGaugeVec,
     /// `gate_decisions`' series, one per [`Verdict`] in `Verdict::ALL` order, looked up
     /// once: `with_label_values` hashes the labels and locks the vector on every call.
     decisions: [IntCounter; Verdict::ALL.len()],
@@ -238,6 +242,19 @@ impl Metrics {
         );
         state_store_writable.set(1);
 
+        let upstream_up = reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "labgate_upstream_up",
+                    "1 when the upstream's last connect (a forwarded request's, or an idle \
+                     probe's every health_interval) succeeded, 0 when it failed; 1 before \
+                     the first.",
+                ),
+                &["upstream"],
+            ),
+        );
+
         let identity_refused = counter_vec(
             "labgate_identity_refused_total",
             "Requests refused with 401 in identity mode, by reason.",
@@ -311,6 +328,7 @@ impl Metrics {
             client_connections_closed,
             state_write_failures,
             state_store_writable,
+            upstream_up,
             decisions,
         }
     }
@@ -330,6 +348,7 @@ impl Metrics {
     /// Creates the series of one configured upstream (so they read zero before its
     /// first request) and hands them back for the request path.
     pub fn init_upstream(&self, name: &str) -> UpstreamSeries {
+        self.upstream_up.with_label_values(&[name]);
         UpstreamSeries {
             name: name.to_string(),
             requests: ["2xx", "3xx", "4xx", "5xx"]
@@ -433,6 +452,14 @@ mod tests {
             "labgate_tunnels_opened_total",
             "labgate_tunnels_refused_total",
             "labgate_tunnel_bytes_total",
+            "labgate_upstream_up",
+            // The prometheus crate's process collector, in the same default registry.
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -26,6 +26,7 @@ use crate::bridge::NotReady;
 use crate::config::{IdentitySource, Upstream};
 use crate::forward::{self, Edit};
 use crate::gate::{self, Denied, Verdict};
+use crate::health;
 use crate::identity::{self, Identity};
 use crate::limits;
 use crate::logfield;
@@ -263,6 +264,10 @@ impl ProxyHttp for LabGate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(routed) = &ctx.routed {
+            // A connection made (or reused): the upstream is reachable (`health`).
+            self.shared
+                .health
+                .record(routed.upstream, true, Instant::now());
             if self
                 .shared
                 .attach_upstream(&routed.in_flight.allowed, fd)
@@ -328,6 +333,15 @@ impl ProxyHttp for LabGate {
         let cut = ctx.routed.as_ref().is_some_and(|r| r.in_flight.is_cut());
         let (kind, side) = classify(e);
         let failure = forward::on_failure(kind, side, cut);
+        if let Some(routed) = ctx
+            .routed
+            .as_ref()
+            .filter(|_| health::connect_failed(kind, cut))
+        {
+            self.shared
+                .health
+                .record(routed.upstream, false, Instant::now());
+        }
         if let (Some(kind), Some(routed)) = (failure.upstream, &ctx.routed) {
             self.series[routed.upstream].count_error(kind);
             if let Some(f) = ctx.forwarded.as_mut() {

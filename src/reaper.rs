@@ -84,3 +84,80 @@ impl BackgroundService for Reaper {
         tracing::debug!("reaper stopped");
     }
 }
+
+/// Probes idle upstreams for `labgate_upstream_up` (`health`): on each tick, every
+/// upstream whose probe is due gets one TCP connect, all at once (a slow one does not
+/// hold the others back), each bounded by the smaller of its `connect_timeout` and its
+/// `health_interval`. A TLS upstream is probed at the TCP level only. Nothing runs when
+/// every upstream has `health_interval = "off"`.
+pub struct HealthService {
+    shared: Arc<Shared>,
+}
+
+impl HealthService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        HealthService { shared }
+    }
+}
+
+/// How often the health service looks for due probes: twice per shortest interval, so
+/// an idle upstream is probed between one and one and a half intervals after the last
+/// signal.
+pub fn health_tick(shortest_interval: Duration) -> Duration {
+    (shortest_interval / 2).clamp(Duration::from_millis(100), MAX_SERVER_DURATION)
+}
+
+/// One probe: does `addr` accept a TCP connection within `timeout`?
+async fn probe(addr: std::net::SocketAddr, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let upstreams = &self.shared.config.upstreams;
+        let board = &self.shared.health;
+        let Some(shortest) = upstreams.iter().filter_map(|u| u.health_interval).min() else {
+            return;
+        };
+        // The first look comes one tick after start, not at once: the demo lab (and
+        // anything started with labgate) gets time to listen before it is judged.
+        let period = health_tick(shortest);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                    continue;
+                }
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            let probes = upstreams
+                .iter()
+                .enumerate()
+                .filter(|(i, u)| board.probe_due(*i, now, u.health_interval))
+                .map(|(i, u)| async move {
+                    let timeout = u.connect_timeout.min(u.health_interval.unwrap_or_default());
+                    (i, probe(u.addr, timeout).await)
+                });
+            let probes = futures_util::future::join_all(probes);
+            tokio::select! {
+                // Shutting down mid-probe: the answers no longer matter.
+                _ = shutdown.changed() => break,
+                results = probes => {
+                    for (i, reachable) in results {
+                        board.record(i, reachable, Instant::now());
+                    }
+                }
+            }
+        }
+        tracing::debug!("health probes stopped");
+    }
+}

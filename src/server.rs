@@ -28,7 +28,7 @@ use crate::config::{Config, MAX_SERVER_DURATION};
 use crate::conn::{ConnLimits, Guarded};
 use crate::demo::DemoLab;
 use crate::proxy::LabGate;
-use crate::reaper::{BridgeService, Reaper};
+use crate::reaper::{BridgeService, HealthService, Reaper};
 use crate::state::Shared;
 use crate::tls::listener::ListenerTls;
 
@@ -131,6 +131,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(background_service(
         "bridge",
         BridgeService::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "upstream health",
+        HealthService::new(shared.clone()),
     ));
     if let Some(admin) = admin {
         server.add_service(background_service("admin API", admin));

@@ -240,6 +240,7 @@ pub fn html(status: &LabStatus, you: Option<&str>) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<link rel=\"icon\" href=\"/favicon.svg\" type=\"image/svg+xml\">\
 <title>labgate: lab status</title><style>\
 body{{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}}\
 h1{{font-size:1.4rem}} .state{{font-size:1.25rem;font-weight:600}}\

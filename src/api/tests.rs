@@ -10,6 +10,24 @@ fn body(r: &Reply) -> &str {
 }
 
 #[test]
+fn favicon_is_a_cacheable_svg() {
+    let r = favicon();
+    let svg = std::str::from_utf8(r.body.as_deref().unwrap_or_default()).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.content_type, "image/svg+xml");
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+    assert!(!svg.contains("<script"), "an icon runs nothing");
+    let header = |name: &str| {
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("Cache-Control"), Some("public, max-age=86400"));
+    assert_eq!(header("X-Content-Type-Options"), Some("nosniff"));
+}
+
+#[test]
 fn routes() {
     let id = "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11";
     let get = Method::GET;
@@ -42,6 +60,12 @@ fn routes() {
     assert_eq!(route(&get, "/active-session"), Endpoint::ActiveSession);
     assert_eq!(route(&get, "/healthz"), Endpoint::Healthz);
     assert_eq!(route(&get, "/readyz"), Endpoint::Readyz);
+    assert_eq!(route(&get, "/favicon.ico"), Endpoint::Favicon);
+    assert_eq!(route(&get, "/favicon.svg"), Endpoint::Favicon);
+    assert_eq!(
+        route(&post, "/favicon.ico"),
+        Endpoint::MethodNotAllowed { allow: "GET" }
+    );
     assert_eq!(route(&get, "/lab"), Endpoint::Lab);
     assert_eq!(route(&Method::PUT, "/lab/x/y"), Endpoint::Lab);
     for p in [

@@ -86,6 +86,33 @@ pub struct Config {
     pub compat: CompatConfig,
     /// Device tunnels: what they may reach, their limit and timeouts.
     pub tunnels: crate::tunnel::config::TunnelsConfig,
+    /// Every file holding a secret (header secret files, TLS private keys), with what it
+    /// is for: `labgate check` and start-up warn when group or others can read one.
+    pub secret_files: Vec<SecretFile>,
+}
+
+/// A file whose contents are a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    /// What it holds, for the warning: `header "X-Lab-Key" of upstream "lab"`.
+    pub what: String,
+    pub path: PathBuf,
+}
+
+impl SecretFile {
+    /// The warning for this file with permission bits `mode`, if group or others may
+    /// read (or write) it. Pure: the caller reads the mode.
+    pub fn mode_warning(&self, mode: u32) -> Option<String> {
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "secret file {} ({}) is readable by group/others (mode {:03o}): \
+                 chmod 600 it, owned by labgate's user",
+                self.path.display(),
+                self.what,
+                mode & 0o777
+            )
+        })
+    }
 }
 
 /// Compatibility switches, each weakening a secure default (`labgate check` warns).
@@ -154,6 +181,9 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// How often the idle upstream is probed for `labgate_upstream_up` (`health`);
+    /// `None`: never, the gauge follows forwarded requests only.
+    pub health_interval: Option<Duration>,
     /// Injected into every forwarded request, replacing any client-sent header of the name.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// `[upstream.tls]`: HTTPS (and HTTP/2 by ALPN) to this upstream.
@@ -173,7 +203,7 @@ const NEOPS_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Config {
     /// Settings that are allowed but dangerous, one line each, for `labgate check` and
-    /// the start-up log.
+    /// the start-up log. Reads the modes of the secret files (and nothing else).
     pub fn warnings(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .upstreams
@@ -187,6 +217,14 @@ impl Config {
                  {:?} poll: every waiting neops client would be reaped as stale",
                 self.queue.timeouts.waiting, NEOPS_POLL
             ));
+        }
+        for file in &self.secret_files {
+            use std::os::unix::fs::PermissionsExt;
+            // A file that vanished since loading has no mode to judge; reading it failed
+            // loudly at load time if it was missing then.
+            if let Ok(meta) = std::fs::metadata(&file.path) {
+                out.extend(file.mode_warning(meta.permissions().mode()));
+            }
         }
         if self.compat.active_session_id {
             out.push(

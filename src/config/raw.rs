@@ -184,6 +184,9 @@ pub(super) struct RawUpstream {
     pub(super) write_timeout: Spanned<Dur>,
     #[serde(default)]
     pub(super) headers: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
+    /// How often an idle upstream is probed (a TCP connect) for `labgate_upstream_up`:
+    /// a duration, or `"off"`. Absent: [`DEFAULT_HEALTH_INTERVAL`].
+    pub(super) health_interval: Option<Spanned<String>>,
     /// Absent: plain HTTP to this upstream.
     pub(super) tls: Option<RawUpstreamTls>,
     /// `[upstream.neops]`, `[upstream.token]`, `[upstream.hooks]`: the bridge (§8).
@@ -191,6 +194,9 @@ pub(super) struct RawUpstream {
     pub(super) token: Option<bridge::config::RawToken>,
     pub(super) hooks: Option<bridge::config::RawHooks>,
 }
+
+/// The probe interval of an upstream that does not set `health_interval`.
+pub(super) const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
 fn default_connect_timeout() -> Spanned<Dur> {
     Spanned::new(0..0, secs(5))

@@ -13,11 +13,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use http::{HeaderName, HeaderValue};
 
 use super::validate::{Checked, CheckedHeader, CheckedUpstream, SecretSource};
-use super::{Config, IdentitySource, Problem, Upstream};
+use super::{Config, IdentitySource, Problem, SecretFile, Upstream};
 use crate::tls::listener::ListenerTls;
 
 /// Resolves every upstream of a checked configuration, in file order.
 pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
+    let secret_files = secret_files(&c);
     let upstreams = c
         .upstreams
         .into_iter()
@@ -49,7 +50,37 @@ pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
         identity: c.identity,
         listener_tls,
         compat: c.compat,
+        secret_files,
     })
+}
+
+/// Every file of `c` that holds a secret: header secret files, the listener's TLS key,
+/// upstream client keys.
+fn secret_files(c: &Checked) -> Vec<SecretFile> {
+    let mut out = Vec::new();
+    if let Some(tls) = &c.server.tls {
+        out.push(SecretFile {
+            what: "[server.tls] key".to_string(),
+            path: tls.key.clone(),
+        });
+    }
+    for u in &c.upstreams {
+        for h in &u.headers {
+            if let SecretSource::File(file) = &h.source {
+                out.push(SecretFile {
+                    what: format!("header {:?} of upstream {:?}", h.written, u.name),
+                    path: file.into(),
+                });
+            }
+        }
+        if let Some(key) = u.tls.as_ref().and_then(|t| t.client_key.as_ref()) {
+            out.push(SecretFile {
+                what: format!("tls.client_key of upstream {:?}", u.name),
+                path: key.get_ref().into(),
+            });
+        }
+    }
+    out
 }
 
 fn resolve_upstream(u: CheckedUpstream) -> Result<Upstream, Problem> {
@@ -78,6 +109,7 @@ fn resolve_upstream(u: CheckedUpstream) -> Result<Upstream, Problem> {
         connect_timeout: u.connect_timeout,
         read_timeout: u.read_timeout,
         write_timeout: u.write_timeout,
+        health_interval: u.health_interval,
         headers,
         tls,
         bridge,

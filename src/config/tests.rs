@@ -568,3 +568,78 @@ fn missing_directories_and_a_short_waiting_timeout_are_caught() {
         .warnings()
         .is_empty());
 }
+
+/// Issue 15 #10: a secret file that group or others can read is allowed (the operator
+/// may have reasons) but warned about by `labgate check` and at start-up.
+#[test]
+fn a_secret_file_readable_by_group_or_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, "Bearer s3cret\n").unwrap();
+    let text = format!(
+        "{MINIMAL}[upstream.headers]\nAuthorization = {{ file = \"{}\" }}\n",
+        secret.display()
+    );
+    let c = Config::parse(&text, "t").unwrap();
+    let warned = |mode: u32| {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        c.warnings()
+            .into_iter()
+            .filter(|w| w.contains("secret file"))
+            .collect::<Vec<_>>()
+    };
+    assert!(warned(0o600).is_empty());
+    assert!(warned(0o400).is_empty());
+    for mode in [0o640, 0o604, 0o644, 0o660] {
+        let w = warned(mode);
+        assert_eq!(w.len(), 1, "mode {mode:o}: {w:?}");
+        assert!(
+            w[0].contains(&secret.display().to_string())
+                && w[0].contains(&format!("mode {mode:o}"))
+                && w[0].contains("header \"Authorization\" of upstream")
+                && w[0].contains("chmod 600"),
+            "{}",
+            w[0]
+        );
+        assert!(!w[0].contains("s3cret"), "never the secret itself");
+    }
+}
+
+#[test]
+fn secret_file_mode_rule() {
+    let f = SecretFile {
+        what: "x".into(),
+        path: "/etc/labgate/k".into(),
+    };
+    assert_eq!(f.mode_warning(0o100600), None);
+    assert_eq!(f.mode_warning(0o100400), None);
+    assert_eq!(f.mode_warning(0o100700), None);
+    assert!(f.mode_warning(0o100640).is_some());
+    assert!(f.mode_warning(0o100602).is_some());
+    assert!(f.mode_warning(0o100610).is_some());
+}
+
+#[test]
+fn health_interval_is_a_duration_or_off() {
+    let with =
+        |value: &str| Config::parse(&format!("{MINIMAL}health_interval = {value}\n"), "t.toml");
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(
+        c.upstreams[0].health_interval,
+        Some(Duration::from_secs(10)),
+        "on by default"
+    );
+    let c = with("\"3s\"").unwrap();
+    assert_eq!(c.upstreams[0].health_interval, Some(Duration::from_secs(3)));
+    let c = with("\"off\"").unwrap();
+    assert_eq!(c.upstreams[0].health_interval, None);
+    for bad in ["\"500ms\"", "\"2h\"", "\"soon\"", "\"0s\""] {
+        let e = with(bad).unwrap_err();
+        assert_eq!(e.line, 6, "{bad}: {e}");
+        assert!(
+            e.message.contains("health_interval") && e.message.contains("\"off\""),
+            "{bad}: {e}"
+        );
+    }
+}

@@ -50,6 +50,7 @@ pub(super) struct CheckedUpstream {
     pub(super) connect_timeout: Duration,
     pub(super) read_timeout: Duration,
     pub(super) write_timeout: Duration,
+    pub(super) health_interval: Option<Duration>,
     pub(super) headers: Vec<CheckedHeader>,
     /// `[upstream.tls]`; its files are read in `resolve`.
     pub(super) tls: Option<RawUpstreamTls>,
@@ -455,10 +456,40 @@ fn validate_upstream(
         )?,
         read_timeout: positive_at_most(&raw.read_timeout, "read_timeout", MAX_UPSTREAM_TIMEOUT)?,
         write_timeout: positive_at_most(&raw.write_timeout, "write_timeout", MAX_UPSTREAM_TIMEOUT)?,
+        health_interval: health_interval(raw.health_interval.as_ref())?,
         headers,
         tls: None,
         bridge: bridge::config::RawBridge::default(),
     })
+}
+
+/// The shortest probe interval: a probe is a TCP connect to the lab; more than one a
+/// second per upstream is load on the lab for nothing.
+const MIN_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `health_interval`: `None` when `"off"`, the default when absent, else a duration in
+/// [`MIN_HEALTH_INTERVAL`, `MAX_SERVER_DURATION`].
+fn health_interval(raw: Option<&Spanned<String>>) -> Result<Option<Duration>, Problem> {
+    let Some(raw) = raw else {
+        return Ok(Some(super::raw::DEFAULT_HEALTH_INTERVAL));
+    };
+    let text = raw.get_ref().trim();
+    if text == "off" {
+        return Ok(None);
+    }
+    let bad = |why: String| problem(span_of(raw), format!("health_interval {text:?}: {why}"));
+    let d = match humantime::parse_duration(text) {
+        Ok(d) => d,
+        Err(e) => return bad(format!("{e}; write a duration like \"10s\", or \"off\"")),
+    };
+    if d < MIN_HEALTH_INTERVAL || d > MAX_SERVER_DURATION {
+        return bad(format!(
+            "must be from {} to {}, or \"off\"",
+            humantime::format_duration(MIN_HEALTH_INTERVAL),
+            humantime::format_duration(MAX_SERVER_DURATION)
+        ));
+    }
+    Ok(Some(d))
 }
 
 fn secret_source(raw: &RawSecret, header: &str) -> Result<SecretSource, String> {

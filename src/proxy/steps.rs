@@ -199,9 +199,15 @@ impl LabGate {
         )
         .await;
         match relayed {
-            Ok(Relayed::Switched(_) | Relayed::Answered(_)) => Ok(true),
+            Ok(Relayed::Switched(_) | Relayed::Answered(_)) => {
+                shared.health.record(upstream, true, Instant::now());
+                Ok(true)
+            }
             Err(e) => {
                 let (kind, side, cut) = e.failure();
+                if health::connect_failed(kind, cut) {
+                    shared.health.record(upstream, false, Instant::now());
+                }
                 let failure = forward::on_failure(kind, side, cut);
                 if let Some(kind) = failure.upstream {
                     self.series[upstream].count_error(kind);

@@ -184,6 +184,9 @@ pub struct Shared {
     /// SIGTERM/SIGINT received: new sessions are refused.
     shutting_down: AtomicBool,
     probes: Mutex<limits::ProbeDetector>,
+    /// Each upstream's reachability (`labgate_upstream_up`), indexed like
+    /// `config.upstreams`.
+    pub health: crate::health::Board,
 }
 
 /// Queue figures read under the lock, recorded after it is released.

@@ -78,6 +78,13 @@ impl Shared {
             metrics.init_upstream(&up.name);
         }
         metrics.record_queue(queue.len(), queue.waiting(), queue.active_hold(now));
+        let health = crate::health::Board::new(
+            config.upstreams.iter().map(|u| {
+                let up = metrics.upstream_up.with_label_values(&[u.name.as_str()]);
+                (u.name.clone(), up)
+            }),
+            now,
+        );
         let (changes, _) = watch::channel(0);
         Ok(Arc::new(Shared {
             config,
@@ -101,6 +108,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             probes: Mutex::new(limits::ProbeDetector::default()),
+            health,
             limiter,
             metrics,
             forwarded_in_flight: AtomicUsize::new(0),

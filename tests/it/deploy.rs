@@ -180,7 +180,7 @@ fn alert_rules_pass_promtool_check() {
         text(&out)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 10 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 12 rules found"),
         "{}",
         text(&out)
     );
@@ -224,7 +224,9 @@ fn every_alert_is_annotated_and_has_firing_and_quiet_test_cases() {
             "LabgateUpstreamSessionUndeleted",
             "LabgateUpstreamUsedAroundLabgate",
             "LabgateStoreUnwritable",
-            "LabgateStoreWriteFailures"
+            "LabgateStoreWriteFailures",
+            "LabgateUpstreamDown",
+            "LabgateFileDescriptorsNearLimit"
         ]
     );
     let count = |needle: &str| {
@@ -296,6 +298,10 @@ fn prod_config_copy(dir: &Path) -> String {
     );
     let secret = dir.join("lab-api-token");
     std::fs::write(&secret, "Bearer example-token\n").expect("write secret");
+    // Private, as an operator keeps it (`check` warns otherwise).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the secret");
     // `check` refuses directories that do not exist (systemd makes these at start);
     // here they are the temp dir's.
     let under = |name: &str| format!("{:?}", dir.join(name).display().to_string());
@@ -355,9 +361,22 @@ fn production_config_is_enclosed_and_has_no_demo_lab() {
 
 /// Every `labgate_*` identifier in `text`.
 fn labgate_names(text: &str) -> BTreeSet<String> {
+    names_with_prefix(text, "labgate_")
+}
+
+/// The metric names the dashboard and alerts may use: labgate's own and the standard
+/// `process_*` series it exports.
+fn exported_family_names(text: &str) -> BTreeSet<String> {
+    let mut names = labgate_names(text);
+    names.extend(names_with_prefix(text, "process_"));
+    names
+}
+
+/// Every identifier starting with `prefix` in `text`.
+fn names_with_prefix(text: &str, prefix: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut rest = text;
-    while let Some(at) = rest.find("labgate_") {
+    while let Some(at) = rest.find(prefix) {
         // Only whole identifiers: `xlabgate_` is not a labgate metric.
         let boundary = rest[..at]
             .chars()
@@ -456,7 +475,10 @@ async fn dashboard_and_alerts_use_only_metrics_labgate_exports() {
     let dash = dashboard();
     let mut queries = Vec::new();
     dashboard_queries(&dash, &mut queries);
-    let used: BTreeSet<String> = queries.iter().flat_map(|q| labgate_names(q)).collect();
+    let used: BTreeSet<String> = queries
+        .iter()
+        .flat_map(|q| exported_family_names(q))
+        .collect();
     let unknown: Vec<&String> = used.difference(&known).collect();
     assert!(
         unknown.is_empty(),
@@ -475,20 +497,33 @@ async fn dashboard_and_alerts_use_only_metrics_labgate_exports() {
         "labgate_upstream_errors_total",
         "labgate_sessions_ended_total",
         "labgate_build_info",
+        "labgate_upstream_up",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
     ] {
         assert!(used.contains(want), "the dashboard has no panel on {want}");
     }
 
     let rules = read(&deploy_file("prometheus/labgate.rules.yml"));
-    let used = labgate_names(&rules);
+    let used = exported_family_names(&rules);
     let unknown: Vec<&String> = used.difference(&known).collect();
     assert!(
         unknown.is_empty(),
         "the alert rules use unknown metrics {unknown:?}"
     );
-    assert!(
-        used.contains("labgate_queue_waiting") && used.contains("labgate_upstream_errors_total")
-    );
+    for want in [
+        "labgate_queue_waiting",
+        "labgate_upstream_errors_total",
+        "labgate_upstream_up",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        assert!(used.contains(want), "no alert on {want}");
+    }
 }
 
 #[test]

@@ -39,6 +39,7 @@ mod layout;
 mod limits;
 mod metrics_lint;
 mod neops_compat;
+mod operator;
 mod queue_extensions;
 mod queue_lifecycle;
 mod readme;

@@ -64,6 +64,9 @@ async fn live_metrics_pass_promtool_check_metrics() {
         ("labgate_sessions_ended_total{reason=\"deleted\"}", 1.0),
         ("labgate_turn_tokens_minted_total{upstream=\"dead\"}", 1.0),
         ("labgate_wait_seconds_count", 2.0),
+        ("labgate_upstream_up{upstream=\"lab\"}", 1.0),
+        ("process_resident_memory_bytes", 1.0),
+        ("process_open_fds", 1.0),
     ] {
         let v = metric_value(&text, sample).unwrap_or_else(|| panic!("{sample} missing:\n{text}"));
         assert!(
@@ -71,6 +74,13 @@ async fn live_metrics_pass_promtool_check_metrics() {
             "{sample} = {v}, expected at least {at_least}"
         );
     }
+
+    // The dead upstream's failed connect says it is down.
+    assert_eq!(
+        metric_value(&text, "labgate_upstream_up{upstream=\"dead\"}"),
+        Some(0.0),
+        "{text}"
+    );
 
     let mut child = Command::new(require_tool("promtool"))
         .args(["check", "metrics"])
@@ -92,6 +102,50 @@ async fn live_metrics_pass_promtool_check_metrics() {
         out.status.success() && stdout.trim().is_empty() && stderr.trim().is_empty(),
         "promtool check metrics is not clean ({}):\n{stdout}{stderr}\n--- scrape ---\n{text}",
         out.status
+    );
+}
+
+/// The standard process series (the prometheus crate's process collector), on the same
+/// `/metrics` as labgate's own, with values that describe the labgate process.
+#[tokio::test]
+async fn metrics_carry_the_standard_process_series() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&Cfg::new(upstream.addr)).await;
+    let text = gw.metrics_text().await;
+    let value =
+        |name: &str| metric_value(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+    for (name, kind) in [
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_start_time_seconds", "gauge"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}")),
+            "{name} is not a {kind}:\n{text}"
+        );
+    }
+    let (rss_kib, _) = gw.rss_kib();
+    let rss = value("process_resident_memory_bytes");
+    // The same process: within a factor of two of what /proc says a moment later.
+    assert!(
+        rss > 0.0 && rss / 1024.0 < 2.0 * rss_kib as f64 && rss / 1024.0 > rss_kib as f64 / 2.0,
+        "resident {rss} B vs /proc {rss_kib} KiB"
+    );
+    assert!(value("process_virtual_memory_bytes") >= rss);
+    let open = value("process_open_fds");
+    assert!(open >= 3.0 && open < value("process_max_fds"), "{open}");
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(
+        started <= now + 1.0 && started > now - 600.0,
+        "started at {started}, now {now}"
     );
 }
 

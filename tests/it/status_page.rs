@@ -437,6 +437,16 @@ async fn chromium_renders_a_held_draining_lab_and_takes_a_screenshot() {
     let dim = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     assert_eq!(&bytes[12..16], b"IHDR");
     assert_eq!((dim(16), dim(20)), (1000, 800));
+    // Issue 15: a page view no longer logs a 404 for the browser's icon request.
+    let access = gw.log_target("labgate::access");
+    let not_found: Vec<&serde_json::Value> = access.iter().filter(|l| l["status"] == 404).collect();
+    assert!(not_found.is_empty(), "{not_found:#?}");
+    assert!(
+        access
+            .iter()
+            .any(|l| l["path"] == "/favicon.svg" && l["status"] == 200),
+        "the browser fetched the page's icon: {access:#?}"
+    );
     println!(
         "status page screenshot: {} ({} bytes)",
         png.display(),

@@ -19,6 +19,8 @@ pub struct UpstreamCfg {
     pub connect_timeout: String,
     pub read_timeout: String,
     pub write_timeout: String,
+    /// `health_interval` (a duration or `"off"`); `None`: labgate's default.
+    pub health_interval: Option<String>,
     /// Injected headers: (name, secret value); the value is written to a file.
     pub headers: Vec<(String, String)>,
     /// `[upstream.tls]`, as TOML text.
@@ -38,6 +40,7 @@ impl UpstreamCfg {
             connect_timeout: "2s".to_string(),
             read_timeout: "30s".to_string(),
             write_timeout: "30s".to_string(),
+            health_interval: None,
             headers: Vec::new(),
             tls: None,
             bridge: toml::Table::new(),
@@ -63,6 +66,10 @@ impl UpstreamCfg {
     }
     pub fn connect_timeout(mut self, t: &str) -> Self {
         self.connect_timeout = t.to_string();
+        self
+    }
+    pub fn health_interval(mut self, t: &str) -> Self {
+        self.health_interval = Some(t.to_string());
         self
     }
     /// Bridge tables as TOML text, like `"[neops]\nkeepalive = \"1s\""`.
@@ -342,6 +349,10 @@ impl Cfg {
                     .map(|(j, (name, secret))| {
                         let file = dir.join(format!("secret-{i}-{j}"));
                         std::fs::write(&file, format!("{secret}\n")).expect("write secret file");
+                        // Private, as an operator keeps it (labgate warns otherwise).
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                            .expect("chmod the secret file");
                         (name.clone(), SecretFile { file })
                     })
                     .collect();
@@ -353,6 +364,7 @@ impl Cfg {
                     connect_timeout: &u.connect_timeout,
                     read_timeout: &u.read_timeout,
                     write_timeout: &u.write_timeout,
+                    health_interval: u.health_interval.as_deref(),
                     headers,
                     tls: u.tls.clone(),
                     bridge: &u.bridge,
@@ -508,6 +520,8 @@ struct UpstreamToml<'a> {
     connect_timeout: &'a str,
     read_timeout: &'a str,
     write_timeout: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_interval: Option<&'a str>,
     /// `[upstream.headers]`: header name -> `{ file = ... }`. Left out when empty.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     headers: BTreeMap<String, SecretFile>,
