@@ -237,8 +237,8 @@ mod tests {
         assert!(trust_server(0, 0).is_ok());
         let e = trust_server(1001, 1000).unwrap_err();
         assert!(e.contains("uid 1001") && e.contains("uid 1000"), "{e}");
-        // Root too refuses a server that is neither root nor root itself: its socket
-        // may sit where anybody could have bound it.
+        // Root too refuses any other uid: the socket may sit where anybody could have
+        // bound it.
         let e = trust_server(65534, 0).unwrap_err();
         assert!(e.contains("uid 65534") && !e.contains('\n'), "{e}");
     }
