@@ -82,7 +82,8 @@ fn connect_error(socket: &Path, e: std::io::Error) -> anyhow::Error {
     let path = socket.display();
     match e.kind() {
         std::io::ErrorKind::NotFound => anyhow::anyhow!(
-            "no admin socket at {path}: is labgate running, with [admin] socket set to this path?"
+            "no admin socket at {path}: is labgate running? (if its [admin] socket is elsewhere, \
+             give --config FILE or --socket PATH)"
         ),
         std::io::ErrorKind::PermissionDenied => {
             anyhow::anyhow!("permission denied on {path}: run as labgate's user or root")
