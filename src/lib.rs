@@ -71,8 +71,9 @@
 //!   `proxy::wire` pingora <-> `http` translation.
 //! - [`reaper`]: the background services: reaping stale and expired sessions on a tick,
 //!   running the bridge's lanes, and probing idle upstreams for [`health`].
-//! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::cli` for
-//!   `labgate admin`, one command model ([`admin::Action`]) for both.
+//! - [`admin`]: the operator plane: `admin::server` on a Unix socket, `admin::socket`
+//!   that socket's file and private directory, `admin::cli` for `labgate admin`, one
+//!   command model ([`admin::Action`]) for both.
 //! - [`conn`]: client connections: caps in total and per address, keep-alive idle and
 //!   request-header timeouts (around pingora's HTTP/1 loop).
 //! - [`server`]: assembles and runs the pingora server; start-up and shutdown.

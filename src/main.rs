@@ -33,13 +33,14 @@ enum Command {
     },
     /// Operate a running labgate over its admin socket.
     Admin {
-        /// The admin socket ([admin] socket in the config).
-        #[arg(
-            long,
-            env = "LABGATE_ADMIN_SOCKET",
-            default_value = "/run/labgate/admin.sock"
-        )]
-        socket: PathBuf,
+        /// The admin socket. Default: the config's [admin] socket with --config, else
+        /// /run/labgate/admin.sock (root, services) or
+        /// $XDG_RUNTIME_DIR/labgate/admin.sock (a logged-in user), as `serve` does.
+        #[arg(long, env = "LABGATE_ADMIN_SOCKET")]
+        socket: Option<PathBuf>,
+        /// Read the socket from this config file's [admin] section (--socket wins).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Print the API's JSON instead of a table.
         #[arg(long, global = true)]
         json: bool,
@@ -126,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Check { config }) => {
             let c = Config::load(&config)?;
-            if let Some(first) = c.missing_dirs().first() {
+            if let Some(first) = labgate::server::start_problems(&c).first() {
                 anyhow::bail!("{}: {first}", config.display());
             }
             for warning in c.warnings() {
@@ -140,6 +141,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 c.server.listen,
                 c.metrics.listen
             );
+            if let Some(socket) = &c.admin_socket {
+                println!("  admin socket {}", socket.display());
+            }
             // What device tunnels may reach (issue 11), max and timeouts included.
             print!("{}", c.tunnels.allowlist);
             println!(
@@ -152,9 +156,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Admin {
             socket,
+            config,
             json,
             action,
-        }) => labgate::admin::run_cli(&socket, json, action),
+        }) => {
+            let socket = labgate::admin::cli::socket_path(socket, config.as_deref())?;
+            labgate::admin::run_cli(&socket, json, action)
+        }
         Some(Command::DemoLab { listen, log }) => {
             init_logging(log.log_format);
             labgate::server::run_demo_lab(listen)

@@ -56,6 +56,17 @@ fn check_listeners(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What would stop `serve` before anything starts, one line each, for `labgate check`
+/// and start-up: a missing state directory, an admin socket directory that others can
+/// write to or that labgate may not create, a file that is not a socket in its place.
+pub fn start_problems(config: &Config) -> Vec<String> {
+    let mut out = config.missing_dirs();
+    if let Some(socket) = &config.admin_socket {
+        out.extend(admin::socket::plan(socket).err());
+    }
+    out
+}
+
 /// TCP keepalive on every accepted client socket: a client that vanished (power cut,
 /// NAT state lost) behind an upgraded connection, which has no read timeout, is noticed
 /// after `idle` plus [`KEEPALIVE_PROBES`] unanswered probes, and its connection closed.
@@ -73,7 +84,7 @@ fn socket_options(idle: Duration) -> TcpSocketOptions {
 /// Builds and runs labgate until SIGTERM or SIGINT; returns after a graceful drain.
 pub fn run(config: Config) -> anyhow::Result<()> {
     check_listeners(&config)?;
-    if let Some(first) = config.missing_dirs().first() {
+    if let Some(first) = start_problems(&config).first() {
         anyhow::bail!("{first}");
     }
     let listen = config.server.listen.clone();
@@ -97,13 +108,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // store that cannot be opened is a clean start-up error.
     let admin_path = config.admin_socket.clone();
     let shared = Shared::new(config)?;
-    let admin = match admin_path {
-        Some(path) => Some(AdminService::new(
-            shared.clone(),
-            path.clone(),
-            admin::bind(&path)?,
-        )),
-        None => None,
+    // `_socket_file` lives until this function returns, by any path: its drop removes
+    // the socket (issue 15 #12).
+    let (admin, _socket_file) = match admin_path {
+        Some(path) => {
+            let (listener, file) = admin::bind(&path)?;
+            let service = AdminService::new(shared.clone(), file.path().to_path_buf(), listener);
+            (Some(service), Some(file))
+        }
+        None => (None, None),
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();

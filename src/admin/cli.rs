@@ -4,7 +4,7 @@
 //! (a table, one line per action, or the API's JSON). Errors are one line naming the
 //! socket and what to do. Must never decide anything itself: the server does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 
 use super::{Action, KickRequest, Kicked, QueueListing, Retried};
+use crate::config::{default_admin_socket, Config};
 
 /// One admin call from the CLI: `(status, JSON body)`. Errors name the socket and say
 /// what to do in one line.
@@ -25,6 +26,14 @@ pub async fn call(
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| connect_error(socket, e))?;
+    // Who answers, before a byte is sent: a socket in a directory someone else could
+    // write to may be theirs, and a kick's reason or a fake queue is not for them.
+    let server_uid = stream
+        .peer_cred()
+        .with_context(|| format!("cannot tell who serves {}", socket.display()))?
+        .uid();
+    trust_server(server_uid, nix::unistd::geteuid().as_raw())
+        .map_err(|why| anyhow::anyhow!("refusing to use {}: {why}", socket.display()))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("admin handshake failed")?;
@@ -52,11 +61,29 @@ pub async fn call(
     Ok((status, value))
 }
 
+/// `Ok` when the process serving the admin socket, running as `server`, may be told
+/// what the CLI, running as `me`, asks: it runs as the same user, or as root (who could
+/// read anything the CLI has anyway). Anyone else may be squatting the path. Pure.
+pub fn trust_server(server: u32, me: u32) -> Result<(), String> {
+    if server == me || server == 0 {
+        return Ok(());
+    }
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(server))
+        .ok()
+        .flatten()
+        .map_or(String::new(), |u| format!(" ({})", u.name));
+    Err(format!(
+        "it is served by uid {server}{name}, not by you (uid {me}) or root; if that is \
+         labgate's user, run the command as that user (sudo -u '#{server}' labgate admin ...)"
+    ))
+}
+
 fn connect_error(socket: &Path, e: std::io::Error) -> anyhow::Error {
     let path = socket.display();
     match e.kind() {
         std::io::ErrorKind::NotFound => anyhow::anyhow!(
-            "no admin socket at {path}: is labgate running, with [admin] socket set to this path?"
+            "no admin socket at {path}: is labgate running? (if its [admin] socket is elsewhere, \
+             give --config FILE or --socket PATH)"
         ),
         std::io::ErrorKind::PermissionDenied => {
             anyhow::anyhow!("permission denied on {path}: run as labgate's user or root")
@@ -66,6 +93,25 @@ fn connect_error(socket: &Path, e: std::io::Error) -> anyhow::Error {
         }
         _ => anyhow::anyhow!("cannot connect to {path}: {e}"),
     }
+}
+
+/// The socket `labgate admin` talks to: `--socket` (or `LABGATE_ADMIN_SOCKET`), else
+/// `[admin] socket` of the `--config` file (read and validated as `labgate check` does),
+/// else the default the server uses too ([`default_admin_socket`]). Errors are one line.
+pub fn socket_path(socket: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(socket) = socket {
+        return Ok(socket);
+    }
+    let Some(file) = config else {
+        return Ok(default_admin_socket());
+    };
+    let config = Config::load(file).map_err(anyhow::Error::msg)?;
+    config.admin_socket.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: the admin API is off (no [admin] section)",
+            file.display()
+        )
+    })
 }
 
 /// Runs one `labgate admin` command; prints a table (or JSON) on success, returns a
@@ -184,6 +230,19 @@ pub fn render_table(listing: &QueueListing) -> String {
 mod tests {
     use super::*;
     use crate::admin::SessionRow;
+
+    #[test]
+    fn the_cli_trusts_only_its_own_uid_or_root_behind_the_socket() {
+        assert!(trust_server(1000, 1000).is_ok());
+        assert!(trust_server(0, 1000).is_ok());
+        assert!(trust_server(0, 0).is_ok());
+        let e = trust_server(1001, 1000).unwrap_err();
+        assert!(e.contains("uid 1001") && e.contains("uid 1000"), "{e}");
+        // Root too refuses any other uid: the socket may sit where anybody could have
+        // bound it.
+        let e = trust_server(65534, 0).unwrap_err();
+        assert!(e.contains("uid 65534") && !e.contains('\n'), "{e}");
+    }
 
     #[test]
     fn table_lists_sessions_in_order() {

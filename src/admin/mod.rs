@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 pub mod cli;
 pub mod server;
+pub mod socket;
 
 pub use cli::{call, render_table, run_cli};
-pub use server::{bind, AdminService};
+pub use server::AdminService;
+pub use socket::{bind, SocketFile};
 
 /// What `labgate admin` is asked to do: the subcommands of `labgate admin`.
 #[derive(Debug, Clone, clap::Subcommand)]

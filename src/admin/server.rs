@@ -1,21 +1,20 @@
 //! The server half of the admin API: a small JSON-over-HTTP API on a Unix domain socket.
 //!
 //! Access control is the filesystem alone: the socket is created with mode 0600 (owner
-//! only), so only labgate's user and root can connect. It is never served on a TCP
+//! only) in a private directory (`admin::socket`), so only labgate's user and root can
+//! connect. It is never served on a TCP
 //! listener, because behind a reverse proxy a loopback peer can be anybody. Every action
 //! is audit-logged with the caller's uid, read from the socket (SO_PEERCRED).
 //!
-//! The server is a pingora background service (it stops on shutdown and removes its
-//! socket); it uses hyper directly because pingora cannot tell who is on the other end of
+//! The server is a pingora background service (it stops on shutdown; `server::run` holds
+//! the socket file and removes it); it uses hyper directly because pingora cannot tell who is on the other end of
 //! a Unix socket. Must never hold policy: kicking, draining and listing are `Shared`'s.
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener as StdUnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -32,33 +31,6 @@ use crate::state::{FindError, Shared, AUDIT};
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 16 * 1024;
-
-/// Binds the admin socket with mode 0600 from the first moment it exists: it is
-/// bound under a temporary name, restricted, then renamed into place. A stale socket
-/// at `path` (from a crash) is replaced; any other file there is an error.
-pub fn bind(path: &Path) -> anyhow::Result<StdUnixListener> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
-            std::fs::remove_file(path)
-                .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
-        }
-        Ok(_) => anyhow::bail!("{} exists and is not a socket", path.display()),
-        Err(_) => {}
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = StdUnixListener::bind(&tmp)
-        .with_context(|| format!("cannot create the admin socket {}", tmp.display()))?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e)
-            .with_context(|| format!("cannot place the admin socket at {}", path.display()));
-    }
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
 
 /// The admin API as a pingora background service.
 pub struct AdminService {
@@ -105,7 +77,7 @@ impl BackgroundService for AdminService {
                 },
             }
         }
-        let _ = std::fs::remove_file(&self.path);
+        // The socket file is removed by `socket::SocketFile`, which outlives this task.
     }
 }
 
@@ -257,28 +229,5 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
             | ["v1", "sessions", _, "kick"],
         ) => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         _ => detail(StatusCode::NOT_FOUND, "Not Found"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_is_owner_only_and_replaces_a_stale_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("admin.sock");
-        let first = bind(&path).unwrap();
-        drop(first);
-        // The file stays behind, as after a crash; binding again replaces it.
-        let _second = bind(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let file = dir.path().join("not-a-socket");
-        std::fs::write(&file, b"x").unwrap();
-        assert!(bind(&file)
-            .unwrap_err()
-            .to_string()
-            .contains("not a socket"));
     }
 }

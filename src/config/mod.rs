@@ -198,6 +198,34 @@ impl fmt::Display for Upstream {
     }
 }
 
+/// The admin socket of a system labgate: systemd's `RuntimeDirectory=labgate`.
+pub const SYSTEM_ADMIN_SOCKET: &str = "/run/labgate/admin.sock";
+
+/// The admin socket when `[admin]` names none, and `labgate admin`'s when given neither
+/// `--socket` nor `--config`: the same for the server and the CLI run by the same user.
+pub fn default_admin_socket() -> PathBuf {
+    default_admin_socket_for(
+        nix::unistd::geteuid().as_raw(),
+        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+    )
+}
+
+/// [`default_admin_socket`] for a process with effective uid `euid` and this
+/// `XDG_RUNTIME_DIR`. Pure.
+///
+/// Root, and any user without a login session's runtime directory (a system service
+/// such as the packaged unit's `labgate` user, or `sudo -u labgate`), share
+/// [`SYSTEM_ADMIN_SOCKET`]. A logged-in user (who has `XDG_RUNTIME_DIR`, private to
+/// them) gets `$XDG_RUNTIME_DIR/labgate/admin.sock`, so the shipped config starts
+/// without root. Root ignores `XDG_RUNTIME_DIR`, so that `sudo labgate admin` finds
+/// the system labgate whatever root's login set.
+pub fn default_admin_socket_for(euid: u32, runtime_dir: Option<&std::ffi::OsStr>) -> PathBuf {
+    match runtime_dir.map(Path::new) {
+        Some(dir) if euid != 0 && dir.is_absolute() => dir.join("labgate").join("admin.sock"),
+        _ => PathBuf::from(SYSTEM_ADMIN_SOCKET),
+    }
+}
+
 /// How often a neops-remote-lab client polls its session while it waits.
 const NEOPS_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -243,9 +271,8 @@ impl Config {
     /// configs parse on any machine).
     pub fn missing_dirs(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(sock) = &self.admin_socket {
-            out.extend(need_dir(sock, "[admin] socket"));
-        }
+        // The admin socket's directory is `admin::socket::plan`'s (labgate creates it
+        // in a private parent); `server::start_problems` asks both.
         if let Some(path) = &self.queue.state_path {
             out.extend(need_dir(path, "[queue] state_path"));
         }

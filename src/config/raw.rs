@@ -69,7 +69,8 @@ pub(super) struct RawCompat {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
-    pub(super) socket: Spanned<String>,
+    /// Absent: [`super::default_admin_socket`].
+    pub(super) socket: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

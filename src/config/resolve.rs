@@ -46,7 +46,9 @@ pub(super) fn resolve(c: Checked) -> Result<Config, Problem> {
         upstreams,
         routes: c.routes,
         demo_lab: c.demo_lab,
-        admin_socket: c.admin_socket,
+        admin_socket: c
+            .admin_socket
+            .map(|s| s.unwrap_or_else(super::default_admin_socket)),
         identity: c.identity,
         listener_tls,
         compat: c.compat,

@@ -542,11 +542,13 @@ fn missing_directories_and_a_short_waiting_timeout_are_caught() {
         "t.toml",
     )
     .unwrap();
+    // The admin socket's directory is `admin::socket::plan`'s: labgate creates it when
+    // its parent is private.
     let missing = c.missing_dirs();
-    assert_eq!(missing.len(), 2, "{missing:?}");
-    assert!(missing[0].contains("[admin] socket"), "{missing:?}");
+    assert_eq!(missing.len(), 1, "{missing:?}");
     assert!(
-        missing[1].contains("/nonexistent-labgate-dir does not exist"),
+        missing[0].contains("[queue] state_path")
+            && missing[0].contains("/nonexistent-labgate-dir does not exist"),
         "{missing:?}"
     );
     assert!(Config::parse(MINIMAL, "t.toml")
@@ -641,5 +643,41 @@ fn health_interval_is_a_duration_or_off() {
             e.message.contains("health_interval") && e.message.contains("\"off\""),
             "{bad}: {e}"
         );
+    }
+}
+
+#[test]
+fn the_admin_socket_defaults_by_user_and_must_be_an_absolute_socket_path() {
+    use std::ffi::OsStr;
+    use std::path::PathBuf;
+    let c = Config::parse(&format!("[admin]\n{MINIMAL}"), "t.toml").unwrap();
+    assert_eq!(c.admin_socket, Some(super::default_admin_socket()));
+    let run = Some(OsStr::new("/run/user/1000"));
+    assert_eq!(
+        super::default_admin_socket_for(1000, run),
+        PathBuf::from("/run/user/1000/labgate/admin.sock")
+    );
+    // Root, a service user, `sudo -u`: the system socket, as the packaged unit has it.
+    for (uid, dir) in [
+        (0, run),
+        (0, None),
+        (998, None),
+        (998, Some(OsStr::new("rel"))),
+    ] {
+        assert_eq!(
+            super::default_admin_socket_for(uid, dir),
+            PathBuf::from(super::SYSTEM_ADMIN_SOCKET),
+            "{uid} {dir:?}"
+        );
+    }
+    for (value, want) in [
+        ("\"\"", "is empty"),
+        ("\"admin.sock\"", "not an absolute path"),
+        ("\"/run/labgate/\"", "not an absolute path"),
+        (&format!("\"/{}\"", "x".repeat(120)), "at most 107"),
+    ] {
+        let e = err(&format!("[admin]\nsocket = {value}\n{MINIMAL}"));
+        assert!(e.message.contains(want), "{value}: {e}");
+        assert_eq!(e.line, 2, "{e}");
     }
 }

@@ -34,7 +34,9 @@ pub(super) struct Checked {
     pub(super) upstreams: Vec<CheckedUpstream>,
     pub(super) routes: RouteTable<usize>,
     pub(super) demo_lab: Option<DemoLabConfig>,
-    pub(super) admin_socket: Option<PathBuf>,
+    /// `None`: no `[admin]`; `Some(None)`: `[admin]` without `socket`, the default
+    /// (which depends on the environment, so `resolve` picks it).
+    pub(super) admin_socket: Option<Option<PathBuf>>,
     pub(super) identity: Option<IdentityConfig>,
     pub(super) compat: CompatConfig,
     pub(super) tunnels: TunnelsConfig,
@@ -228,13 +230,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Checked, Problem> {
     }
 
     let admin_socket = match raw.admin {
-        Some(a) if a.socket.get_ref().trim().is_empty() => {
-            return problem(
-                span_of(&a.socket),
-                "admin.socket is empty: remove [admin] to disable the admin API",
-            );
-        }
-        Some(a) => Some(PathBuf::from(a.socket.get_ref())),
+        Some(a) => Some(a.socket.map(|s| admin_socket(&s)).transpose()?),
         None => None,
     };
     // labgate's own listeners are never a tunnel target.
@@ -519,4 +515,37 @@ fn validate_route(route: &Spanned<String>) -> Result<String, Problem> {
         return invalid("drop the trailing '/'");
     }
     Ok(text.clone())
+}
+
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `[admin] socket`: an absolute path that fits a socket address.
+fn admin_socket(s: &Spanned<String>) -> Result<PathBuf, Problem> {
+    let text = s.get_ref();
+    if text.trim().is_empty() {
+        return problem(
+            span_of(s),
+            "admin.socket is empty: remove the key for the default, or [admin] to disable \
+             the admin API",
+        );
+    }
+    let path = PathBuf::from(text);
+    if !path.is_absolute() || path.file_name().is_none() || text.ends_with('/') {
+        return problem(
+            span_of(s),
+            format!("admin.socket {text:?} is not an absolute path to a file"),
+        );
+    }
+    if text.len() > MAX_SOCKET_PATH {
+        return problem(
+            span_of(s),
+            format!(
+                "admin.socket is {} bytes long; a Unix socket path holds at most \
+                 {MAX_SOCKET_PATH}",
+                text.len()
+            ),
+        );
+    }
+    Ok(path)
 }
