@@ -234,7 +234,7 @@ async fn a_websocket_to_a_tls_upstream_is_spliced_by_labgate_on_http1() {
     let end = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
         .await
         .expect("closed at once when the session ends");
-    assert!(!matches!(end, Some(Ok(m)) if m.is_text()), "{end:?}");
+    assert!(!matches!(&end, Some(Ok(m)) if m.is_text()), "{end:?}");
 }
 
 /// The upgrade's TLS is the upstream's `[upstream.tls]`: the wrong name or CA is a 502
