@@ -32,6 +32,10 @@ use tokio::sync::Notify;
 
 use crate::queue::SessionId;
 
+/// The reason given to every connection still open when a shutdown's grace period is
+/// over (the session itself goes on: it is in the store, or lost with the process).
+pub const SHUTTING_DOWN: &str = "labgate shutting down";
+
 /// Set once, when the session ends: why, and a wake-up for the task serving it.
 #[derive(Debug, Default)]
 struct CutFlag {
@@ -181,6 +185,13 @@ impl Registry {
         entries.len()
     }
 
+    /// Cuts every request and tunnel of every session (a shutdown whose grace period is
+    /// over), telling their tasks `reason`; returns how many.
+    pub fn cut_all(&mut self, reason: &'static str) -> usize {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        ids.iter().map(|id| self.cut_because(id, reason)).sum()
+    }
+
     /// Requests (tunnels included) in flight for `id`.
     pub fn count(&self, id: &SessionId) -> usize {
         self.sessions.get(id).map_or(0, Vec::len)
@@ -262,6 +273,19 @@ mod tests {
         assert_eq!(r.cut_because(&a, "kicked"), 2);
         assert_eq!(t1.cut_reason(), Some("kicked"));
         assert_eq!(r.tunnels(&a), 0);
+    }
+
+    #[test]
+    fn cut_all_reaches_every_session() {
+        let mut r = Registry::default();
+        let (a, b) = (SessionId::random(), SessionId::random());
+        let ta = r.begin_tunnel(a, 1).unwrap();
+        let tb = r.begin(b);
+        assert_eq!(r.cut_all(SHUTTING_DOWN), 2);
+        assert_eq!(ta.cut_reason(), Some(SHUTTING_DOWN));
+        assert_eq!(tb.cut_reason(), Some(SHUTTING_DOWN));
+        assert_eq!((r.count(&a), r.count(&b)), (0, 0));
+        assert_eq!(r.cut_all(SHUTTING_DOWN), 0);
     }
 
     #[tokio::test]

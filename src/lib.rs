@@ -78,8 +78,9 @@
 //!   request-header timeouts (around pingora's HTTP/1 loop).
 //! - [`server`]: assembles and runs the pingora server; start-up and shutdown.
 //! - [`splice`]: upgraded connections labgate owns end to end: device tunnels
-//!   (`splice::device`) and `/lab` upgrades on its own upstream connection
-//!   (`splice::upstream`), cut when the turn ends.
+//!   (`splice::device`) and `/lab` upgrades on its own upstream connection, TLS or not
+//!   (`splice::upstream`), the byte relay both share (`splice::relay`), cut when the
+//!   turn ends.
 //! - [`logging`]: the process's log: format, filter, colour only on a terminal.
 //! - [`demo`]: a fake lab (the lab half of the neops-remote-lab API) for trying labgate
 //!   without hardware.
@@ -87,7 +88,8 @@
 //! Client (`labgate run`, `labgate session`, `labgate tunnel`, `labgate ssh-config`):
 //! - [`client`]: holds the lab for one command, or scripts a session, over the HTTP API;
 //!   `client::tunnel` one device tunnel (a WebSocket), `client::forward` the `-L`
-//!   listeners, `client::tunnel_cmd` and `client::ssh_config` the tunnel commands.
+//!   listeners, `client::tunnel_cmd` and `client::ssh_config` the tunnel commands,
+//!   `client::tls` the trust for an `https://` labgate.
 //!
 //! # Where to add...
 //! - **An upstream option**: the key and its default in `config::raw::RawUpstream`, its

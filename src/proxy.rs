@@ -193,15 +193,10 @@ impl ProxyHttp for LabGate {
             bridged,
         });
         if session.is_upgrade_req() {
-            if shared.config.upstreams[upstream].tls.is_none() {
-                // On labgate's own upstream connection, not pingora's upgrade path, which
-                // tears some upgrades down right after the 101 (cloudflare/pingora#946).
-                return self.forward_upgrade(session, ctx).await;
-            }
-            // A TLS upstream's upgrade still takes pingora's path (labgate's splice
-            // speaks plain TCP upstream); an idle WebSocket must outlive pingora's 60 s
-            // downstream read timeout.
-            session.set_read_timeout(None);
+            // On labgate's own upstream connection (TLS or not), not pingora's upgrade
+            // path, which tears some upgrades down right after the 101
+            // (cloudflare/pingora#946).
+            return self.forward_upgrade(session, ctx).await;
         }
         Ok(false)
     }

@@ -3,7 +3,8 @@
 //! demo lab, and a shutdown watch that drains.
 //!
 //! Owns start-up and shutdown only. On SIGTERM or SIGINT it waits until no forwarded
-//! request is in flight (at most `grace_period`), then lets pingora stop its runtimes;
+//! request is in flight (at most `grace_period`), cuts what is left (a device tunnel gets
+//! its WebSocket close 4001 `labgate shutting down`), then lets pingora stop its runtimes;
 //! pingora's own grace period would sleep the whole period (300 s by default) even when
 //! nothing is running. Must never panic on a bad environment: a listener that cannot be
 //! bound is reported before pingora starts, because pingora would panic inside a service
@@ -26,6 +27,7 @@ use pingora::services::listening::Service;
 use crate::admin::{self, AdminService};
 use crate::config::{Config, MAX_SERVER_DURATION};
 use crate::conn::{ConnLimits, Guarded};
+use crate::cut::SHUTTING_DOWN;
 use crate::demo::DemoLab;
 use crate::proxy::LabGate;
 use crate::reaper::{BridgeService, HealthService, Reaper};
@@ -34,6 +36,9 @@ use crate::tls::listener::ListenerTls;
 
 /// How often a draining shutdown looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// After the grace period, how long cut connections get to close (a tunnel's close
+/// frame has `splice::CLOSE_GRACE`) before the runtimes stop.
+const CUT_WAIT: Duration = Duration::from_secs(1);
 /// TCP keepalive probes: one every 10 s, 6 unanswered ones close the connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: usize = 6;
@@ -175,7 +180,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 let shared = shared.clone();
                 move || shared.begin_shutdown()
             }),
-            in_flight: Box::new(move || shared.forwarded_in_flight()),
+            in_flight: Box::new({
+                let shared = shared.clone();
+                move || shared.forwarded_in_flight()
+            }),
+            cut: Box::new(move |reason| {
+                shared.cut_everything(reason);
+            }),
             grace,
         }),
     });
@@ -274,6 +285,7 @@ pub fn run_demo_lab(listen: SocketAddr) -> anyhow::Result<()> {
         shutdown_signal: Box::new(DrainOnSignal {
             begin: Box::new(|| ()),
             in_flight: Box::new(|| 0),
+            cut: Box::new(|_| ()),
             grace: Duration::ZERO,
         }),
     });
@@ -285,6 +297,8 @@ struct DrainOnSignal {
     /// Called once the signal arrives (refuse new sessions).
     begin: Box<dyn Fn() + Send + Sync>,
     in_flight: Box<dyn Fn() -> usize + Send + Sync>,
+    /// Cuts every connection still open, with this reason.
+    cut: Box<dyn Fn(&'static str) + Send + Sync>,
     grace: Duration,
 }
 
@@ -318,6 +332,13 @@ impl ShutdownSignalWatch for DrainOnSignal {
         let left = (self.in_flight)();
         if left > 0 {
             tracing::warn!(in_flight = left, "grace period over; cutting what is left");
+            // Closed, not dropped: a tunnel's client gets its WebSocket close (4001 and
+            // the reason) and every connection its shutdown, as when a turn ends.
+            (self.cut)(SHUTTING_DOWN);
+            let closed = Instant::now() + CUT_WAIT;
+            while (self.in_flight)() > 0 && Instant::now() < closed {
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
         }
         ShutdownSignal::GracefulTerminate
     }

@@ -189,40 +189,54 @@ pub struct LabClient {
     http: reqwest::Client,
     base: String,
     retry_for: Duration,
+    trust: super::tls::Trust,
 }
 
 impl LabClient {
     /// `base` is the server's URL (`http://host:port`, optionally with a path prefix);
     /// connection failures are retried for at most `retry_for`.
-    pub fn new(base: &str, retry_for: Duration) -> Result<LabClient, String> {
+    pub fn new(
+        base: &str,
+        retry_for: Duration,
+        trust: &super::tls::Trust,
+    ) -> Result<LabClient, String> {
         let url = reqwest::Url::parse(base).map_err(|e| format!("invalid URL {base:?}: {e}"))?;
-        match url.scheme() {
-            "http" => {}
-            // No TLS stack is linked in: labgate is meant to be reached over a VPN or
-            // through a TLS-terminating proxy on the same host.
-            "https" => return Err(format!("{base}: https is not supported, use http://")),
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
             other => {
                 return Err(format!(
                     "invalid URL {base:?}: unsupported scheme {other:?}"
                 ))
             }
-        }
+        };
         if url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
             return Err(format!(
-                "invalid URL {base:?}: expected http://HOST[:PORT][/PREFIX]"
+                "invalid URL {base:?}: expected http(s)://HOST[:PORT][/PREFIX]"
             ));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             // A CI runner's HTTP_PROXY is meant for the internet, not for the lab host.
             .no_proxy()
-            .connect_timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT);
+        if https {
+            // The same trust as the tunnels' (`client::tls`): one rustls config.
+            builder = builder.use_preconfigured_tls(trust.config()?.as_ref().clone());
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(LabClient {
             http,
             base: url.as_str().trim_end_matches('/').to_string(),
             retry_for,
+            trust: trust.clone(),
         })
+    }
+
+    /// Whom an `https://` base URL is checked against (the tunnels use it too).
+    pub fn trust(&self) -> &super::tls::Trust {
+        &self.trust
     }
 
     /// The base URL without a trailing slash (what `LAB_URL` is set to for CMD).
@@ -525,20 +539,24 @@ mod tests {
 
     #[test]
     fn base_url_is_normalised_and_checked() {
-        let c = LabClient::new("http://127.0.0.1:8080/", Duration::ZERO).unwrap();
+        let trust = super::super::tls::Trust::default();
+        let c = LabClient::new("http://127.0.0.1:8080/", Duration::ZERO, &trust).unwrap();
         assert_eq!(c.base(), "http://127.0.0.1:8080");
         assert_eq!(c.url("/session"), "http://127.0.0.1:8080/session");
-        let c = LabClient::new("http://gw/labgate/", Duration::ZERO).unwrap();
+        let c = LabClient::new("http://gw/labgate/", Duration::ZERO, &trust).unwrap();
         assert_eq!(c.url("/session"), "http://gw/labgate/session");
-        for bad in [
-            "127.0.0.1:8080",
-            "ftp://x",
-            "https://x",
-            "http://x/?a=1",
-            "not a url",
-        ] {
-            assert!(LabClient::new(bad, Duration::ZERO).is_err(), "{bad}");
+        for bad in ["127.0.0.1:8080", "ftp://x", "http://x/?a=1", "not a url"] {
+            assert!(
+                LabClient::new(bad, Duration::ZERO, &trust).is_err(),
+                "{bad}"
+            );
         }
+        // https with a CA file that is not there: said at once.
+        let missing = super::super::tls::Trust::new(Some("/nonexistent/ca.pem".into()));
+        let e = LabClient::new("https://x", Duration::ZERO, &missing)
+            .err()
+            .unwrap();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

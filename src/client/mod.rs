@@ -12,6 +12,7 @@
 //! - [`child`]: CMD as a child process, signals, exit codes.
 //! - [`progress`]: the waiting line and messages on stderr.
 //! - [`watch`]: signals, the wait deadline and the waiting line around a wait.
+//! - [`tls`]: whom an `https://` labgate must prove itself to (`--ca`, `LAB_CA`).
 //! - [`tunnel`]: one device tunnel (WebSocket to `/lab/tunnel/{target}`), the target syntax.
 //! - [`forward`]: `-L` forwards for `labgate tunnel` and `labgate run`, and CMD's view of them.
 //! - [`tunnel_cmd`]: the `labgate tunnel` and `labgate ssh-config` commands.
@@ -23,6 +24,7 @@ pub mod http;
 pub mod progress;
 pub mod run;
 pub mod ssh_config;
+pub mod tls;
 pub mod tunnel;
 pub mod tunnel_cmd;
 pub mod watch;
@@ -71,6 +73,10 @@ pub struct ServerArgs {
     /// Keep retrying a server that cannot be reached for this long.
     #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = duration)]
     connect_retry: Duration,
+    /// For an https:// URL: trust exactly this PEM CA file instead of the system's
+    /// CA store (`labgate run` passes it on to CMD as LAB_CA).
+    #[arg(long, global = true, env = "LAB_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
 }
 
 impl ServerArgs {
@@ -158,6 +164,10 @@ pub struct TunnelSession {
     /// The session id [env: LAB_SESSION_ID].
     #[arg(long)]
     session: Option<String>,
+    /// For an https:// URL: trust exactly this PEM CA file instead of the system's
+    /// CA store.
+    #[arg(long, env = "LAB_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
 }
 
 impl TunnelSession {
@@ -252,6 +262,7 @@ pub fn run_command(args: RunArgs) -> ExitCode {
         heartbeat: args.heartbeat,
         kill_after: args.kill_after,
         connect_retry: args.server.connect_retry,
+        trust: tls::Trust::new(args.server.ca),
         quiet: args.quiet,
         command: args.command,
         forwards: args.forward,
@@ -262,11 +273,10 @@ pub fn run_command(args: RunArgs) -> ExitCode {
 
 /// `labgate session ...`: the process exit code.
 pub fn session_command(args: SessionArgs) -> ExitCode {
-    let client = match args
-        .server
-        .url()
-        .and_then(|u| LabClient::new(&u, args.server.connect_retry))
-    {
+    let client = match args.server.url().and_then(|u| {
+        let trust = tls::Trust::new(args.server.ca.clone());
+        LabClient::new(&u, args.server.connect_retry, &trust)
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("labgate: {e}");
@@ -337,9 +347,10 @@ async fn session(
 pub fn tunnel_command(args: TunnelArgs) -> ExitCode {
     let progress = progress::Progress::new(args.quiet);
     let prepared = args.session.resolve().and_then(|(url, id)| {
-        let dialer = tunnel::Dialer::new(&url, &id)?;
+        let trust = tls::Trust::new(args.session.ca.clone());
+        let dialer = tunnel::Dialer::new(&url, &id, &trust)?;
         // Only -L asks the session API (GET /tunnels); no retries: the user is there.
-        let client = LabClient::new(&url, Duration::ZERO)?;
+        let client = LabClient::new(&url, Duration::ZERO, &trust)?;
         Ok((client, dialer, id))
     });
     let (client, dialer, id) = match prepared {
@@ -378,7 +389,8 @@ pub fn tunnel_command(args: TunnelArgs) -> ExitCode {
 /// `labgate ssh-config`: the process exit code.
 pub fn ssh_config_command(args: SshConfigArgs) -> ExitCode {
     let prepared = args.session.resolve().and_then(|(url, id)| {
-        let client = LabClient::new(&url, Duration::from_secs(10))?;
+        let trust = tls::Trust::new(args.session.ca.clone());
+        let client = LabClient::new(&url, Duration::from_secs(10), &trust)?;
         Ok((client, id))
     });
     let (client, id) = match prepared {

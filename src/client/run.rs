@@ -18,6 +18,7 @@ use super::exit;
 use super::forward::{Event, ForwardSpec, Forwards, Running};
 use super::http::{ClientError, Ended, LabClient};
 use super::progress::{seconds, Progress};
+use super::tls::Trust;
 use super::tunnel::Dialer;
 use super::tunnel_cmd::describe;
 use super::watch::{sleep_until_opt, Interrupt, Signals, Watch};
@@ -48,6 +49,8 @@ pub struct RunOptions {
     pub heartbeat: Option<Duration>,
     pub kill_after: Duration,
     pub connect_retry: Duration,
+    /// For an `https://` URL (`--ca`, `LAB_CA`).
+    pub trust: Trust,
     pub quiet: bool,
     pub command: Vec<OsString>,
     /// `-L`: bound before the session is asked for, accepting once it is ACTIVE.
@@ -58,7 +61,7 @@ pub struct RunOptions {
 /// Runs `labgate run`; returns the process exit code.
 pub async fn run(opts: RunOptions) -> u8 {
     let progress = Progress::new(opts.quiet);
-    let client = match LabClient::new(&opts.url, opts.connect_retry) {
+    let client = match LabClient::new(&opts.url, opts.connect_retry, &opts.trust) {
         Ok(c) => c,
         Err(e) => {
             progress.error(&e);
@@ -292,10 +295,14 @@ async fn hold(
         ("LAB_SESSION_ID".to_string(), id.to_string()),
         ("LAB_URL".to_string(), client.base().to_string()),
     ];
+    // CMD's own `labgate tunnel` then trusts the same CA.
+    if let Some(ca) = client.trust().ca() {
+        env.push(("LAB_CA".to_string(), ca.display().to_string()));
+    }
     let mut running: Option<Running> = None;
     let mut shown = String::new();
     if !opts.forwards.is_empty() {
-        let dialer = match Dialer::new(client.base(), id) {
+        let dialer = match Dialer::new(client.base(), id, client.trust()) {
             Ok(d) => d,
             Err(e) => {
                 watch.progress.error(&e);

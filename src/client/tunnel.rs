@@ -7,6 +7,7 @@
 //! detail), pumping bytes between a local byte stream and the tunnel, keepalive pings,
 //! and telling "the session ended" (close code 4001) apart from any other end. Must
 //! never print, pick exit codes, or resolve a device name (labgate does, never DNS).
+//! TLS to an `https://` labgate is rustls with [`super::tls::Trust`].
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -179,6 +181,19 @@ pub enum Ended {
     Failed(String),
 }
 
+/// TLS to an `https://` labgate: the config and the name its certificate must carry.
+#[derive(Clone)]
+struct Tls {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish()
+    }
+}
+
 /// Opens tunnels for one session on one labgate.
 #[derive(Clone, Debug)]
 pub struct Dialer {
@@ -189,23 +204,27 @@ pub struct Dialer {
     /// The base URL's path prefix without a trailing slash (labgate behind a proxy).
     prefix: String,
     session: String,
+    /// For `https://`/`wss://`.
+    tls: Option<Tls>,
 }
 
 impl Dialer {
     /// `base` is labgate's URL (`LAB_URL`); the tunnel's WebSocket URL is the same
-    /// with `ws://` for `http://`. `https://`/`wss://` need a TLS stack labgate's
-    /// client does not link (reach labgate over the VPN or a local TLS proxy).
-    pub fn new(base: &str, session: &str) -> Result<Dialer, String> {
+    /// with `ws://` for `http://` and `wss://` for `https://` (checked against `trust`).
+    pub fn new(base: &str, session: &str, trust: &super::tls::Trust) -> Result<Dialer, String> {
         let url = reqwest::Url::parse(base).map_err(|e| format!("invalid URL {base:?}: {e}"))?;
-        match url.scheme() {
-            "http" | "ws" => {}
-            "https" | "wss" => return Err(format!("{base}: https is not supported, use http://")),
+        let tls = match url.scheme() {
+            "http" | "ws" => None,
+            "https" | "wss" => Some(Tls {
+                config: trust.config()?,
+                name: super::tls::server_name(&url)?,
+            }),
             other => {
                 return Err(format!(
                     "invalid URL {base:?}: unsupported scheme {other:?}"
                 ))
             }
-        }
+        };
         let host = url
             .host_str()
             .ok_or_else(|| format!("invalid URL {base:?}: no host"))?;
@@ -214,7 +233,10 @@ impl Dialer {
                 "invalid URL {base:?}: expected http://HOST[:PORT][/PREFIX]"
             ));
         }
-        let port = url.port_or_known_default().unwrap_or(80);
+        // `ws`/`wss` have known defaults too (80/443).
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if tls.is_some() { 443 } else { 80 });
         // `host_str` keeps IPv6 brackets, which both uses below need.
         let authority = match url.port() {
             Some(p) => format!("{host}:{p}"),
@@ -231,6 +253,7 @@ impl Dialer {
             authority,
             prefix: url.path().trim_end_matches('/').to_string(),
             session: session.to_string(),
+            tls,
         })
     }
 
@@ -257,7 +280,24 @@ impl Dialer {
         };
         // Interactive ssh sends small packets: do not hold them back.
         let _ = tcp.set_nodelay(true);
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(tcp, target))
+        let opened = async {
+            match &self.tls {
+                None => self.handshake(tcp, target).await,
+                Some(tls) => {
+                    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                    let stream = connector
+                        .connect(tls.name.clone(), tcp)
+                        .await
+                        .map_err(|e| {
+                            unreachable(format!(
+                                "TLS handshake failed: {e} (a private CA: pass --ca FILE or set LAB_CA)"
+                            ))
+                        })?;
+                    self.handshake(stream, target).await
+                }
+            }
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, opened)
             .await
             .unwrap_or_else(|_| {
                 Err(OpenError::Protocol(format!(
@@ -266,10 +306,13 @@ impl Dialer {
             })
     }
 
-    async fn handshake(&self, tcp: TcpStream, target: &Target) -> Result<Ws, OpenError> {
+    async fn handshake<T>(&self, io: T, target: &Target) -> Result<Ws, OpenError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let proto =
             |what: &str, e: &dyn std::fmt::Display| OpenError::Protocol(format!("{what}: {e}"));
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| proto("HTTP handshake with labgate failed", &e))?;
         // Drives the connection until the upgrade hands it over (or it fails, which
@@ -513,22 +556,41 @@ mod tests {
 
     #[test]
     fn the_url_path_keeps_the_prefix_and_brackets() {
-        let d = Dialer::new("http://gw:8080/labgate/", "abc-123").unwrap();
+        let trust = crate::client::tls::Trust::default();
+        let d = Dialer::new("http://gw:8080/labgate/", "abc-123", &trust).unwrap();
         assert_eq!(d.addr, "gw:8080");
         assert_eq!(d.authority, "gw:8080");
         let t = Target::parse("[fd00::2]:22").unwrap();
         assert_eq!(d.path(&t), "/labgate/lab/tunnel/[fd00::2]:22");
-        let d = Dialer::new("http://[::1]", "abc").unwrap();
+        let d = Dialer::new("http://[::1]", "abc", &trust).unwrap();
         assert_eq!(d.addr, "[::1]:80");
         assert_eq!(d.authority, "[::1]");
         assert_eq!(
             d.path(&Target::parse("r1:22").unwrap()),
             "/lab/tunnel/r1:22"
         );
-        for bad in ["https://gw", "ftp://gw", "gw:8080", "http://gw/?x=1"] {
-            assert!(Dialer::new(bad, "abc").is_err(), "{bad}");
+        for bad in ["ftp://gw", "gw:8080", "http://gw/?x=1"] {
+            assert!(Dialer::new(bad, "abc", &trust).is_err(), "{bad}");
         }
-        assert!(Dialer::new("http://gw", "a/b").is_err());
+        assert!(Dialer::new("http://gw", "a/b", &trust).is_err());
+        // https: TLS to the URL's host, on 443 unless the URL says otherwise.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let trust = crate::client::tls::Trust::new(Some(ca));
+        let d = Dialer::new("https://gw.lab/labgate", "abc", &trust).unwrap();
+        assert_eq!(
+            (d.addr.as_str(), d.authority.as_str()),
+            ("gw.lab:443", "gw.lab")
+        );
+        assert!(d.tls.is_some());
+        let d = Dialer::new("wss://[::1]:8443", "abc", &trust).unwrap();
+        assert_eq!(d.addr, "[::1]:8443");
+        let bad = crate::client::tls::Trust::new(Some(dir.path().join("missing.pem")));
+        assert!(Dialer::new("https://gw", "abc", &bad).is_err());
     }
 
     #[test]

@@ -154,8 +154,8 @@ fn listed(allowed: &Tunnels, target: &Target) -> bool {
     })
 }
 
-/// `labgate ssh-config`: the text to print. `pin` writes `--url` and `--session`
-/// into the ProxyCommand (for a config used only during this session); otherwise
+/// `labgate ssh-config`: the text to print. `pin` writes `--url` and `--session` (and
+/// `--ca`, when given) into the ProxyCommand (for a config used only during this session); otherwise
 /// ssh must run with `LAB_URL` and `LAB_SESSION_ID` set.
 pub async fn ssh_config(
     client: &LabClient,
@@ -176,6 +176,11 @@ pub async fn ssh_config(
             "--session".to_string(),
             session.to_string(),
         ]);
+        // An https labgate with a private CA: the same trust, wherever ssh runs from.
+        if let Some(ca) = client.trust().ca() {
+            let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.to_path_buf());
+            proxy.extend(["--ca".to_string(), ca.display().to_string()]);
+        }
     }
     Ok(ssh_config::render(&allowed, &proxy))
 }

@@ -190,6 +190,7 @@ impl LabGate {
         let relayed = splice::upstream::forward_upgrade(
             &mut session.downstream_session,
             up.addr,
+            up.tls.as_ref(),
             up.connect_timeout,
             up.read_timeout,
             splice::upstream::upstream_request(&req),

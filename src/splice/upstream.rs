@@ -1,6 +1,7 @@
 //! `/lab` upgrade requests (WebSocket or any `Upgrade`) on a connection labgate opens to
-//! the upstream itself: hyper sends the request and parses the answer head; a `101` is
-//! relayed and then spliced raw ([`super::raw`]), anything else is relayed as a response.
+//! the upstream itself (TLS with the upstream's `[upstream.tls]` settings when it has
+//! them): hyper sends the request and parses the answer head; a `101` is relayed and
+//! then spliced raw ([`super::raw`]), anything else is relayed as a response.
 //!
 //! Owns the upstream leg of forwarded upgrades only. Must never shape the request (the
 //! forwarding policy did) nor answer the client before the upstream has answered.
@@ -13,11 +14,13 @@ use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{client_socket, raw, unless_cut, ConnectError, End, Outcome};
 use crate::cut::Ticket;
 use crate::forward::{FailureKind, Side};
+use crate::tls::upstream::UpstreamTls;
 
 /// What an upstream answered an upgrade request.
 pub enum UpstreamAnswer {
@@ -39,6 +42,10 @@ pub enum UpgradeError {
     Timeout,
     #[error("upstream protocol error: {0}")]
     Http(#[from] hyper::Error),
+    /// The TLS handshake failed (certificate not trusted, wrong name, no client
+    /// certificate, not TLS at all).
+    #[error("TLS to the upstream failed: {0}")]
+    Tls(String),
     /// The session ended while connecting.
     #[error("session ended")]
     Cut,
@@ -57,22 +64,26 @@ impl UpgradeError {
                 (FailureKind::Connect, Side::Upstream, false)
             }
             UpgradeError::Timeout => (FailureKind::ReadTimedOut, Side::Upstream, false),
+            UpgradeError::Tls(_) => (FailureKind::Connect, Side::Upstream, false),
             UpgradeError::Http(_) => (FailureKind::Closed, Side::Upstream, false),
         }
     }
 }
 
 /// Sends an upgrade request (already shaped by the forwarding policy) to the upstream at
-/// `addr` on a fresh connection of labgate's own, and waits for its answer head.
-/// `register` gets the socket's fd once connected (the cut registry duplicates it) and
-/// returns false when the session already ended. HTTP/1 parsing is hyper's.
+/// `addr` on a fresh connection of labgate's own (TLS when `tls` is given), and waits
+/// for its answer head. `register` gets the socket's fd once connected (the cut registry
+/// duplicates it) and returns false when the session already ended. HTTP/1 parsing is
+/// hyper's.
 pub async fn request_upgrade(
     addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
     connect_timeout: Duration,
     read_timeout: Duration,
     request: http::Request<http_body_util::Empty<Bytes>>,
     register: impl FnOnce(RawFd) -> bool,
 ) -> Result<UpstreamAnswer, UpgradeError> {
+    let started = tokio::time::Instant::now();
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout)?
@@ -81,8 +92,31 @@ pub async fn request_upgrade(
     if !register(stream.as_raw_fd()) {
         return Err(UpgradeError::Cut);
     }
+    let Some(tls) = tls else {
+        return send_upgrade(stream, read_timeout, request).await;
+    };
+    let name = tls.server_name().map_err(UpgradeError::Tls)?;
+    let connector = tokio_rustls::TlsConnector::from(tls.splice.clone());
+    // The handshake counts against the connect timeout, as in pingora's connector.
+    let stream =
+        tokio::time::timeout_at(started + connect_timeout, connector.connect(name, stream))
+            .await
+            .map_err(|_| ConnectError::Timeout)?
+            .map_err(|e| UpgradeError::Tls(e.to_string()))?;
+    send_upgrade(stream, read_timeout, request).await
+}
+
+/// The HTTP/1 exchange of [`request_upgrade`] on a connected (and maybe TLS) stream.
+async fn send_upgrade<T>(
+    io: T,
+    read_timeout: Duration,
+    request: http::Request<http_body_util::Empty<Bytes>>,
+) -> Result<UpstreamAnswer, UpgradeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
     // The connection task hands the socket to `upgrade::on` after a 101, or ends with
     // the response body; it never outlives the socket.
     tokio::spawn(async move {
@@ -157,6 +191,7 @@ pub enum Relayed {
 pub async fn forward_upgrade(
     session: &mut ServerSession,
     addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
     connect_timeout: Duration,
     read_timeout: Duration,
     request: http::Request<http_body_util::Empty<Bytes>>,
@@ -164,7 +199,8 @@ pub async fn forward_upgrade(
     register: impl FnOnce(RawFd) -> bool,
     extra: &[(&'static str, String)],
 ) -> Result<Relayed, UpgradeError> {
-    let answer = request_upgrade(addr, connect_timeout, read_timeout, request, register).await?;
+    let answer =
+        request_upgrade(addr, tls, connect_timeout, read_timeout, request, register).await?;
     let client = client_socket(session);
     match answer {
         UpstreamAnswer::Switched { head, io } => {
@@ -279,6 +315,7 @@ mod tests {
             forward_upgrade(
                 &mut session,
                 upstream,
+                None,
                 Duration::from_secs(5),
                 Duration::from_secs(5),
                 request,

@@ -110,6 +110,13 @@ impl Shared {
         self.forwarded_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// A shutdown's grace period is over: cuts every request, upgrade and tunnel still
+    /// open (tunnels get their WebSocket close, like at the end of a turn); returns how
+    /// many. The queue is untouched.
+    pub fn cut_everything(&self, reason: &'static str) -> usize {
+        self.lock().conns.cut_all(reason)
+    }
+
     pub fn forwarded_in_flight(&self) -> usize {
         self.forwarded_in_flight.load(Ordering::SeqCst)
     }

@@ -3,9 +3,11 @@
 //! explicit and loud skip-verify for self-signed lab gear, and HTTP/2 offered by ALPN.
 //!
 //! Owns turning the raw table into checked material and applying it to a pingora
-//! `HttpPeer`. Must never hand pingora unparsed material (its rustls connector panics on
-//! a malformed key or CA certificate), and never skip verification unless the operator
-//! wrote `insecure_skip_verify = true`.
+//! `HttpPeer`, and the same settings as a rustls client config for the connections
+//! labgate opens itself (WebSocket upgrades, `crate::splice::upstream`). Must never hand
+//! pingora unparsed material (its rustls connector panics on a malformed key or CA
+//! certificate), and never skip verification unless the operator wrote
+//! `insecure_skip_verify = true`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +15,9 @@ use std::sync::Arc;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
-use rustls::RootCertStore;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -51,6 +55,8 @@ pub struct UpstreamTls {
     pub client_cert_path: Option<PathBuf>,
     pub verify: bool,
     pub http2: bool,
+    /// The same settings for labgate's own connections (HTTP/1.1 only: upgrades).
+    pub splice: Arc<ClientConfig>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -108,17 +114,22 @@ impl RawUpstreamTls {
             }
             None => (None, None),
         };
+        let ca_der: Option<Vec<CertificateDer<'static>>> =
+            ca.as_ref().map(|(_, der)| der.clone()).filter(|_| verify);
+        let ca = ca.map(|(wrapped, _)| wrapped);
         if !verify && ca.is_some() {
             return Err((
                 self.insecure_skip_verify.as_ref().and_then(span_of),
                 "tls.insecure_skip_verify = true makes tls.ca useless: use one or the other".into(),
             ));
         }
+        let mut client_der = None;
         let (client, client_cert_path) = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
                 let cp = PathBuf::from(cert.get_ref());
                 let kp = PathBuf::from(key.get_ref());
-                let ck = read_client(&cp, &kp).map_err(|m| (span_of(cert), m))?;
+                let (ck, der) = read_client(&cp, &kp).map_err(|m| (span_of(cert), m))?;
+                client_der = Some(der);
                 (Some(Arc::new(ck)), Some(cp))
             }
             (None, None) => (None, None),
@@ -129,6 +140,7 @@ impl RawUpstreamTls {
                 ))
             }
         };
+        let splice = splice_config(verify, ca_der, client_der).map_err(|m| (None, m))?;
         Ok(UpstreamTls {
             sni,
             ca,
@@ -137,11 +149,112 @@ impl RawUpstreamTls {
             client_cert_path,
             verify,
             http2: self.http2.unwrap_or(true),
+            splice,
         })
     }
 }
 
-fn read_ca(path: &Path) -> Result<Arc<[WrappedX509]>, String> {
+/// A client certificate chain and its key, as rustls takes them.
+type ClientDer = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// The rustls config of labgate's own upstream connections: the same trust (the CA
+/// file, else the system's roots like pingora's connector), the same client
+/// certificate, the same skip-verify, and HTTP/1.1 by ALPN.
+fn splice_config(
+    verify: bool,
+    ca: Option<Vec<CertificateDer<'static>>>,
+    client: Option<ClientDer>,
+) -> Result<Arc<ClientConfig>, String> {
+    let builder = ClientConfig::builder_with_provider(super::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = if verify {
+        let mut roots = RootCertStore::empty();
+        match ca {
+            Some(certs) => {
+                // Checked one by one in `read_ca`.
+                roots.add_parsable_certificates(certs);
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                if let Err(e) = &native {
+                    tracing::warn!(error = %e, "cannot load the system's CA certificates");
+                }
+                roots.add_parsable_certificates(native.unwrap_or_default());
+            }
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(super::provider())))
+    };
+    let mut config = match client {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("TLS client certificate: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// `insecure_skip_verify = true`: any certificate, any name (what pingora's connector
+/// does with `verify_cert = false`). The handshake's signatures are still checked, so
+/// the peer holds the key of the certificate it showed. rustls has no such verifier of
+/// its own on purpose; this is the whole of it.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The CA file for pingora (wrapped) and for rustls (DER).
+type Ca = (Arc<[WrappedX509]>, Vec<CertificateDer<'static>>);
+
+fn read_ca(path: &Path) -> Result<Ca, String> {
     let certs = super::read_certs(path)?;
     // The same check the connector makes per connection, made once here.
     let mut store = RootCertStore::empty();
@@ -156,13 +269,13 @@ fn read_ca(path: &Path) -> Result<Arc<[WrappedX509]>, String> {
     }
     // parse_x509 cannot panic here: read_certs parsed every certificate.
     let wrapped: Vec<WrappedX509> = certs
-        .into_iter()
+        .iter()
         .map(|c| WrappedX509::new(c.to_vec(), parse_x509))
         .collect();
-    Ok(Arc::from(wrapped))
+    Ok((Arc::from(wrapped), certs))
 }
 
-fn read_client(cert: &Path, key: &Path) -> Result<CertKey, String> {
+fn read_client(cert: &Path, key: &Path) -> Result<(CertKey, ClientDer), String> {
     let chain = super::read_certs(cert)?;
     let key_der = super::read_key(key)?;
     super::check_pair(&chain, &key_der, cert, key)?;
@@ -171,10 +284,8 @@ fn read_client(cert: &Path, key: &Path) -> Result<CertKey, String> {
     let raw_key = key_der.secret_der().to_vec();
     rustls::pki_types::PrivateKeyDer::try_from(raw_key.clone())
         .map_err(|e| format!("{}: unsupported key encoding: {e}", key.display()))?;
-    Ok(CertKey::new(
-        chain.into_iter().map(|c| c.to_vec()).collect(),
-        raw_key,
-    ))
+    let pingora_key = CertKey::new(chain.iter().map(|c| c.to_vec()).collect(), raw_key);
+    Ok((pingora_key, (chain, key_der)))
 }
 
 impl UpstreamTls {
@@ -193,6 +304,12 @@ impl UpstreamTls {
             peer.options.alpn = ALPN::H1;
         }
         peer
+    }
+
+    /// The name labgate's own connections send as SNI and check the certificate against.
+    pub fn server_name(&self) -> Result<ServerName<'static>, String> {
+        ServerName::try_from(self.sni.clone())
+            .map_err(|_| format!("tls.sni {:?} is not a DNS name or IP address", self.sni))
     }
 
     /// Lines `labgate check` and start-up print loudly.

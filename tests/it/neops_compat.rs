@@ -122,7 +122,7 @@ fn build_venv() -> Result<PathBuf, String> {
     let stamp_path = venv.join(".labgate-compat-stamp");
     // The stamp is the exact requirement text: any edit to a pin rebuilds the venv.
     let mut stamp = String::new();
-    for f in ["requirements.txt", "neops-remote-lab.txt"] {
+    for f in ["requirements.txt", "neops-remote-lab.txt", "netconf.txt"] {
         let path = compat_dir().join(f);
         stamp +=
             &std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
@@ -167,6 +167,8 @@ fn build_venv() -> Result<PathBuf, String> {
         &["--no-deps", "--ignore-requires-python", "--require-hashes"],
         "neops-remote-lab.txt",
     )?;
+    // ncclient for the NETCONF recipe (tunnel_client::netconf), beside the rest.
+    pip(&[], "netconf.txt")?;
     std::fs::write(&stamp_path, &stamp).map_err(|e| format!("write venv stamp: {e}"))?;
     Ok(python)
 }

@@ -504,56 +504,128 @@ async fn keepalive_is_set_on_both_legs_of_a_tunnel() {
 }
 
 /// pingora#946: its proxied-upgrade path tore ~1 in 20 WebSockets down right after the
-/// 101 (3 of 1,000 on this machine with the old code). labgate's own splice: none.
+/// 101 (3 of 1,000 on this machine with the old code). labgate's own splice: none, to a
+/// plain upstream and to a TLS one (test CA) alike, both kinds at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_survive_parallel_load() {
+    use crate::support::tls::{TestCa, TlsWsUpstream, Usage, Validity};
+    /// Upgrades of each kind, and workers of each kind (all at once).
     const UPGRADES: usize = 1000;
-    const PARALLEL: usize = 50;
+    const PARALLEL: usize = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "device");
+    let (cert, _) = ca.issue("r1", "r1.lab.test", Usage::Server, Validity::Current);
     let http = Upstream::start().await;
     let ws = WsUpstream::start().await;
+    let wss = TlsWsUpstream::start(&cert).await;
+    let tls = format!(
+        "sni = \"r1.lab.test\"\nca = {:?}\n",
+        ca.cert_path.display().to_string()
+    );
     let cfg = Cfg::bare()
         .upstream(UpstreamCfg::new("api", http.addr).routes(&["/lab"]))
-        .upstream(UpstreamCfg::new("console", ws.addr).routes(&["/lab/ws"]));
+        .upstream(UpstreamCfg::new("console", ws.addr).routes(&["/lab/ws"]))
+        .upstream(
+            UpstreamCfg::new("secure", wss.addr)
+                .routes(&["/lab/wss"])
+                .tls(&tls),
+        );
     let gw = Arc::new(Gateway::start(&cfg).await);
     let (a, _) = create_session(&gw).await;
-    let torn = Arc::new(AtomicUsize::new(0));
-    let next_one = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
-    for _ in 0..PARALLEL {
-        let (gw, a, torn, next_one) = (gw.clone(), a.clone(), torn.clone(), next_one.clone());
-        workers.push(tokio::spawn(async move {
-            while next_one.fetch_add(1, Ordering::SeqCst) < UPGRADES {
-                let mut req = format!("ws://127.0.0.1:{}/lab/ws", gw.port)
-                    .into_client_request()
-                    .expect("request");
-                req.headers_mut()
-                    .insert("X-Session-ID", a.parse().expect("header"));
-                let (mut s, resp) = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    tokio_tungstenite::connect_async(req),
-                )
-                .await
-                .expect("handshake in time")
-                .expect("handshake");
-                assert_eq!(resp.status().as_u16(), 101);
-                let echoed = s.send(Message::text("probe")).await.is_ok()
-                    && matches!(
-                        tokio::time::timeout(Duration::from_secs(30), s.next()).await,
-                        Ok(Some(Ok(m))) if m == Message::text("probe")
-                    );
-                if !echoed {
-                    torn.fetch_add(1, Ordering::SeqCst);
+    for path in ["/lab/ws", "/lab/wss"] {
+        let (torn, opened, next_one) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        for _ in 0..PARALLEL {
+            let (gw, a) = (gw.clone(), a.clone());
+            let (torn, opened, next_one) = (torn.clone(), opened.clone(), next_one.clone());
+            workers.push(tokio::spawn(async move {
+                while next_one.fetch_add(1, Ordering::SeqCst) < UPGRADES {
+                    let mut req = format!("ws://127.0.0.1:{}{path}", gw.port)
+                        .into_client_request()
+                        .expect("request");
+                    req.headers_mut()
+                        .insert("X-Session-ID", a.parse().expect("header"));
+                    let (mut s, resp) = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        tokio_tungstenite::connect_async(req),
+                    )
+                    .await
+                    .expect("handshake in time")
+                    .expect("handshake");
+                    assert_eq!(resp.status().as_u16(), 101);
+                    opened.fetch_add(1, Ordering::SeqCst);
+                    let echoed = s.send(Message::text("probe")).await.is_ok()
+                        && matches!(
+                            tokio::time::timeout(Duration::from_secs(30), s.next()).await,
+                            Ok(Some(Ok(m))) if m == Message::text("probe")
+                        );
+                    if !echoed {
+                        torn.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = s.close(None).await;
                 }
-                let _ = s.close(None).await;
-            }
-        }));
+                (path, opened, torn)
+            }));
+        }
     }
+    let mut counts = std::collections::BTreeMap::new();
     for w in workers {
-        w.await.expect("worker");
+        let (path, opened, torn) = w.await.expect("worker");
+        counts.insert(
+            path,
+            (opened.load(Ordering::SeqCst), torn.load(Ordering::SeqCst)),
+        );
     }
-    let torn = torn.load(Ordering::SeqCst);
-    println!("WebSocket upgrades torn down right after their 101: {torn} of {UPGRADES} ({PARALLEL} in parallel)");
-    assert_eq!(torn, 0);
+    for (path, (opened, torn)) in &counts {
+        println!(
+            "{path}: WebSocket upgrades torn down right after their 101: {torn} of {opened} \
+             ({PARALLEL} in parallel, beside {PARALLEL} of the other kind)"
+        );
+    }
+    assert_eq!(counts["/lab/ws"], (UPGRADES, 0));
+    assert_eq!(counts["/lab/wss"], (UPGRADES, 0));
+}
+
+/// SIGTERM: the drain waits `grace_period` for what is in flight, then closes a tunnel
+/// still open the way the end of a turn does (close 4001 with the reason), not by
+/// dropping it; labgate exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_open_tunnels_with_4001_and_the_reason() {
+    let http = Upstream::start().await;
+    let device = echo_device().await;
+    let mut cfg = Cfg::new(http.addr).tunnels(TunnelsCfg::new(4).device("r1", device));
+    cfg.grace_period = "1s".to_string();
+    let mut gw = Gateway::start(&cfg).await;
+    let (a, _) = create_session(&gw).await;
+    let target = format!("r1:{}", device.port());
+    let mut ws = tunnel(&gw, &target, Some(&a)).await.expect("tunnel open");
+    round_trip(&mut ws, b"before the signal").await;
+    gw.signal(Signal::SIGTERM);
+    // Within the grace period the tunnel still works.
+    round_trip(&mut ws, b"while draining").await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("closed within the grace period and a little");
+    match closed {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(f.code, CloseCode::Library(4001));
+            assert_eq!(f.reason.as_str(), "labgate shutting down");
+        }
+        other => panic!("expected close 4001, got {other:?}\n{}", gw.log_tail()),
+    }
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("labgate exits after the drain");
+    assert!(status.success(), "{status:?}\n{}", gw.log_tail());
+    let closed = gw.audit_events("tunnel_closed");
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0]["end"], "session_ended");
+    assert_eq!(closed[0]["reason"], "labgate shutting down");
 }
 
 /// `labgate check` on a config with `[tunnels]`: what may be reached, and a located

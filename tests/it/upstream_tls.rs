@@ -195,8 +195,24 @@ async fn labgate_check_rejects_bad_tls_files_with_their_location() {
     );
 }
 
+/// Opens a session on `gw`; returns its id.
+async fn session_on(gw: &Gateway) -> String {
+    let r = raw(
+        gw.addr(),
+        "POST /session HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .expect("create");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    v["session_id"].as_str().expect("id").to_string()
+}
+
+/// A WebSocket to a TLS upstream is labgate's own splice (cloudflare/pingora#946 no
+/// longer applies): one attempt must work, on HTTP/1.1 even though requests to the same
+/// upstream may use h2, and ending the session closes it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_to_a_tls_upstream_stays_on_http1_while_requests_may_use_h2() {
+async fn a_websocket_to_a_tls_upstream_is_spliced_by_labgate_on_http1() {
+    use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "device");
     let (cert, _) = ca.issue("r1", "r1.lab.test", Usage::Server, Validity::Current);
@@ -206,19 +222,75 @@ async fn a_websocket_to_a_tls_upstream_stays_on_http1_while_requests_may_use_h2(
         ca.cert_path.display().to_string()
     );
     let gw = Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("r1", up.addr).tls(&tls))).await;
-    let r = raw(
-        gw.addr(),
-        "POST /session HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
-    )
-    .await
-    .expect("create");
-    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
-    let id = v["session_id"].as_str().expect("id").to_string();
-    let _ws = open_echo_ws_through_pingora(&gw, "/lab/ws", &id).await;
+    let id = session_on(&gw).await;
+    let mut ws = open_echo_ws(&gw, "/lab/ws", &id).await;
     let alpn = up.alpn.lock().unwrap().clone();
-    assert!(!alpn.is_empty());
-    assert!(
-        alpn.iter().all(|p| p.as_deref() == Some(&b"http/1.1"[..])),
-        "{alpn:?}"
+    assert_eq!(alpn, vec![Some(b"http/1.1".to_vec())]);
+    let _ = raw(
+        gw.addr(),
+        &format!("DELETE /session/{id} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .expect("closed at once when the session ends");
+    assert!(!matches!(&end, Some(Ok(m)) if m.is_text()), "{end:?}");
+}
+
+/// The upgrade's TLS is the upstream's `[upstream.tls]`: the wrong name or CA is a 502
+/// before any 101 (the upstream never completes a handshake); the loud skip option
+/// accepts self-signed gear; a client certificate reaches a manager that requires one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_use_the_upstreams_tls_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "device");
+    let (cert, _) = ca.issue("r1", "r1.lab.test", Usage::Server, Validity::Current);
+    let up = TlsWsUpstream::start(&cert).await;
+    let ca_path = ca.cert_path.display().to_string();
+    for tls in [
+        format!("sni = \"r2.lab.test\"\nca = {ca_path:?}\n"),
+        "sni = \"r1.lab.test\"\n".to_string(),
+    ] {
+        let gw =
+            Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("r1", up.addr).tls(&tls))).await;
+        let id = session_on(&gw).await;
+        let r = raw(
+            gw.addr(),
+            &format!(
+                "GET /lab/ws HTTP/1.1\r\nHost: x\r\nX-Session-ID: {id}\r\nConnection: Upgrade\r\n\
+                 Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(r.status, 502, "{tls}: {}", r.text());
+    }
+    assert!(up.alpn.lock().unwrap().is_empty());
+
+    let switch = self_signed(dir.path(), "switch", "switch.lab.test");
+    let up = TlsWsUpstream::start(&switch).await;
+    let cfg =
+        Cfg::bare().upstream(UpstreamCfg::new("sw", up.addr).tls("insecure_skip_verify = true\n"));
+    let gw = Gateway::start(&cfg).await;
+    let id = session_on(&gw).await;
+    let _ws = open_echo_ws(&gw, "/lab/ws", &id).await;
+
+    let clients = TestCa::new(dir.path(), "clients");
+    let (labgate_cert, _) = clients.issue(
+        "labgate-client",
+        "labgate",
+        Usage::Client,
+        Validity::Current,
     );
+    let up = TlsWsUpstream::start_requiring(&cert, Some(&clients.cert_path)).await;
+    let with = format!(
+        "sni = \"r1.lab.test\"\nca = {ca_path:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+        labgate_cert.cert.display().to_string(),
+        labgate_cert.key.display().to_string()
+    );
+    let gw =
+        Gateway::start(&Cfg::bare().upstream(UpstreamCfg::new("mgr", up.addr).tls(&with))).await;
+    let id = session_on(&gw).await;
+    let _ws = open_echo_ws(&gw, "/lab/ws", &id).await;
 }

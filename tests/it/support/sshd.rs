@@ -40,6 +40,12 @@ impl Sshd {
     /// Starts sshd on a free loopback port (a few tries if the port is taken in
     /// between); waits until it accepts connections.
     pub async fn start() -> Sshd {
+        Sshd::start_with_netconf(None).await
+    }
+
+    /// [`Sshd::start`] with `netconf` as the `netconf` subsystem's command line instead
+    /// of the stand-in that echoes after its hello.
+    pub async fn start_with_netconf(netconf: Option<&str>) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} missing: install openssh-server (.ci/setup --test)"
@@ -81,10 +87,12 @@ impl Sshd {
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                      PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
                      AllowUsers {user}\nMaxStartups 20\nLoginGraceTime 30\nLogLevel VERBOSE\n\
-                     Subsystem netconf /bin/sh {nc}\n",
+                     Subsystem netconf {nc}\n",
                     hk = d.join("host_key").display(),
                     ak = d.join("authorized_keys").display(),
-                    nc = d.join("netconf.sh").display(),
+                    nc = netconf
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("/bin/sh {}", d.join("netconf.sh").display())),
                 ),
             )
             .expect("sshd_config");
@@ -183,6 +191,20 @@ impl Sshd {
 
     pub fn known_hosts(&self) -> PathBuf {
         self.dir.path().join("known_hosts")
+    }
+
+    /// The throwaway user key (its private half).
+    pub fn user_key(&self) -> PathBuf {
+        self.dir.path().join("user_key")
+    }
+
+    /// The host key's `TYPE BASE64` (for a known_hosts line under another name).
+    pub fn host_key(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("host_key.pub")).expect("host key");
+        text.split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 

@@ -371,10 +371,30 @@ impl Drop for TlsWsUpstream {
 
 impl TlsWsUpstream {
     pub async fn start(cert: &CertFiles) -> TlsWsUpstream {
+        TlsWsUpstream::start_requiring(cert, None).await
+    }
+
+    /// [`TlsWsUpstream::start`] that requires a client certificate from `client_ca`
+    /// when given (a handshake without one fails and is not counted).
+    pub async fn start_requiring(cert: &CertFiles, client_ca: Option<&Path>) -> TlsWsUpstream {
         use futures_util::{SinkExt, StreamExt};
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
+        let builder = rustls::ServerConfig::builder();
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in load_certs(ca) {
+                    roots.add(c).unwrap();
+                }
+                builder.with_client_cert_verifier(
+                    rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                        .build()
+                        .unwrap(),
+                )
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
             .with_single_cert(load_certs(&cert.cert), load_key(&cert.key))
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -226,6 +226,84 @@ async fn labgate_run_holds_a_forward_for_a_real_ssh_command() {
     assert!(active_session(&gw).await.is_none());
 }
 
+/// labgate behind its own HTTPS listener (`[server.tls]`, a test CA): `labgate run
+/// --ca` holds the lab and a forward over TLS, and CMD's own `labgate tunnel --stdio`
+/// (ProxyCommand) reaches the device with the `LAB_URL`, `LAB_SESSION_ID` and `LAB_CA`
+/// it was given. Without the CA, the certificate is refused with one clear line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnel_client_speaks_tls_to_an_https_labgate() {
+    use crate::support::tls::{TestCa, Usage, Validity};
+    let sshd = Sshd::start().await;
+    let http = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "labgate-ca");
+    let (served, _) = ca.issue("labgate", "127.0.0.1", Usage::Server, Validity::Current);
+    let server_tls = format!(
+        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
+        served.cert.display().to_string(),
+        served.key.display().to_string()
+    );
+    let cfg = Cfg::new(http.addr)
+        .https()
+        .extra(&server_tls)
+        .tunnels(TunnelsCfg::new(8).device("r1", sshd.addr));
+    let gw = Gateway::start(&cfg).await;
+    let url = format!("https://127.0.0.1:{}", gw.port);
+    let port = sshd.addr.port();
+    let var = format!("LAB_FORWARD_R1_{port}");
+    let options: Vec<String> = sshd
+        .ssh_options(Path::new("/dev/null"))
+        .iter()
+        .map(|o| format!("'{o}'"))
+        .collect();
+    let options = options.join(" ");
+    let script = format!(
+        "ssh {options} -p \"${{{var}##*:}}\" {} 'echo via-forward' && \
+         ssh {options} -o 'ProxyCommand={} tunnel --stdio %h:%p' -p {port} {} 'echo via-stdio'",
+        sshd.dest("127.0.0.1"),
+        labgate(),
+        sshd.dest("r1"),
+    );
+    let out = output({
+        let mut c = tokio::process::Command::new(labgate());
+        c.args(["run", "-q", "--url", &url, "--ca"])
+            .arg(&ca.cert_path)
+            .args(["-L", &format!("0:r1:{port}"), "--", "sh", "-c", &script])
+            .env_remove("LAB_CA")
+            .current_dir(dir.path());
+        c
+    })
+    .await;
+    assert!(
+        out.status.success(),
+        "{out:?}\nsshd:\n{}\nlabgate:\n{}",
+        sshd.log(),
+        gw.log_tail()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "via-forward\nvia-stdio\n"
+    );
+
+    // The system's CA store does not know the test CA: refused before any request.
+    let out = output({
+        let mut c = tokio::process::Command::new(labgate());
+        c.args(["tunnel", "--url", &url, "--session"])
+            .arg("00000000-0000-4000-8000-000000000000")
+            .args(["--stdio", &format!("r1:{port}")])
+            .env_remove("LAB_CA");
+        c
+    })
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("TLS handshake failed") && stderr.contains("--ca"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_the_turn_ends_a_live_ssh_session_and_the_next_holder_gets_in() {
     let (sshd, gw, _http) = lab().await;

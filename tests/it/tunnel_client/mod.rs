@@ -8,8 +8,11 @@
 //! - `e2e`: the same with a real labgate: ssh through `--stdio`, `-L`, `ssh-config` and
 //!   `labgate run -L`; a kick ends a live ssh session (measured) and the next holder
 //!   gets in.
+//! - `netconf`: NETCONF over ssh through a real labgate: the real `ssh -s netconf` and
+//!   ncclient with the ssh config's ProxyCommand (docs/operations.md's recipe).
 
 mod cli;
 mod e2e;
 mod fake;
+mod netconf;
 mod ssh;
