@@ -63,6 +63,10 @@ enum Command {
     },
 }
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const DEFAULT_CONFIG: &str = "/etc/labgate/labgate.toml";
 
 #[derive(Args)]
