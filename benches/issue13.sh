@@ -10,9 +10,10 @@
 #   QUICK=1 benches/issue13.sh        1 s per point, 1 round: checks it works end to end
 #
 # Environment: PROFILE (cargo profile of every server built here: `production`, the
-# default, or `release`), SERVER_CPU (0) and CLIENT_CPU (1) for taskset, STATE_DIR (where
+# default, `release`, or `dev` to check the script only), SERVER_CPU (0) and CLIENT_CPU (1) for taskset, STATE_DIR (where
 # the durable queue's redb files go; default: the work directory, which must not be a
-# tmpfs for the fsyncs to mean anything). With LABGATE_BIN, BARE_PINGORA_BIN and
+# tmpfs for the fsyncs to mean anything), _RJEM_MALLOC_CONF (jemalloc's options, e.g.
+# `dirty_decay_ms:1000`, for the jemalloc builds only: their symbols are prefixed). With LABGATE_BIN, BARE_PINGORA_BIN and
 # LOADGEN_BIN (and, unless --no-jemalloc, LABGATE_JEMALLOC_BIN and
 # BARE_PINGORA_JEMALLOC_BIN) all set to binaries, nothing is built.
 #
@@ -71,7 +72,7 @@ done
 [[ $SESSIONS =~ ^[0-9]+$ ]] && ((SESSIONS >= 1 && SESSIONS <= 100000)) || die "--sessions must be 1..100000"
 [[ $CONNECTIONS =~ ^[0-9]+$ ]] && ((CONNECTIONS >= 1 && CONNECTIONS <= 10000)) ||
     die "--connections must be 1..10000"
-[[ $PROFILE =~ ^(production|release)$ ]] || die "PROFILE must be production or release"
+[[ $PROFILE =~ ^(production|release|dev)$ ]] || die "PROFILE must be production, release or dev (dev: to check the script only)"
 (($(nproc) >= 2)) || die "needs at least 2 CPUs (servers and load generator on different cores)"
 [[ $SERVER_CPU != "$CLIENT_CPU" ]] || die "SERVER_CPU and CLIENT_CPU must differ"
 ulimit -n $((CONNECTIONS + 1024)) 2>/dev/null ||
@@ -360,7 +361,8 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
         "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2);" \
         "$(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); servers on CPU $SERVER_CPU," \
         "wrk -t1 on CPU $CLIENT_CPU; ${SECONDS_PER_POINT} s per point (flood ${FLOOD_SECONDS} s);" \
-        "load average $LOAD_BEFORE before, $LOAD_AFTER after; durable queue in $(df --output=fstype "$STATE_DIR" | tail -1)."
+        "load average $LOAD_BEFORE before, $LOAD_AFTER after; durable queue in $(df --output=fstype "$STATE_DIR" | tail -1)" \
+        "${_RJEM_MALLOC_CONF:+; jemalloc options _RJEM_MALLOC_CONF=$_RJEM_MALLOC_CONF}."
     echo
     report
 } | tee "${OUT:-/dev/null}"
