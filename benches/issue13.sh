@@ -353,6 +353,7 @@ PY
 }
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+STATE_FS=$(df --output=fstype "$STATE_DIR" | tail -1 | tr -d ' ')
 {
     echo
     echo "## Issue 13 in one run ($(date '+%Y-%m-%d %H:%M'), $(($(date +%s) - START)) s)"
@@ -361,8 +362,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
         "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2);" \
         "$(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); servers on CPU $SERVER_CPU," \
         "wrk -t1 on CPU $CLIENT_CPU; ${SECONDS_PER_POINT} s per point (flood ${FLOOD_SECONDS} s);" \
-        "load average $LOAD_BEFORE before, $LOAD_AFTER after; durable queue in $(df --output=fstype "$STATE_DIR" | tail -1)" \
-        "${_RJEM_MALLOC_CONF:+; jemalloc options _RJEM_MALLOC_CONF=$_RJEM_MALLOC_CONF}."
+        "load average $LOAD_BEFORE before, $LOAD_AFTER after; durable queue on $STATE_FS${_RJEM_MALLOC_CONF:+; jemalloc options _RJEM_MALLOC_CONF=$_RJEM_MALLOC_CONF}."
     echo
     report
 } | tee "${OUT:-/dev/null}"
