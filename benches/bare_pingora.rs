@@ -21,6 +21,12 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 
+// `--features jemalloc`: the same allocator as that labgate build, so the floor and
+// labgate are compared allocator for allocator (benches/issue13.sh).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(about = "bare pingora reverse proxy: the floor for benches/side_by_side.sh")]
 struct Cli {

@@ -92,6 +92,48 @@ rss_kib() {
     awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
 
+# measure_memory NAME PID PORT SESSIONS CONNECTIONS: resident memory of one server as a
+# table row: idle (after one request, so lazily built state is counted), with SESSIONS
+# WAITING sessions, with those and CONNECTIONS open keep-alive connections; then the two
+# figures those make: KiB per session and KiB per connection (each difference over its
+# count). The row's columns: | NAME | idle | + sessions | + connections | per session |
+# per connection |, MiB and KiB.
+measure_memory() {
+    local name=$1 pid=$2 port=$3 n_sessions=$4 n_conns=$5 idle sessions conns holder i
+    curl -s -o /dev/null "http://127.0.0.1:$port/healthz"
+    sleep 1
+    idle=$(rss_kib "$pid")
+    "$LOADGEN_BIN" create-sessions --addr "127.0.0.1:$port" --count "$n_sessions" >/dev/null ||
+        die "$name: creating $n_sessions sessions failed"
+    sleep 1
+    sessions=$(rss_kib "$pid")
+    start holder "$(all_cpus)" "$LOADGEN_BIN" hold-connections --addr "127.0.0.1:$port" \
+        --count "$n_conns" --seconds 60
+    holder=$STARTED_PID
+    for i in $(seq 600); do
+        grep -q '^open=' "$BENCH_WORK/holder.log" 2>/dev/null && break
+        kill -0 "$holder" 2>/dev/null || { cat "$BENCH_WORK/holder.log" >&2; die "holder failed"; }
+        sleep 0.1
+    done
+    grep -q '^open=' "$BENCH_WORK/holder.log" || die "$n_conns connections not open within 60 s"
+    sleep 1
+    conns=$(rss_kib "$pid")
+    stop "$holder"
+    awk -v n="$name" -v a="$idle" -v b="$sessions" -v c="$conns" -v s="$n_sessions" -v k="$n_conns" \
+        'BEGIN { printf "| %s | %.1f | %.1f | %.1f | %.2f | %.1f |\n", n, a / 1024, b / 1024, c / 1024, (b - a) / s, (c - b) / k }'
+}
+
+# The header of measure_memory's rows.
+memory_header() {
+    echo "| server | idle MiB | + $1 sessions MiB | + $2 connections MiB | KiB per session | KiB per connection |"
+    echo "|---|---:|---:|---:|---:|---:|"
+}
+
+# all_cpus: every CPU, for taskset (a process that is not measured for speed).
+all_cpus() {
+    echo "0-$(($(nproc) - 1))"
+}
+
 need_tools() {
     local missing=()
     command -v nginx >/dev/null || missing+=(nginx)
@@ -143,14 +185,19 @@ start_bare_pingora() {
     wait_http "http://127.0.0.1:$3/lab/ping" "$1"
 }
 
-# write_labgate_config FILE PORT METRICS_PORT UPSTREAM_PORT THREADS
-# Timeouts of an hour so nothing is reaped during a run; a rate limit on POST /session
-# far above any load here (the session loop creates tens of thousands per second).
+# write_labgate_config FILE PORT METRICS_PORT UPSTREAM_PORT THREADS [EXTRA_QUEUE_LINES]
+# Timeouts of an hour so nothing is reaped during a run; every cap that would answer a
+# benchmark's load with 429/503 at its highest allowed value: sessions (a POST flood
+# creates hundreds of thousands from one address), connections (1,000 idle keep-alive
+# connections, 128 from one address) and the POST /session rate limit (10,000 burst,
+# refilled every microsecond).
 write_labgate_config() {
     cat >"$1" <<EOF
 [server]
 listen = ["127.0.0.1:$2"]
 threads = $5
+max_connections = 100000
+max_connections_per_client = 100000
 
 [metrics]
 listen = "127.0.0.1:$3"
@@ -158,10 +205,12 @@ listen = "127.0.0.1:$3"
 [queue]
 active_timeout = "1h"
 waiting_timeout = "1h"
-max_sessions = 100000
+max_sessions = 1000000
+max_sessions_per_client = 1000000
+${6:-}
 
 [rate_limit]
-burst = 1000000
+burst = 10000
 refill_every = "1us"
 
 [[upstream]]
@@ -170,6 +219,85 @@ address = "127.0.0.1:$4"
 routes = ["/lab"]
 EOF
 }
+
+# nginx_conf FILE NAME SERVER_BLOCK...: an nginx config (one worker, no access log, temp
+# files in the work dir, client connections kept open for the whole point).
+nginx_conf() {
+    local file=$1 name=$2
+    shift 2
+    mkdir -p "$BENCH_WORK/$name-tmp"
+    cat >"$file" <<EOF
+worker_processes 1;
+daemon off;
+pid $BENCH_WORK/$name.pid;
+error_log $BENCH_WORK/$name-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $BENCH_WORK/$name-tmp;
+    proxy_temp_path $BENCH_WORK/$name-tmp;
+    fastcgi_temp_path $BENCH_WORK/$name-tmp;
+    uwsgi_temp_path $BENCH_WORK/$name-tmp;
+    scgi_temp_path $BENCH_WORK/$name-tmp;
+    # Keep client connections open for the whole point, as labgate does.
+    keepalive_requests 100000000;
+    $*
+}
+EOF
+}
+
+# start_nginx_upstream NAME CPU PORT: nginx answering every request with a fixed 19-byte
+# `200` (the lab behind every proxy, and the "nginx static return 200" row).
+start_nginx_upstream() {
+    nginx_conf "$BENCH_WORK/$1.conf" "$1" "
+    server {
+        listen 127.0.0.1:$3;
+        location / { default_type text/plain; return 200 \"hello from the lab\\n\"; }
+    }"
+    start "$1" "$2" nginx -c "$BENCH_WORK/$1.conf" -e "$BENCH_WORK/$1-error.log"
+    wait_http "http://127.0.0.1:$3/lab/ping" "$1"
+}
+
+# start_nginx_proxy NAME CPU PORT UPSTREAM_PORT: nginx as a plain reverse proxy as
+# commonly deployed: HTTP/1.1 keep-alive pool to the upstream (pingora pools upstream
+# connections too) and the X-Forwarded-* headers labgate sets.
+start_nginx_proxy() {
+    nginx_conf "$BENCH_WORK/$1.conf" "$1" "
+    upstream lab { server 127.0.0.1:$4; keepalive 64; keepalive_requests 100000000; }
+    server {
+        listen 127.0.0.1:$3;
+        location /lab {
+            proxy_pass http://lab;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }"
+    start "$1" "$2" nginx -c "$BENCH_WORK/$1.conf" -e "$BENCH_WORK/$1-error.log"
+    wait_http "http://127.0.0.1:$3/lab/ping" "$1"
+}
+
+# wrk's text report on stdin -> one tab-separated line: the given fields (system,
+# connections, round), then req/s, p50 us, p99 us, non-2xx answers, socket errors.
+PARSE_WRK=$(cat <<'PY'
+import re, sys
+text = sys.stdin.read()
+unit = {"us": 1.0, "ms": 1e3, "s": 1e6}
+def pct(p):
+    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % p, text, re.M)
+    return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
+m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+if not m:
+    sys.exit("wrk printed no Requests/sec line:\n" + text)
+rps = float(m.group(1))
+m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+non2xx = int(m.group(1)) if m else 0
+m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+sock = sum(int(x) for x in m.groups()) if m else 0
+print("\t".join(map(str, [*sys.argv[1:], rps, pct(50), pct(99), non2xx, sock])))
+PY
+)
 
 # start_labgate NAME CPU CONFIG PORT: sets LABGATE_PID. Logs at warn: like nginx with
 # access_log off, the measurement is of the proxy, not of writing access lines.

@@ -34,11 +34,13 @@ grace_period = "1s"
 [metrics]
 listen = "127.0.0.1:$mport"
 [queue]
-max_sessions = 100000000
+# The highest caps labgate accepts, so the flood is not answered 429/503.
+max_sessions = 1000000
+max_sessions_per_client = 1000000
 $2
 [rate_limit]
-burst = 100000000
-refill_every = "1ms"
+burst = 10000
+refill_every = "1us"
 [[upstream]]
 name = "none"
 address = "127.0.0.1:9"

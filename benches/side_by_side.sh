@@ -62,58 +62,11 @@ NP=$(free_port)
 
 # ------------------------------------------------------------------ servers
 
-nginx_conf() { # FILE NAME SERVER_BLOCK...
-    local file=$1 name=$2
-    shift 2
-    mkdir -p "$BENCH_WORK/$name-tmp"
-    cat >"$file" <<EOF
-worker_processes 1;
-daemon off;
-pid $BENCH_WORK/$name.pid;
-error_log $BENCH_WORK/$name-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $BENCH_WORK/$name-tmp;
-    proxy_temp_path $BENCH_WORK/$name-tmp;
-    fastcgi_temp_path $BENCH_WORK/$name-tmp;
-    uwsgi_temp_path $BENCH_WORK/$name-tmp;
-    scgi_temp_path $BENCH_WORK/$name-tmp;
-    # Keep client connections open for the whole point, as labgate does.
-    keepalive_requests 100000000;
-    $*
-}
-EOF
-}
-
-nginx_conf "$BENCH_WORK/upstream.conf" upstream "
-    server {
-        listen 127.0.0.1:$UP;
-        location / { default_type text/plain; return 200 \"hello from the lab\\n\"; }
-    }"
-
-# A plain reverse proxy as commonly deployed: HTTP/1.1 keep-alive pool to the upstream
-# (pingora pools upstream connections too) and the X-Forwarded-* headers labgate sets.
-nginx_conf "$BENCH_WORK/proxy.conf" proxy "
-    upstream lab { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 100000000; }
-    server {
-        listen 127.0.0.1:$PX;
-        location /lab {
-            proxy_pass http://lab;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-        }
-    }"
-
 write_labgate_config "$BENCH_WORK/labgate.toml" "$LG" "$LGM" "$UP" 1
 
 log "starting nginx upstream, nginx proxy, bare pingora, labgate and neops-remote-lab (CPU $SERVER_CPU)"
-start upstream "$SERVER_CPU" nginx -c "$BENCH_WORK/upstream.conf" -e "$BENCH_WORK/upstream-error.log"
-wait_http "http://127.0.0.1:$UP/lab/ping" upstream
-start proxy "$SERVER_CPU" nginx -c "$BENCH_WORK/proxy.conf" -e "$BENCH_WORK/proxy-error.log"
-wait_http "http://127.0.0.1:$PX/lab/ping" proxy
+start_nginx_upstream upstream "$SERVER_CPU" "$UP"
+start_nginx_proxy proxy "$SERVER_CPU" "$PX" "$UP"
 start_bare_pingora bare_pingora "$SERVER_CPU" "$BP" "$UP"
 start_labgate labgate "$SERVER_CPU" "$BENCH_WORK/labgate.toml" "$LG"
 start_neops neops "$SERVER_CPU" "$NP"
@@ -129,24 +82,6 @@ WAITING=$(new_session "$LG")
 
 RESULTS=$BENCH_WORK/results.tsv
 : >"$RESULTS"
-
-# wrk's text report -> one tab-separated line: system, connections, rep, req/s, p50 us,
-# p99 us, non-2xx answers, socket errors.
-PARSE_WRK=$(cat <<'PY'
-import re, sys
-text = sys.stdin.read()
-unit = {"us": 1.0, "ms": 1e3, "s": 1e6}
-def pct(p):
-    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % p, text, re.M)
-    return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-non2xx = int(m.group(1)) if m else 0
-m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-sock = sum(int(x) for x in m.groups()) if m else 0
-print("\t".join(map(str, [*sys.argv[1:4], rps, pct(50), pct(99), non2xx, sock])))
-PY
-)
 
 # The load client's `key=value` line -> the same columns.
 PARSE_LOOP=$(cat <<'PY'

@@ -71,6 +71,10 @@ enum Command {
     Man,
 }
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const DEFAULT_CONFIG: &str = "/etc/labgate/labgate.toml";
 
 #[derive(Args)]
