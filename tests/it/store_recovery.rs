@@ -112,9 +112,12 @@ async fn a_full_disk_does_not_poison_the_store_and_reaped_sessions_stay_gone() {
     let up = Upstream::start().await;
     // labgate refuses a missing state directory (it never creates one itself).
     std::fs::create_dir(fs.path().join("store")).expect("state directory on the tmpfs");
-    // The holder never idles out; waiting sessions are reaped after 2 s.
+    // The holder never idles out; waiting sessions are reaped after 10 s: long enough
+    // that none is reaped (a removal commit, which may fit in pages redb freed, would
+    // make the store writable again) before the checks of the full store below, even on
+    // a loaded machine.
     let cfg = Cfg::new(up.addr)
-        .timeouts("300s", "2s")
+        .timeouts("300s", "10s")
         .state_path(&fs.path().join("store/queue.redb"));
     let mut gw = Gateway::start(&cfg).await;
     let (holder, _) = create_session(&gw).await;
@@ -131,7 +134,7 @@ async fn a_full_disk_does_not_poison_the_store_and_reaped_sessions_stay_gone() {
     }
     println!("store file {size:?} bytes; {created} creates fitted before the disk was full");
     // The store failed: a create is refused and leaves nothing in the queue, and
-    // labgate says it is not ready (nothing writes for the next 2 s: no session idles
+    // labgate says it is not ready (nothing writes for the next 10 s: no session idles
     // out before then, and a failed store is probed only 5 s later).
     assert_eq!(post_session(&gw).await, 503);
     assert_eq!(get_status(&gw, "/readyz").await, 503);
@@ -150,7 +153,7 @@ async fn a_full_disk_does_not_poison_the_store_and_reaped_sessions_stay_gone() {
     // The waiting sessions idle out while the disk is full: ended, their removal pending.
     // (Watched through the queue depth: a GET of the session would refresh it.)
     assert!(
-        eventually(200, || async {
+        eventually(600, || async {
             gw.metric("labgate_queue_depth").await == Some(1.0)
         })
         .await,
