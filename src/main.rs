@@ -167,5 +167,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log.log_format);
     let config = Config::load(&args.config)?;
-    labgate::server::run(config).context("labgate failed")
+    labgate::server::run(config, &args.config).context("labgate failed")
 }

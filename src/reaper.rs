@@ -24,7 +24,7 @@ pub struct Reaper {
 impl Reaper {
     pub fn new(shared: Arc<Shared>) -> Self {
         Reaper {
-            interval: tick(shared.config.queue.reap_interval),
+            interval: tick(shared.config().queue.reap_interval),
             shared,
         }
     }

@@ -59,7 +59,10 @@ fn restart_only(old: &Config, new: &Config, out: &mut Vec<String>) {
         o.keepalive_timeout != n.keepalive_timeout,
         "server.keepalive_timeout",
     );
-    need(o.header_timeout != n.header_timeout, "server.header_timeout");
+    need(
+        o.header_timeout != n.header_timeout,
+        "server.header_timeout",
+    );
     need(o.tcp_keepalive != n.tcp_keepalive, "server.tcp_keepalive");
     need(
         o.max_connections != n.max_connections,
@@ -280,7 +283,10 @@ routes = ["/lab"]
     fn live_changes_are_named_and_need_no_restart() {
         let d = diff(
             &parse(BASE),
-            &with("burst = 10", "burst = 1\n[tunnels]\nmax_per_session = 2"),
+            &parse(&BASE.replace("burst = 10", "burst = 1").replace(
+                "refill_every = \"6s\"",
+                "refill_every = \"6s\"\n[tunnels]\nmax_per_session = 2",
+            )),
         );
         assert_eq!(d.changed, ["rate_limit", "tunnels.max_per_session"]);
         assert!(d.restart.is_empty());
@@ -296,6 +302,8 @@ routes = ["/lab"]
             [
                 "queue.active_timeout",
                 "queue.max_sessions",
+                // Its default follows max_sessions.
+                "queue.max_sessions_per_client",
                 "queue.max_hold"
             ]
         );
@@ -305,7 +313,7 @@ routes = ["/lab"]
     fn upstream_address_routes_and_headers_are_live() {
         let new = with(
             "address = \"127.0.0.1:9000\"\nroutes = [\"/lab\"]",
-            "address = \"127.0.0.1:9001\"\nroutes = [\"/lab\", \"/lab2\"]\nread_timeout = \"5s\"\n\
+            "address = \"127.0.0.1:9001\"\nroutes = [\"/lab\", \"/lab/two\"]\nread_timeout = \"5s\"\n\
              [upstream.headers]\nX-Token = { env = \"PATH\" }",
         );
         let d = diff(&parse(BASE), &new);

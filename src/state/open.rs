@@ -74,13 +74,13 @@ impl Shared {
         let handoff_recorded = queue.resetting();
         let limiter = SessionLimiter::new(&config.rate_limit);
         let metrics = metrics();
-        for up in &config.upstreams {
-            metrics.init_upstream(&up.name);
-        }
+        metrics.config_loaded();
         metrics.record_queue(queue.len(), queue.waiting(), queue.active_hold(now));
         let (changes, _) = watch::channel(0);
         Ok(Arc::new(Shared {
-            config,
+            config: arc_swap::ArcSwap::from_pointee(Current::new(config, metrics)),
+            config_path: std::sync::OnceLock::new(),
+            reloading: Mutex::new(()),
             bridge: bridge.clone(),
             committer: store,
             core: Mutex::new(Core {
@@ -101,7 +101,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             probes: Mutex::new(limits::ProbeDetector::default()),
-            limiter,
+            limiter: arc_swap::ArcSwap::from_pointee(limiter),
             metrics,
             forwarded_in_flight: AtomicUsize::new(0),
             changes,
