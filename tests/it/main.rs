@@ -39,6 +39,7 @@ mod metrics_lint;
 mod neops_compat;
 mod queue_extensions;
 mod queue_lifecycle;
+mod reload;
 mod run_cli;
 mod session_api;
 mod session_end;
