@@ -240,7 +240,7 @@ async fn sighup_lowers_the_rate_limit_and_refuses_a_broken_file_with_checks_mess
     assert_eq!(refused[0]["why"], expected[0].as_str());
     assert_eq!(refused[0]["trigger"], "sighup");
     assert_eq!(post_session(&gw).await, 429, "the strict rate still holds");
-    let (holder, _) = (before[0].0.clone(), ());
+    let holder = before[0].0.clone();
     assert_eq!(lab_get(&gw, "/lab/x", &holder).await.0, 200);
 
     // The admin command says the same, on stderr, and fails.
