@@ -370,8 +370,7 @@ impl ProxyHttp for LabGate {
         {
             series.record(status, forwarded.started.elapsed());
         }
-        let config = ctx.config.clone();
-        let upstream = index.and_then(|i| config.upstreams.get(i).map(|u| u.name.as_str()));
+        let upstream = index.and_then(|i| ctx.config.upstreams.get(i).map(|u| u.name.as_str()));
         ctx.log_access(session.req_header(), status, upstream, e);
     }
 }

@@ -182,13 +182,15 @@ impl Shared {
             self.limiter
                 .store(Arc::new(SessionLimiter::new(&new.rate_limit)));
         }
+        let (timeouts, max_hold) = (new.queue.timeouts, new.queue.max_hold);
+        let current = Arc::new(Current::new(new, self.metrics));
         {
             let mut core = self.lock();
-            core.queue.set_timeouts(new.queue.timeouts);
-            core.queue.set_max_hold(new.queue.max_hold);
-            // Swapped under the queue's lock: no create sees the new caps with the old
-            // timeouts, or the reverse.
-            self.config.store(Arc::new(Current::new(new, self.metrics)));
+            core.queue.set_timeouts(timeouts);
+            core.queue.set_max_hold(max_hold);
+            // The queue's settings and the config change together, under the queue's
+            // lock; an operation that loaded the config before keeps what it loaded.
+            self.config.store(current);
         }
         Ok(Reloaded { changed, warnings })
     }
