@@ -248,7 +248,7 @@ pub async fn handle(
     let client = caller.client;
     let owned =
         |id: SessionId, what: &str| shared.may_use(&id, caller.identity, what).then_some(id);
-    let active_timeout = shared.config.queue.timeouts.active.as_secs();
+    let active_timeout = shared.config().queue.timeouts.active.as_secs();
     match endpoint {
         Endpoint::CreateSession => {
             match shared.create_session(client, caller.identity, now).await {
@@ -352,7 +352,7 @@ pub async fn handle(
             }
         },
         Endpoint::ActiveSession => match shared.active_session() {
-            Some(id) if shared.config.compat.active_session_id => Reply::json(
+            Some(id) if shared.config().compat.active_session_id => Reply::json(
                 200,
                 &ActiveSessionCompat {
                     status: Status::Active.as_str(),
@@ -391,7 +391,7 @@ pub async fn handle(
             };
             match id {
                 Some(id) if shared.is_known(&id) && owned(id, "tunnels").is_some() => {
-                    Reply::json(200, &shared.config.tunnels.allowlist.listing())
+                    Reply::json(200, &shared.config().tunnels.allowlist.listing())
                 }
                 _ => {
                     shared.note_unknown_id(client, now);

@@ -130,6 +130,23 @@ impl Board {
         Board { epoch, cells }
     }
 
+    /// After a config reload: a board for the new upstream list that keeps what `old`
+    /// knew of every upstream of the same name (state, last signal, epoch), so a reload
+    /// neither forgets a down upstream nor flips its gauge.
+    pub fn after(old: &Board, upstreams: impl IntoIterator<Item = (String, IntGauge)>) -> Board {
+        let board = Board::new(upstreams, old.epoch);
+        for cell in &board.cells {
+            if let Some(prev) = old.cells.iter().find(|c| c.name == cell.name) {
+                let state = prev.state.load(Ordering::Relaxed);
+                cell.state.store(state, Ordering::Relaxed);
+                cell.last
+                    .store(prev.last.load(Ordering::Relaxed), Ordering::Relaxed);
+                cell.gauge.set(Health::from_u8(state).gauge());
+            }
+        }
+        board
+    }
+
     pub fn len(&self) -> usize {
         self.cells.len()
     }
@@ -193,6 +210,30 @@ impl Board {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reloaded_board_keeps_what_it_knew_by_name() {
+        let epoch = Instant::now();
+        let (a, b) = (gauge(), gauge());
+        let old = Board::new([("a".to_string(), a), ("b".to_string(), b)], epoch);
+        old.record(1, false, epoch + Duration::from_secs(1));
+        assert_eq!(old.health(1), Health::Down);
+        // "b" moved to position 0, "c" is new, "a" is gone.
+        let (b2, c2) = (gauge(), gauge());
+        let new = Board::after(
+            &old,
+            [("b".to_string(), b2.clone()), ("c".to_string(), c2.clone())],
+        );
+        assert_eq!(new.health(0), Health::Down);
+        assert_eq!(b2.get(), 0);
+        assert_eq!(new.health(1), Health::Unknown);
+        assert_eq!(c2.get(), 1);
+        let now = epoch + Duration::from_secs(2);
+        assert!(
+            !new.probe_due(0, now, Some(Duration::from_secs(10))),
+            "last signal kept"
+        );
+    }
 
     fn gauge() -> IntGauge {
         IntGauge::new("test_up", "test").unwrap()

@@ -44,7 +44,8 @@
 //!   the store write, cutting, metrics and the audit trail (`state/mod.rs`); building it
 //!   and restoring the queue (`open`), the gate side and tunnels (`lab`), status and
 //!   long-polls (`polls`), the raw picture and wait estimates (`picture`), the bridge's
-//!   reports (`turns`).
+//!   reports (`turns`), the config in force and reloading it all or nothing (`reload`,
+//!   with `config::diff` sorting live from restart-only changes).
 //! - [`store`]: the durable queue in redb (sessions and the seq counter), its file kept
 //!   private, and the wall-clock floor of the seq counter.
 //! - [`commit`]: group commit: one thread owns the store, writes every waiting change in

@@ -200,5 +200,5 @@ fn print_out(bytes: &[u8]) -> anyhow::Result<()> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log.log_format);
     let config = Config::load(&args.config)?;
-    labgate::server::run(config).context("labgate failed")
+    labgate::server::run(config, &args.config).context("labgate failed")
 }

@@ -48,9 +48,30 @@ pub struct Metrics {
     pub state_store_writable: IntGauge,
     /// `labgate_upstream_up`: written by `health::Board` only.
     pub upstream_up: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: Gauge,
     /// `gate_decisions`' series, one per [`Verdict`] in `Verdict::ALL` order, looked up
     /// once: `with_label_values` hashes the labels and locks the vector on every call.
     decisions: [IntCounter; Verdict::ALL.len()],
+}
+
+/// How a config reload ended: the `result` label of `labgate_config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Ok,
+    /// Invalid, or a change that needs a restart: the running config stays.
+    Refused,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 2] = [ReloadResult::Ok, ReloadResult::Refused];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Ok => "ok",
+            ReloadResult::Refused => "refused",
+        }
+    }
 }
 
 /// One upstream's series, looked up once when the gateway starts instead of by label
@@ -254,6 +275,18 @@ impl Metrics {
                 &["upstream"],
             ),
         );
+        let config_reloads = counter_vec(
+            "labgate_config_reloads_total",
+            "Config reloads (SIGHUP or labgate admin reload), by result.",
+            &["result"],
+        );
+        let config_last_reload_success = reg(
+            r,
+            Gauge::new(
+                "labgate_config_last_reload_success_timestamp_seconds",
+                "Unix time the config in force was loaded (start-up or the last good reload).",
+            ),
+        );
 
         let identity_refused = counter_vec(
             "labgate_identity_refused_total",
@@ -300,6 +333,9 @@ impl Metrics {
         for direction in Direction::ALL {
             tunnel_bytes.with_label_values(&[direction.as_str()]);
         }
+        for result in ReloadResult::ALL {
+            config_reloads.with_label_values(&[result.as_str()]);
+        }
         for reason in ["total", "per_client", "keepalive_timeout", "header_timeout"] {
             client_connections_closed.with_label_values(&[reason]);
         }
@@ -329,8 +365,28 @@ impl Metrics {
             state_write_failures,
             state_store_writable,
             upstream_up,
+            config_reloads,
+            config_last_reload_success,
             decisions,
         }
+    }
+
+    /// A reload ended with `result`; a good one also stamps the success time.
+    pub fn count_reload(&self, result: ReloadResult) {
+        self.config_reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
+        if result == ReloadResult::Ok {
+            self.config_loaded();
+        }
+    }
+
+    /// The config in force was loaded now.
+    pub fn config_loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_last_reload_success.set(now);
     }
 
     pub fn count_tunnel_refused(&self, reason: Refused) {
@@ -460,6 +516,8 @@ mod tests {
             "process_max_fds",
             "process_cpu_seconds_total",
             "process_start_time_seconds",
+            "labgate_config_reloads_total",
+            "labgate_config_last_reload_success_timestamp_seconds",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

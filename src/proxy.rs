@@ -30,7 +30,6 @@ use crate::health;
 use crate::identity::{self, Identity};
 use crate::limits;
 use crate::logfield;
-use crate::metrics::UpstreamSeries;
 use crate::path;
 use crate::splice::device::Opened;
 use crate::splice::upstream::Relayed;
@@ -52,20 +51,11 @@ const SESSION_ENDED: ErrorType = ErrorType::Custom("session ended");
 
 pub struct LabGate {
     shared: Arc<Shared>,
-    /// Each upstream's metric series, indexed like `config.upstreams`.
-    series: Vec<UpstreamSeries>,
 }
 
 impl LabGate {
     pub fn new(shared: Arc<Shared>) -> Self {
-        let m = shared.metrics();
-        let series = shared
-            .config
-            .upstreams
-            .iter()
-            .map(|up| m.init_upstream(&up.name))
-            .collect();
-        LabGate { shared, series }
+        LabGate { shared }
     }
 }
 
@@ -74,7 +64,8 @@ impl ProxyHttp for LabGate {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        // The request's one load of the config: every phase reads this copy.
+        RequestCtx::new(self.shared.config())
     }
 
     /// pingora calls this right after reading a request header when the connection has
@@ -92,7 +83,8 @@ impl ProxyHttp for LabGate {
         let now = Instant::now();
         ctx.started = now;
         let shared = &self.shared;
-        let trusted_proxies = &shared.config.server.trusted_proxies;
+        let config = ctx.config.clone();
+        let trusted_proxies = &config.server.trusted_proxies;
         let peer = peer_ip(session);
         ctx.peer_trusted = peer.is_some_and(|p| limits::is_trusted(p, trusted_proxies));
         ctx.peer = peer;
@@ -166,12 +158,12 @@ impl ProxyHttp for LabGate {
             shared: shared.clone(),
             allowed,
         };
-        let Some((prefix, &upstream)) = shared.config.routes.lookup(&target.path) else {
+        let Some((prefix, &upstream)) = config.routes.lookup(&target.path) else {
             let answered = self.answer(session, ctx, api::not_found()).await;
             drop(in_flight);
             return answered;
         };
-        let target = if shared.config.upstreams[upstream].strip_prefix {
+        let target = if config.upstreams[upstream].strip_prefix {
             target.with_path(path::strip(&target.path, prefix))
         } else {
             target.to_request_target()
@@ -212,7 +204,7 @@ impl ProxyHttp for LabGate {
         if routed.in_flight.is_cut() {
             return Error::e_explain(SESSION_ENDED, "before connecting");
         }
-        let up = self.upstream(routed);
+        let up = self.upstream(ctx, routed);
         // A resolved SocketAddr: no DNS on the request path.
         let mut peer = match &up.tls {
             Some(tls) => tls.peer(up.addr, session.is_upgrade_req()),
@@ -260,7 +252,7 @@ impl ProxyHttp for LabGate {
     ) -> Result<()> {
         if let Some(routed) = &ctx.routed {
             // A connection made (or reused): the upstream is reachable (`health`).
-            self.shared
+            ctx.config
                 .health
                 .record(routed.upstream, true, Instant::now());
             if self
@@ -333,12 +325,14 @@ impl ProxyHttp for LabGate {
             .as_ref()
             .filter(|_| health::connect_failed(kind, cut))
         {
-            self.shared
+            ctx.config
                 .health
                 .record(routed.upstream, false, Instant::now());
         }
         if let (Some(kind), Some(routed)) = (failure.upstream, &ctx.routed) {
-            self.series[routed.upstream].count_error(kind);
+            if let Some(series) = ctx.config.series(routed.upstream) {
+                series.count_error(kind);
+            }
             if let Some(f) = ctx.forwarded.as_mut() {
                 f.error = Some(kind);
             }
@@ -380,10 +374,12 @@ impl ProxyHttp for LabGate {
             .map(|h| h.status.as_u16())
             .or(ctx.local_status)
             .unwrap_or(0);
-        if let (Some(i), Some(forwarded)) = (index, &ctx.forwarded) {
-            self.series[i].record(status, forwarded.started.elapsed());
+        if let (Some(series), Some(forwarded)) =
+            (index.and_then(|i| ctx.config.series(i)), &ctx.forwarded)
+        {
+            series.record(status, forwarded.started.elapsed());
         }
-        let upstream = index.map(|i| self.shared.config.upstreams[i].name.as_str());
+        let upstream = index.and_then(|i| ctx.config.upstreams.get(i).map(|u| u.name.as_str()));
         ctx.log_access(session.req_header(), status, upstream, e);
     }
 }

@@ -24,7 +24,7 @@ pub struct Reaper {
 impl Reaper {
     pub fn new(shared: Arc<Shared>) -> Self {
         Reaper {
-            interval: tick(shared.config.queue.reap_interval),
+            interval: tick(shared.config().queue.reap_interval),
             shared,
         }
     }
@@ -118,9 +118,17 @@ async fn probe(addr: std::net::SocketAddr, timeout: Duration) -> bool {
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let upstreams = &self.shared.config.upstreams;
-        let board = &self.shared.health;
-        let Some(shortest) = upstreams.iter().filter_map(|u| u.health_interval).min() else {
+        // The tick follows the config at start-up (a reload that shortens the shortest
+        // interval probes at the old pace until a restart); each tick reads the config in
+        // force, so reloaded upstreams are probed.
+        let Some(shortest) = self
+            .shared
+            .config()
+            .upstreams
+            .iter()
+            .filter_map(|u| u.health_interval)
+            .min()
+        else {
             return;
         };
         // The first look comes one tick after start, not at once: the demo lab (and
@@ -139,6 +147,8 @@ impl BackgroundService for HealthService {
                 _ = tick.tick() => {}
             }
             let now = Instant::now();
+            let current = self.shared.config();
+            let (upstreams, board) = (&current.upstreams, &current.health);
             let probes = upstreams
                 .iter()
                 .enumerate()

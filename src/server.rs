@@ -1,5 +1,6 @@
 //! Assembles the pingora server from a [`Config`]: the gateway listener (plain HTTP, or
-//! HTTPS whose material SIGHUP reloads), the metrics listener, the reaper, the optional
+//! HTTPS whose material SIGHUP reloads), the metrics listener, the reloader (SIGHUP:
+//! TLS files and the config file), the reaper, the optional
 //! demo lab, and a shutdown watch that drains.
 //!
 //! Owns start-up and shutdown only. On SIGTERM or SIGINT it waits until no forwarded
@@ -11,6 +12,7 @@
 //! thread and keep the process running without it.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,7 @@ use crate::cut::SHUTTING_DOWN;
 use crate::demo::DemoLab;
 use crate::proxy::LabGate;
 use crate::reaper::{BridgeService, HealthService, Reaper};
-use crate::state::Shared;
+use crate::state::{Shared, Trigger};
 use crate::tls::listener::ListenerTls;
 
 /// How often a draining shutdown looks at the in-flight count.
@@ -87,7 +89,9 @@ fn socket_options(idle: Duration) -> TcpSocketOptions {
 }
 
 /// Builds and runs labgate until SIGTERM or SIGINT; returns after a graceful drain.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// `config_path`: the file `config` was loaded from, read again on SIGHUP and
+/// `labgate admin reload`.
+pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     check_listeners(&config)?;
     if let Some(first) = start_problems(&config).first() {
         anyhow::bail!("{first}");
@@ -113,6 +117,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // store that cannot be opened is a clean start-up error.
     let admin_path = config.admin_socket.clone();
     let shared = Shared::new(config)?;
+    shared.set_config_path(config_path.to_path_buf());
     // `_socket_file` lives until this function returns, by any path: its drop removes
     // the socket (issue 15 #12).
     let (admin, _socket_file) = match admin_path {
@@ -157,10 +162,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(admin) = admin {
         server.add_service(background_service("admin API", admin));
     }
-    if let Some(tls) = &listener_tls {
-        let reloader = TlsReloader { tls: tls.clone() };
-        server.add_service(background_service("TLS reloader", reloader));
-    }
+    let reloader = Reloader {
+        shared: shared.clone(),
+        tls: listener_tls.clone(),
+    };
+    server.add_service(background_service("reloader", reloader));
     if let Some(demo) = demo {
         let mut lab = Service::new("demo lab".to_string(), DemoLab);
         lab.add_tcp(&demo.listen.to_string());
@@ -211,19 +217,38 @@ fn add_gateway_listeners<A: Send + Sync + 'static>(
     }
 }
 
-/// On SIGHUP, re-reads the listener's certificate, key, client CA and CRL. New
-/// handshakes use them; open connections keep what they were accepted with. A reload
-/// that fails keeps the old material and says why in the log.
-struct TlsReloader {
-    tls: Arc<ListenerTls>,
+/// On SIGHUP, re-reads the listener's certificate, key, client CA and CRL, then the
+/// config file (`Shared::reload`, the same as `labgate admin reload`). New handshakes
+/// use the new TLS material; open connections keep what they were accepted with. A
+/// reload that fails keeps the old material or config and says why in the log.
+struct Reloader {
+    shared: Arc<Shared>,
+    tls: Option<Arc<ListenerTls>>,
+}
+
+impl Reloader {
+    async fn reload(&self) {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the files loaded before")
+                }
+            }
+        }
+        // Reading files and resolving addresses blocks. The outcome is logged, counted
+        // and audited by `reload` itself.
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.reload(Trigger::Signal)).await;
+    }
 }
 
 #[async_trait]
-impl BackgroundService for TlsReloader {
+impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::error!("cannot install the SIGHUP handler; TLS files will not be reloaded");
+            tracing::error!("cannot install the SIGHUP handler; nothing will be reloaded");
             return;
         };
         loop {
@@ -233,10 +258,7 @@ impl BackgroundService for TlsReloader {
                         break;
                     }
                 }
-                _ = hup.recv() => match self.tls.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the files loaded before"),
-                },
+                _ = hup.recv() => self.reload().await,
             }
         }
     }

@@ -58,7 +58,7 @@ pub struct QueueEntry {
 pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
     let picture = shared.picture(STATUS_ROWS, now);
     let names = shared
-        .config
+        .config()
         .identity
         .as_ref()
         .is_some_and(|i| i.status_page_names);
@@ -95,7 +95,7 @@ pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
         typical_wait_secs: picture.typical_wait.map(|d| d.as_secs_f64()),
         typical_hold_secs: picture.typical_hold.map(|d| d.as_secs_f64()),
         draining: shared.is_draining(),
-        max_hold_secs: shared.config.queue.max_hold.map(|d| d.as_secs_f64()),
+        max_hold_secs: shared.config().queue.max_hold.map(|d| d.as_secs_f64()),
         tunnels: picture.holder_tunnels,
         hold_samples: picture.samples.0,
         wait_samples: picture.samples.1,

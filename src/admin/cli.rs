@@ -12,7 +12,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 
-use super::{Action, KickRequest, Kicked, QueueListing, Retried};
+use super::{Action, KickRequest, Kicked, QueueListing, ReloadAnswer, Retried};
 use crate::config::{default_admin_socket, Config};
 
 /// One admin call from the CLI: `(status, JSON body)`. Errors name the socket and say
@@ -135,6 +135,7 @@ pub fn run_cli(socket: &Path, json_out: bool, action: Action) -> anyhow::Result<
         Action::Drain => (Method::POST, "/v1/drain".to_string(), None),
         Action::Resume => (Method::POST, "/v1/resume".to_string(), None),
         Action::RetryHandoff => (Method::POST, "/v1/handoff/retry".to_string(), None),
+        Action::Reload => (Method::POST, "/v1/reload".to_string(), None),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -142,6 +143,12 @@ pub fn run_cli(socket: &Path, json_out: bool, action: Action) -> anyhow::Result<
         .context("cannot start a runtime")?;
     let (status, value) = runtime.block_on(call(socket, method, &path, body))?;
     if !(200..300).contains(&status) {
+        // A refused reload: every reason on its own line, as `labgate check` prints them.
+        if let Some(errors) = value.get("errors").and_then(|e| e.as_array()) {
+            for line in errors.iter().filter_map(|e| e.as_str()) {
+                eprintln!("labgate: {line}");
+            }
+        }
         let why = value
             .get("detail")
             .and_then(|d| d.as_str())
@@ -164,6 +171,21 @@ pub fn run_cli(socket: &Path, json_out: bool, action: Action) -> anyhow::Result<
         }
         Action::Drain => println!("draining: new sessions are refused; the queue goes on"),
         Action::Resume => println!("resumed: new sessions are accepted"),
+        Action::Reload => {
+            let r: ReloadAnswer =
+                serde_json::from_value(value).context("unexpected reload answer")?;
+            for w in &r.warnings {
+                eprintln!("labgate: warning: {w}");
+            }
+            if r.changed.is_empty() {
+                println!("reloaded: nothing changed");
+            } else {
+                println!("reloaded:");
+                for c in &r.changed {
+                    println!("  {c}");
+                }
+            }
+        }
         Action::RetryHandoff => {
             let r: Retried = serde_json::from_value(value).context("unexpected retry answer")?;
             if r.retried == 0 {

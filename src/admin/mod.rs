@@ -4,7 +4,8 @@
 //! CLI's clap definition, so a new command is added once), the routes and the JSON
 //! bodies. [`server`] answers on the socket; [`cli`] calls it and prints the answer.
 //! Routes: `GET /v1/queue`, `POST /v1/sessions/{id|tag|tag prefix}/kick` (`{"reason": "..."}`),
-//! `POST /v1/drain`, `POST /v1/resume`. Must never hold policy: kicking, draining and
+//! `POST /v1/drain`, `POST /v1/resume`, `POST /v1/handoff/retry`, `POST /v1/reload`.
+//! Must never hold policy: kicking, draining and
 //! listing are `Shared`'s.
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,29 @@ pub enum Action {
     /// Run the reset and health check again after a failed handoff (the lab was held);
     /// `resume` afterwards reopens the queue to new sessions.
     RetryHandoff,
+    /// Read the config file again and apply it without a restart (as SIGHUP does): all
+    /// or nothing; a bad file or a change that needs a restart is refused with the
+    /// reasons, and the running config stays.
+    Reload,
+}
+
+/// `POST /v1/reload` answer: applied (`200`), or refused (`422`, with `detail` and one
+/// line per problem in `errors`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReloadAnswer {
+    pub reloaded: bool,
+    /// What changed, one line each.
+    #[serde(default)]
+    pub changed: Vec<String>,
+    /// The new config's warnings.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Why it was refused, one line each: `labgate check`'s messages, or "needs a
+    /// restart: OPTION".
+    #[serde(default)]
+    pub errors: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `POST /v1/handoff/retry` answer.

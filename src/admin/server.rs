@@ -26,8 +26,8 @@ use pingora::services::background::BackgroundService;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Drained, KickRequest, Kicked, QueueListing, Retried, SessionRow};
-use crate::state::{FindError, Shared, AUDIT};
+use super::{Drained, KickRequest, Kicked, QueueListing, ReloadAnswer, Retried, SessionRow};
+use crate::state::{FindError, Shared, Trigger, AUDIT};
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 16 * 1024;
@@ -148,7 +148,7 @@ fn detail(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     reply(status, json!({ "detail": message }))
 }
 
-async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: &Arc<Shared>, uid: u32, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -220,14 +220,46 @@ async fn handle(shared: &Shared, uid: u32, req: Request<Incoming>) -> Response<F
             tracing::warn!(target: AUDIT, event = "admin_handoff_retry", uid, retried);
             answer(StatusCode::OK, &Retried { retried })
         }
+        (Method::POST, ["v1", "reload"]) => reload(shared, uid).await,
         (
             _,
             ["v1", "queue"]
+            | ["v1", "reload"]
             | ["v1", "drain"]
             | ["v1", "resume"]
             | ["v1", "handoff", "retry"]
             | ["v1", "sessions", _, "kick"],
         ) => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         _ => detail(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// `POST /v1/reload`: `Shared::reload` logs, counts and audits it.
+async fn reload(shared: &Arc<Shared>, uid: u32) -> Response<Full<Bytes>> {
+    let shared = shared.clone();
+    // Reading files and resolving addresses blocks.
+    let done = tokio::task::spawn_blocking(move || shared.reload(Trigger::Admin { uid })).await;
+    match done {
+        Ok(Ok(r)) => answer(
+            StatusCode::OK,
+            &ReloadAnswer {
+                reloaded: true,
+                changed: r.changed,
+                warnings: r.warnings,
+                errors: Vec::new(),
+                detail: None,
+            },
+        ),
+        Ok(Err(refused)) => answer(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &ReloadAnswer {
+                reloaded: false,
+                changed: Vec::new(),
+                warnings: Vec::new(),
+                errors: refused.messages(),
+                detail: Some("Reload refused; the running config stays".to_string()),
+            },
+        ),
+        Err(_) => detail(StatusCode::INTERNAL_SERVER_ERROR, "Reload failed"),
     }
 }

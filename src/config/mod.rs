@@ -6,6 +6,8 @@
 //! - `validate`: every rule on the file's meaning, pure;
 //! - `resolve`: the only I/O, upstream addresses and secret header values.
 //!
+//! [`diff`] compares the running config with a reloaded one (pure).
+//!
 //! This module holds the final types and turns a stage's problem into a [`ConfigError`]
 //! naming the file, line and column. Must never panic on bad input, and nothing outside
 //! `config` may see a raw or half-checked value.
@@ -25,8 +27,10 @@ use crate::queue::Timeouts;
 use crate::tls::listener::{ListenerTls, ServerTlsConfig};
 use crate::tls::upstream::UpstreamTls;
 
+pub use diff::{diff, ConfigDiff};
 pub use identity::{IdentityConfig, IdentitySource};
 
+mod diff;
 mod identity;
 mod raw;
 mod resolve;

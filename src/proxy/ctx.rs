@@ -14,7 +14,7 @@ use crate::forward::UpstreamError;
 use crate::gate::Verdict;
 use crate::identity::Identity;
 use crate::queue::SessionId;
-use crate::state::{Allowed, Shared};
+use crate::state::{Allowed, Current, Shared};
 
 use super::ACCESS;
 
@@ -39,6 +39,9 @@ impl InFlight {
 
 /// What one request learned on its way through the filters.
 pub struct RequestCtx {
+    /// The config in force when the request began, loaded once: it keeps it to the end,
+    /// whatever a reload does meanwhile.
+    pub(super) config: Arc<Current>,
     pub(super) started: Instant,
     /// The TCP peer, and whether it is a trusted proxy.
     pub(super) peer: Option<IpAddr>,
@@ -60,7 +63,7 @@ pub struct RequestCtx {
 
 pub(super) struct Routed {
     pub(super) in_flight: InFlight,
-    /// Index into `config.upstreams`.
+    /// Index into the request's `config.upstreams`.
     pub(super) upstream: usize,
     /// The checked (and maybe prefix-stripped) target to send upstream.
     pub(super) target: String,
@@ -74,8 +77,9 @@ pub(super) struct Forwarded {
 }
 
 impl RequestCtx {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(config: Arc<Current>) -> Self {
         RequestCtx {
+            config,
             started: Instant::now(),
             peer: None,
             peer_trusted: false,

@@ -6,9 +6,10 @@
 use super::*;
 
 impl LabGate {
-    pub(super) fn upstream(&self, routed: &Routed) -> &Upstream {
+    /// The upstream a request was routed to, from the request's own config.
+    pub(super) fn upstream<'c>(&self, ctx: &'c RequestCtx, routed: &Routed) -> &'c Upstream {
         // The index comes from the route table built with this very list.
-        &self.shared.config.upstreams[routed.upstream]
+        &ctx.config.upstreams[routed.upstream]
     }
 
     pub(super) async fn answer(
@@ -40,7 +41,7 @@ impl LabGate {
         session: &Session,
         ctx: &RequestCtx,
     ) -> std::result::Result<Option<Identity>, identity::Refusal> {
-        let config = &self.shared.config;
+        let config = &ctx.config;
         let Some(id_config) = &config.identity else {
             return Ok(None);
         };
@@ -73,9 +74,9 @@ impl LabGate {
         routed: &Routed,
         upgrade: bool,
     ) -> Result<()> {
-        let up = self.upstream(routed);
+        let up = self.upstream(ctx, routed);
         req.set_raw_path(routed.target.as_bytes())?;
-        let config = &self.shared.config;
+        let config = &ctx.config;
         let identity = match (&config.identity, &ctx.identity) {
             (Some(c), Some(holder)) => Some(forward::IdentityHop {
                 upstream: &c.upstream_header,
@@ -171,7 +172,8 @@ impl LabGate {
         let Some(routed) = &ctx.routed else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
-        let up = self.upstream(routed);
+        let config = ctx.config.clone();
+        let up = &config.upstreams[routed.upstream];
         let upstream = routed.upstream;
         let allowed = &routed.in_flight.allowed;
         let mut req = session.req_header().clone();
@@ -201,17 +203,19 @@ impl LabGate {
         .await;
         match relayed {
             Ok(Relayed::Switched(_) | Relayed::Answered(_)) => {
-                shared.health.record(upstream, true, Instant::now());
+                ctx.config.health.record(upstream, true, Instant::now());
                 Ok(true)
             }
             Err(e) => {
                 let (kind, side, cut) = e.failure();
                 if health::connect_failed(kind, cut) {
-                    shared.health.record(upstream, false, Instant::now());
+                    ctx.config.health.record(upstream, false, Instant::now());
                 }
                 let failure = forward::on_failure(kind, side, cut);
                 if let Some(kind) = failure.upstream {
-                    self.series[upstream].count_error(kind);
+                    if let Some(series) = config.series(upstream) {
+                        series.count_error(kind);
+                    }
                     if let Some(f) = ctx.forwarded.as_mut() {
                         f.error = Some(kind);
                     }

@@ -102,7 +102,7 @@ impl EndReason {
 }
 
 /// Idle timeouts: a session is stale once idle strictly longer than the one for its status.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub active: Duration,
     pub waiting: Duration,
@@ -280,6 +280,19 @@ impl Queue {
 
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
+    }
+
+    /// New idle timeouts (a config reload): every session's deadline is recomputed from
+    /// its last activity, so a shorter timeout may make sessions stale at the next
+    /// [`Queue::reap`]. O(n).
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        if timeouts == self.timeouts {
+            return;
+        }
+        self.timeouts = timeouts;
+        for entry in self.sessions.values_mut() {
+            reindex(&mut self.deadlines, timeouts, entry);
+        }
     }
 
     /// Sets the hold limit enforced by [`Queue::reap`] (contract §7).

@@ -616,3 +616,32 @@ fn a_restart_during_a_reset_resumes_it_instead_of_promoting() {
     assert!(!q.resume_reset(2, t0));
     assert_eq!(q.active().map(|v| v.id), Some(sid(2)));
 }
+
+#[test]
+fn new_timeouts_move_every_deadline_but_keep_order_and_seqs() {
+    let mut q = queue();
+    let t0 = Instant::now();
+    q.create(sid(1), t0).unwrap();
+    q.create(sid(2), t0).unwrap();
+    q.create(sid(3), t0 + secs(30)).unwrap();
+    let before = positions(&q);
+    // Longer: nobody is stale at the old deadline any more.
+    q.set_timeouts(Timeouts {
+        active: secs(ACTIVE_SECS * 2),
+        waiting: secs(WAITING_SECS * 2),
+    });
+    assert!(q.reap(t0 + secs(ACTIVE_SECS) + ms(1)).is_empty());
+    assert_eq!(positions(&q), before);
+    q.check_invariants();
+    // Shorter: the next reap ends whoever is idle longer than the new timeouts.
+    q.set_timeouts(Timeouts {
+        active: secs(10),
+        waiting: secs(50),
+    });
+    q.check_invariants();
+    let change = q.reap(t0 + secs(60));
+    let ended: Vec<u64> = change.ended.iter().map(|e| e.seq).collect();
+    assert_eq!(ended, [1, 2], "session 3 was seen 30 s before: not stale");
+    assert_eq!(q.active().map(|v| v.seq), Some(3));
+    q.check_invariants();
+}

@@ -115,7 +115,8 @@ pub async fn open(
     client: Option<IpAddr>,
     now: Instant,
 ) -> Opened {
-    let tunnels = &shared.config.tunnels;
+    let config = shared.config();
+    let tunnels = &config.tunnels;
     // Pure checks first; their answers wait for the gate's.
     let resolved = tunnels.allowlist.resolve(target);
     let req = session.req_header();
@@ -223,7 +224,8 @@ impl Prepared {
             client,
         } = self;
         let shared = reg.shared.clone();
-        let tunnels = &shared.config.tunnels;
+        let config = shared.config();
+        let tunnels = &config.tunnels;
         // A tunnel idles as long as its user likes; keepalive watches the client instead.
         session.set_read_timeout(None);
         let client_sock = client_socket(session);

@@ -52,7 +52,7 @@ impl Shared {
         caller: Option<&Identity>,
         now: Instant,
     ) -> Result<Allowed, TunnelDenied> {
-        let max = self.config.tunnels.max_per_session;
+        let max = self.config().tunnels.max_per_session;
         let (decided, cross) = {
             let mut core = self.lock();
             let core = &mut *core;

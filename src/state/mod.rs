@@ -23,7 +23,8 @@
 //!
 //! Submodules add to the same handle, one concern each: `open` (building it, restoring
 //! the queue), `lab` (`/lab` requests and tunnels), `polls` (status and long-polls),
-//! `picture` (the raw picture and the estimates), `turns` (the bridge's reports).
+//! `picture` (the raw picture and the estimates), `turns` (the bridge's reports),
+//! `reload` (the config in force, and replacing it without a restart).
 //!
 //! It exposes operations and one raw [`Picture`] of the queue; the views built from it
 //! (the admin listing, the status page) live with their modules, which import this one
@@ -53,6 +54,7 @@ use crate::store::{self, Store, StoreError, StoredSession};
 use crate::tombstone::{Tombstone, Tombstones};
 
 pub use picture::{Picture, SessionInfo};
+pub use reload::{Current, ReloadRefused, Reloaded, Trigger};
 
 /// Audit events go to their own target so operators can route them separately.
 pub const AUDIT: &str = "labgate::audit";
@@ -163,11 +165,18 @@ struct Core {
 const RECENT_ENDS: usize = 64;
 
 pub struct Shared {
-    pub config: Config,
+    /// The config in force, swapped whole by a reload (`reload`); read it through
+    /// [`Shared::config`].
+    config: arc_swap::ArcSwap<Current>,
+    /// The file a reload reads again.
+    config_path: std::sync::OnceLock<std::path::PathBuf>,
+    /// Held while a reload compares and swaps.
+    reloading: Mutex<()>,
     /// Upstream sessions, per-turn tokens and handoff hooks (§8).
     pub bridge: Arc<Bridge>,
     core: Mutex<Core>,
-    limiter: SessionLimiter,
+    /// Replaced by a reload that changes `[rate_limit]`.
+    limiter: arc_swap::ArcSwap<SessionLimiter>,
     metrics: &'static Metrics,
     /// Forwarded requests (upgraded connections included) still running.
     forwarded_in_flight: AtomicUsize,
@@ -184,9 +193,6 @@ pub struct Shared {
     /// SIGTERM/SIGINT received: new sessions are refused.
     shutting_down: AtomicBool,
     probes: Mutex<limits::ProbeDetector>,
-    /// Each upstream's reachability (`labgate_upstream_up`), indexed like
-    /// `config.upstreams`.
-    pub health: crate::health::Board,
 }
 
 /// Queue figures read under the lock, recorded after it is released.
@@ -355,15 +361,15 @@ impl Shared {
             Some(who) => RateKey::Identity(who.clone()),
             None => RateKey::from(client),
         };
-        self.limiter.check(key).map_err(refused)?;
+        self.limiter.load().check(key).map_err(refused)?;
         let id = SessionId::random();
         let created_ms = unix_ms(SystemTime::now());
+        let config = self.config();
         let (position, outcome, commit) = {
             let mut core = self.lock();
             // Queue full first: when nobody can get in, everybody hears the same answer.
-            limits::check_capacity(core.queue.len(), self.config.queue.max_sessions)
-                .map_err(refused)?;
-            if let (Some(who), Some(cfg)) = (caller, &self.config.identity) {
+            limits::check_capacity(core.queue.len(), config.queue.max_sessions).map_err(refused)?;
+            if let (Some(who), Some(cfg)) = (caller, &config.identity) {
                 core.owners.admit(who, cfg.max_sessions).map_err(|c| {
                     refused(CreateRefusal::IdentityCap {
                         live: c.live,
@@ -375,7 +381,7 @@ impl Shared {
                 // In identity mode the cap is per identity (above): one front proxy's
                 // address may carry everybody.
                 core.per_client
-                    .check(client, self.config.queue.max_sessions_per_client)
+                    .check(client, config.queue.max_sessions_per_client)
                     .map_err(refused)?;
             }
             // A v4 collision is not a realistic event; were it to happen, the caller
@@ -622,7 +628,7 @@ impl Shared {
                 self.lock().unsaved_removals.extend(seqs);
             }
         }
-        self.limiter.forget_idle();
+        self.limiter.load().forget_idle();
         self.probes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -654,6 +660,7 @@ mod lab;
 mod open;
 mod picture;
 mod polls;
+mod reload;
 #[cfg(test)]
 mod tests;
 mod turns;

@@ -74,20 +74,13 @@ impl Shared {
         let handoff_recorded = queue.resetting();
         let limiter = SessionLimiter::new(&config.rate_limit);
         let metrics = metrics();
-        for up in &config.upstreams {
-            metrics.init_upstream(&up.name);
-        }
+        metrics.config_loaded();
         metrics.record_queue(queue.len(), queue.waiting(), queue.active_hold(now));
-        let health = crate::health::Board::new(
-            config.upstreams.iter().map(|u| {
-                let up = metrics.upstream_up.with_label_values(&[u.name.as_str()]);
-                (u.name.clone(), up)
-            }),
-            now,
-        );
         let (changes, _) = watch::channel(0);
         Ok(Arc::new(Shared {
-            config,
+            config: arc_swap::ArcSwap::from_pointee(Current::new(config, metrics, None)),
+            config_path: std::sync::OnceLock::new(),
+            reloading: Mutex::new(()),
             bridge: bridge.clone(),
             committer: store,
             core: Mutex::new(Core {
@@ -108,8 +101,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             probes: Mutex::new(limits::ProbeDetector::default()),
-            health,
-            limiter,
+            limiter: arc_swap::ArcSwap::from_pointee(limiter),
             metrics,
             forwarded_in_flight: AtomicUsize::new(0),
             changes,

@@ -42,7 +42,7 @@ impl Shared {
         core.history.retry_after(
             position,
             core.queue.active_hold(now),
-            self.config.queue.timeouts.waiting,
+            core.queue.timeouts().waiting,
         )
     }
 
@@ -60,9 +60,10 @@ impl Shared {
 
     /// With a hold limit, how long the ACTIVE session has left (zero when over).
     pub fn hold_remaining(&self, now: Instant) -> Option<Duration> {
-        let max = self.config.queue.max_hold?;
-        let held = self.lock().queue.active_hold(now);
-        Some(max.saturating_sub(held))
+        // The queue's own limit: one lock, and always the one the reaper enforces.
+        let core = self.lock();
+        let max = core.queue.max_hold()?;
+        Some(max.saturating_sub(core.queue.active_hold(now)))
     }
 
     /// The client address a session was created from, and its creation time (Unix ms).

@@ -108,7 +108,7 @@ impl Shared {
         let t = core.tombstones.get(id, now)?;
         match (&t.owner, caller) {
             (Some(owner), Some(caller)) if owner != caller => None,
-            (Some(_), None) if self.config.identity.is_some() => None,
+            (Some(_), None) if self.config().identity.is_some() => None,
             _ => Some(t.clone()),
         }
     }

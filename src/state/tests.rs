@@ -123,3 +123,69 @@ async fn a_create_the_queue_refuses_leaves_no_record_in_the_store() {
     let restored = restored.expect("store released");
     assert!(restored.sessions.is_empty(), "{:?}", restored.sessions);
 }
+
+fn config(extra: &str, rate: &str) -> Config {
+    Config::parse(
+        &format!("{extra}\n[rate_limit]\n{rate}\n{UPSTREAM}"),
+        "t.toml",
+    )
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_keeps_the_queue_and_applies_timeouts_caps_and_the_rate() {
+    let s = shared("");
+    let now = Instant::now();
+    let (a, _) = s.create_session(client(), None, now).await.unwrap();
+    let (b, _) = s.create_session(client(), None, now).await.unwrap();
+    let before: Vec<(SessionId, u64)> = s
+        .picture(10, now)
+        .sessions
+        .iter()
+        .map(|i| (i.view.id, i.view.seq))
+        .collect();
+    let r = s
+        .apply_config(config(
+            "[queue]\nactive_timeout = \"10s\"\nmax_sessions = 2\nmax_hold = \"1h\"",
+            "burst = 1\nrefill_every = \"1h\"",
+        ))
+        .unwrap();
+    assert!(r.changed.contains(&"rate_limit".to_string()), "{r:?}");
+    let after: Vec<(SessionId, u64)> = s
+        .picture(10, now)
+        .sessions
+        .iter()
+        .map(|i| (i.view.id, i.view.seq))
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(s.config().queue.max_sessions, 2);
+    assert_eq!(s.hold_remaining(now), Some(Duration::from_secs(3600)));
+    // The new cap: the queue holds two already.
+    let other = IpAddr::from([198, 51, 100, 7]);
+    assert!(matches!(
+        s.create_session(other, None, now).await,
+        Err(CreateFailure::Refused(CreateRefusal::QueueFull { .. }))
+    ));
+    // The new active timeout: A is reaped 10 s after it was last seen, B promoted.
+    assert_eq!(s.reap(now + Duration::from_secs(11)).await, 1);
+    assert_eq!(s.active_session(), Some(b));
+    assert!(s.lock().queue.view(&a).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_needs_a_restart_changes_nothing() {
+    let s = shared("");
+    let refused = s
+        .apply_config(config(
+            "[server]\nthreads = 3\n[queue]\nmax_sessions = 2",
+            "burst = 1000",
+        ))
+        .unwrap_err();
+    assert_eq!(refused.messages(), ["needs a restart: server.threads"]);
+    // All or nothing: the live change in the same file was not applied either.
+    assert_eq!(s.config().queue.max_sessions, 10_000);
+    assert_eq!(
+        s.reload(Trigger::Signal).unwrap_err(),
+        ReloadRefused::NoFile
+    );
+}

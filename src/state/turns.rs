@@ -60,7 +60,7 @@ impl bridge::Turns for Shared {
     }
 
     fn hold_limit(&self) -> Option<Duration> {
-        self.config.queue.max_hold
+        self.lock().queue.max_hold()
     }
 
     fn handoff_done(&self, lane: usize, turn: u64) {

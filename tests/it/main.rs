@@ -43,6 +43,7 @@ mod operator;
 mod queue_extensions;
 mod queue_lifecycle;
 mod readme;
+mod reload;
 mod run_cli;
 mod session_api;
 mod session_end;
