@@ -23,6 +23,8 @@
 //! - [`ownership`]: which identity owns which session; the owner check and the
 //!   per-identity cap.
 //! - [`tombstone`]: why a recently ended session ended (bounded, expiring).
+//! - [`label`]: a session's claimed owner and note (the optional `POST /session`
+//!   body): bounds, printable text, FastAPI-shaped refusals; shown, never trusted.
 //! - [`logfield`]: what a log line may hold of a request: bounded fields, ids redacted
 //!   in every spelling.
 //! - `bridge::machine`: one upstream lane around each turn (upstream session, hooks,
@@ -114,6 +116,7 @@ pub mod forward;
 pub mod gate;
 pub mod history;
 pub mod identity;
+pub mod label;
 pub mod limits;
 pub mod logfield;
 pub mod metrics;
