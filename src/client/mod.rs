@@ -16,6 +16,7 @@
 //! - [`forward`]: `-L` forwards for `labgate tunnel` and `labgate run`, and CMD's view of them.
 //! - [`tunnel_cmd`]: the `labgate tunnel` and `labgate ssh-config` commands.
 //! - [`ssh_config`]: the `Host` blocks `labgate ssh-config` prints.
+//! - [`status`]: `labgate status`, the public queue view as a table.
 
 pub mod child;
 pub mod forward;
@@ -23,6 +24,7 @@ pub mod http;
 pub mod progress;
 pub mod run;
 pub mod ssh_config;
+pub mod status;
 pub mod tunnel;
 pub mod tunnel_cmd;
 pub mod watch;
@@ -34,6 +36,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use http::{ClientError, LabClient};
+pub use status::{status_command, StatusArgs};
 
 /// Exit codes (sysexits.h where one fits); the README's "CI usage" lists them.
 pub mod exit {
