@@ -37,6 +37,7 @@ mod identity;
 mod limits;
 mod metrics_lint;
 mod neops_compat;
+mod owner;
 mod queue_extensions;
 mod queue_lifecycle;
 mod run_cli;
