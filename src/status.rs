@@ -278,7 +278,7 @@ pub fn html(status: &LabStatus, you: Option<&str>) -> String {
 <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>labgate: lab status</title><style>\
-body{{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}}\
+body{{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}}\
 h1{{font-size:1.4rem}} .state{{font-size:1.25rem;font-weight:600}}\
 .drain{{background:#fff3cd;border:1px solid #e0c060;padding:.5rem .75rem}}\
 table{{border-collapse:collapse;width:100%}} td,th{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #ddd}}\
