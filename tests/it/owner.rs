@@ -338,3 +338,48 @@ async fn labgate_status_says_in_one_line_what_is_wrong() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("not a labgate status"), "{err}");
 }
+
+/// Identity mode: the claimed owner is shown beside the verified identity, never as it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_identity_mode_a_claim_stands_beside_the_verified_identity() {
+    use crate::support::nginx::USER_HEADER;
+    let up = Upstream::start().await;
+    let identity = format!("[identity]\nsource = \"header\"\nheader = \"{USER_HEADER}\"\n");
+    let gw = Gateway::start(
+        &Cfg::new(up.addr)
+            .trusted_proxies(&["127.0.0.1/32"])
+            .extra(&identity),
+    )
+    .await;
+    let body = r#"{"owner":"root","note":"trust me"}"#;
+    let r = raw(
+        gw.addr(),
+        &format!(
+            "POST /session HTTP/1.1\r\nHost: x\r\n{USER_HEADER}: alice\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+    .expect("create");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n{USER_HEADER}: bob\r\n\r\n");
+    let board = raw(gw.addr(), &get("/status.json"))
+        .await
+        .expect("status.json");
+    let board: Value = serde_json::from_slice(&board.body).expect("JSON");
+    assert_eq!(board["queue"][0]["identity"], "alice", "{board}");
+    assert_eq!(board["queue"][0]["owner"], "root", "{board}");
+    let page = raw(gw.addr(), &get("/status"))
+        .await
+        .expect("status")
+        .text();
+    assert!(page.contains("alice holds the lab"), "{page}");
+    assert!(!page.contains("root holds"), "{page}");
+    assert!(
+        page.contains("<td>alice</td><td class=\"claim\">root</td>"),
+        "{page}"
+    );
+    let created = gw.audit_events("session_created");
+    assert_eq!(created[0]["identity"], "alice", "{created:?}");
+    assert_eq!(created[0]["owner"], "root", "{created:?}");
+}
