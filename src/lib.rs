@@ -83,7 +83,8 @@
 //! Client (`labgate run`, `labgate session`, `labgate tunnel`, `labgate ssh-config`):
 //! - [`client`]: holds the lab for one command, or scripts a session, over the HTTP API;
 //!   `client::tunnel` one device tunnel (a WebSocket), `client::forward` the `-L`
-//!   listeners, `client::tunnel_cmd` and `client::ssh_config` the tunnel commands.
+//!   listeners, `client::tunnel_cmd` and `client::ssh_config` the tunnel commands,
+//!   `client::status` the `labgate status` table.
 //!
 //! # Where to add...
 //! - **An upstream option**: the key and its default in `config::raw::RawUpstream`, its
