@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::forward::Answer;
 use crate::gate::{Denied, SessionHeader};
 use crate::identity::{self, Identity};
+use crate::label;
 use crate::limits::CreateRefusal;
 use crate::logfield;
 use crate::queue::{EndReason, SessionId, Status};
@@ -226,6 +227,18 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
 /// The longest long-poll (§7); larger `wait` values are clamped to it.
 pub const MAX_WAIT_SECS: u64 = 60;
 
+/// What came with a `POST /session` (its optional label body, contract §7 "owner and
+/// note"); empty for every other request, whose bodies are never read.
+#[derive(Debug, Clone, Default)]
+pub struct Sent {
+    /// `Content-Type` as sent.
+    pub content_type: Option<Bytes>,
+    /// The body, at most [`label::MAX_BODY`] bytes.
+    pub body: Bytes,
+    /// More than [`label::MAX_BODY`] bytes were announced or sent (not read).
+    pub too_large: bool,
+}
+
 /// Who is asking: the client address a request counts against, and in identity mode
 /// the identity it proved.
 #[derive(Debug, Clone, Copy)]
@@ -235,14 +248,16 @@ pub struct Caller<'a> {
 }
 
 /// Answers a local endpoint (everything but [`Endpoint::Lab`]). `query` is the checked
-/// query string; only `GET /session/{id}` reads it (`wait`). In identity mode a session
-/// the caller does not own is answered exactly as an unknown one.
+/// query string; only `GET /session/{id}` reads it (`wait`). `sent`: `POST /session`'s
+/// body. In identity mode a session the caller does not own is answered exactly as an
+/// unknown one.
 pub async fn handle(
     shared: &Shared,
     endpoint: Endpoint<'_>,
     query: Option<&str>,
     session_header: SessionHeader,
     caller: Caller<'_>,
+    sent: &Sent,
     now: Instant,
 ) -> Reply {
     let client = caller.client;
@@ -251,7 +266,17 @@ pub async fn handle(
     let active_timeout = shared.config().queue.timeouts.active.as_secs();
     match endpoint {
         Endpoint::CreateSession => {
-            match shared.create_session(client, caller.identity, now).await {
+            // The body is a claim for display only; an unusable one is refused before
+            // any limit counts the request.
+            let label = match label::parse(sent.content_type.as_deref(), &sent.body, sent.too_large)
+            {
+                Ok(label) => label,
+                Err(invalid) => return Reply::json(422, &invalid),
+            };
+            match shared
+                .create_labelled(client, caller.identity, label, now)
+                .await
+            {
                 Ok((id, position)) => Reply::json(
                     201,
                     &Created {

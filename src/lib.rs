@@ -23,6 +23,8 @@
 //! - [`ownership`]: which identity owns which session; the owner check and the
 //!   per-identity cap.
 //! - [`tombstone`]: why a recently ended session ended (bounded, expiring).
+//! - [`label`]: a session's claimed owner and note (the optional `POST /session`
+//!   body): bounds, printable text, FastAPI-shaped refusals; shown, never trusted.
 //! - [`logfield`]: what a log line may hold of a request: bounded fields, ids redacted
 //!   in every spelling.
 //! - `bridge::machine`: one upstream lane around each turn (upstream session, hooks,
@@ -90,7 +92,8 @@
 //! - [`client`]: holds the lab for one command, or scripts a session, over the HTTP API;
 //!   `client::tunnel` one device tunnel (a WebSocket), `client::forward` the `-L`
 //!   listeners, `client::tunnel_cmd` and `client::ssh_config` the tunnel commands,
-//!   `client::tls` the trust for an `https://` labgate.
+//!   `client::tls` the trust for an `https://` labgate,
+//!   `client::status` the `labgate status` table.
 //!
 //! # Where to add...
 //! - **An upstream option**: the key and its default in `config::raw::RawUpstream`, its
@@ -124,6 +127,7 @@ pub mod gate;
 pub mod health;
 pub mod history;
 pub mod identity;
+pub mod label;
 pub mod limits;
 pub mod logfield;
 pub mod logging;

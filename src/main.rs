@@ -55,6 +55,9 @@ enum Command {
     Tunnel(labgate::client::TunnelArgs),
     /// Print ssh config Host blocks for the devices this session may reach.
     SshConfig(labgate::client::SshConfigArgs),
+    /// Who holds the lab and who waits, with owners, notes and expected starts (the
+    /// status page as a table); your own row marked when LAB_SESSION_ID is set.
+    Status(labgate::client::StatusArgs),
     /// Serve only the fake lab API used by the walk-through.
     DemoLab {
         #[arg(long, default_value = "127.0.0.1:9181")]
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         Some(Command::Session(args)) => return labgate::client::session_command(args),
         Some(Command::Tunnel(args)) => return labgate::client::tunnel_command(args),
         Some(Command::SshConfig(args)) => return labgate::client::ssh_config_command(args),
+        Some(Command::Status(args)) => return labgate::client::status_command(args),
         command => Cli { command, ..cli },
     };
     match run(cli) {
@@ -183,7 +187,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_out(&page)
         }
         Some(
-            Command::Run(_) | Command::Session(_) | Command::Tunnel(_) | Command::SshConfig(_),
+            Command::Run(_)
+            | Command::Session(_)
+            | Command::Tunnel(_)
+            | Command::SshConfig(_)
+            | Command::Status(_),
         ) => unreachable!("handled in main"),
     }
 }

@@ -38,7 +38,7 @@ use crate::state::{Shared, AUDIT};
 
 use ctx::{Forwarded, Routed};
 pub use ctx::{InFlight, RequestCtx};
-use wire::{classify, discard_small_body, header_values, peer_ip, write_reply};
+use wire::{classify, discard_small_body, header_values, peer_ip, read_sent, write_reply};
 
 /// Access log lines go to their own target.
 pub const ACCESS: &str = "labgate::access";
@@ -141,7 +141,23 @@ impl ProxyHttp for LabGate {
                 client,
                 identity: ctx.identity.as_ref(),
             };
-            let reply = api::handle(shared, endpoint, target.query, header, caller, now).await;
+            let reply = if endpoint == Endpoint::CreateSession {
+                // Only `POST /session` reads its body (an optional label); no query.
+                let sent = read_sent(session).await;
+                api::handle(
+                    shared,
+                    Endpoint::CreateSession,
+                    None,
+                    header,
+                    caller,
+                    &sent,
+                    now,
+                )
+                .await
+            } else {
+                let sent = api::Sent::default();
+                api::handle(shared, endpoint, target.query, header, caller, &sent, now).await
+            };
             return self.answer(session, ctx, reply).await;
         }
 

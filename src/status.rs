@@ -3,7 +3,9 @@
 //! Owns the public view of the lab ([`LabStatus`], built from `Shared::picture`) and its
 //! rendering. It must never show a session id, which is the gate credential: sessions
 //! appear as their public tag (`SessionId::tag`), which cannot be turned back into the
-//! id. The page is server-rendered, has no script, and refreshes itself.
+//! id. The page is server-rendered, has no script, and refreshes itself. A session's
+//! `owner` and `note` are what its client claims (`POST /session`'s body): shown as
+//! claims, escaped, and never in a place where identity mode's verified identity goes.
 
 use std::time::Instant;
 
@@ -49,9 +51,16 @@ pub struct QueueEntry {
     /// any hold completed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_start_secs: Option<f64>,
-    /// Identity mode with `status_page_names`: who opened the session.
+    /// Identity mode with `status_page_names`: who opened the session (verified).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// Who the session's client says it is (`POST /session`'s `owner`): a claim,
+    /// never verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// What it says it is for (`POST /session`'s `note`): a claim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What the public status page shows.
@@ -62,6 +71,12 @@ pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
         .identity
         .as_ref()
         .is_some_and(|i| i.status_page_names);
+    // An operator who hides identities hides claimed names with them.
+    let labels = shared
+        .config()
+        .identity
+        .as_ref()
+        .is_none_or(|i| i.status_page_names);
     let queue = picture
         .sessions
         .iter()
@@ -84,6 +99,8 @@ pub fn lab_status(shared: &Shared, now: Instant) -> LabStatus {
                 .as_ref()
                 .filter(|_| names)
                 .map(|o| o.as_str().to_string()),
+            owner: s.label.owner.clone().filter(|_| labels),
+            note: s.label.note.clone().filter(|_| labels),
         })
         .collect();
     LabStatus {
@@ -154,11 +171,9 @@ pub fn you_param(query: Option<&str>) -> Option<&str> {
 
 /// The page; `you`: a tag to mark as the viewer's own row (`/status?tag=...`).
 pub fn html(status: &LabStatus, you: Option<&str>) -> String {
-    let holder = status
-        .queue
-        .first()
-        .filter(|e| e.position == 0)
-        .and_then(|e| e.identity.as_deref());
+    let first = status.queue.first().filter(|e| e.position == 0);
+    let holder = first.and_then(|e| e.identity.as_deref());
+    let claimed = first.and_then(|e| e.owner.as_deref());
     let tunnels = match status.tunnels {
         0 => String::new(),
         1 => " The holder has 1 tunnel open.".to_string(),
@@ -175,6 +190,13 @@ pub fn html(status: &LabStatus, you: Option<&str>) -> String {
                 escape(who),
                 human(status.hold_secs)
             ),
+            // A claim is quoted and said to be one; only a verified identity is
+            // written as the subject.
+            (true, None) if claimed.is_some() => format!(
+                "The lab is held by a session that says it is \u{201c}{}\u{201d}, for {} so far.{tunnels}",
+                escape(claimed.unwrap_or_default()),
+                human(status.hold_secs)
+            ),
             (true, None) => format!(
                 "The lab is held, for {} so far.{tunnels}",
                 human(status.hold_secs)
@@ -183,6 +205,8 @@ pub fn html(status: &LabStatus, you: Option<&str>) -> String {
         }
     };
     let named = status.queue.iter().any(|e| e.identity.is_some());
+    let owners = status.queue.iter().any(|e| e.owner.is_some());
+    let notes = status.queue.iter().any(|e| e.note.is_some());
     let waiting = match status.waiting {
         0 => "Nobody is waiting.".to_string(),
         1 => "1 session is waiting.".to_string(),
@@ -207,6 +231,13 @@ pub fn html(status: &LabStatus, you: Option<&str>) -> String {
             } else {
                 String::new()
             };
+            let cell = |shown: bool, v: Option<&str>, class: &str| match (shown, v) {
+                (false, _) => String::new(),
+                (true, Some(v)) => format!("<td class=\"{class}\">{}</td>", escape(v)),
+                (true, None) => "<td>-</td>".to_string(),
+            };
+            let owner = cell(owners, e.owner.as_deref(), "claim");
+            let note = cell(notes, e.note.as_deref(), "note");
             let mine = you == Some(e.tag.as_str());
             let (class, marker) = if mine {
                 (" class=\"you\"", " <strong>&larr; you</strong>")
@@ -219,7 +250,7 @@ pub fn html(status: &LabStatus, you: Option<&str>) -> String {
                 (p, None) => format!("not known yet, position {p}"),
             };
             format!(
-                "<tr{class}><td>{}</td>{who}<td><code>{}</code>{marker}</td><td>{}</td><td>{}</td><td>{eta}</td></tr>",
+                "<tr{class}><td>{}</td>{who}{owner}{note}<td><code>{}</code>{marker}</td><td>{}</td><td>{}</td><td>{eta}</td></tr>",
                 e.position,
                 e.tag,
                 e.state,
@@ -228,11 +259,17 @@ pub fn html(status: &LabStatus, you: Option<&str>) -> String {
         })
         .collect();
     let who_head = if named { "<th>who</th>" } else { "" };
+    let owner_head = if owners {
+        "<th title=\"what the session's client says; not verified\">owner (as claimed)</th>"
+    } else {
+        ""
+    };
+    let note_head = if notes { "<th>note</th>" } else { "" };
     let table = if rows.is_empty() {
         String::new()
     } else {
         format!(
-            "<table><thead><tr><th>#</th>{who_head}<th>session tag</th><th>state</th><th>for</th><th>expected start</th></tr></thead><tbody>{rows}</tbody></table>\
+            "<table><thead><tr><th>#</th>{who_head}{owner_head}{note_head}<th>session tag</th><th>state</th><th>for</th><th>expected start</th></tr></thead><tbody>{rows}</tbody></table>\
              <p class=\"hint\">Your tag: the first 8 hex digits of SHA-256 over your session id's 16 bytes  (also sent as <code>X-Lab-Session-Tag</code>); open <code>/status?tag=YOURTAG</code> to have your row marked.</p>"
         )
     };
@@ -242,11 +279,12 @@ pub fn html(status: &LabStatus, you: Option<&str>) -> String {
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <link rel=\"icon\" href=\"/favicon.svg\" type=\"image/svg+xml\">\
 <title>labgate: lab status</title><style>\
-body{{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}}\
+body{{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}}\
 h1{{font-size:1.4rem}} .state{{font-size:1.25rem;font-weight:600}}\
 .drain{{background:#fff3cd;border:1px solid #e0c060;padding:.5rem .75rem}}\
 table{{border-collapse:collapse;width:100%}} td,th{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #ddd}}\
-.hint{{color:#555;font-size:.85rem}} tr.you{{background:#e6f0ff}}</style></head><body>\
+.hint{{color:#555;font-size:.85rem}} tr.you{{background:#e6f0ff}}\
+td.claim{{font-style:italic}} td.note{{color:#444;font-size:.9rem;overflow-wrap:anywhere}}</style></head><body>\
 <h1>labgate: lab status</h1>\
 <p class=\"state\" id=\"held\">{headline}</p><p id=\"waiting\">{waiting}</p>{draining}\
 <ul><li>Typical wait: {} ({})</li><li>Typical hold: {} ({})</li>{max_hold}</ul>{table}\
@@ -284,6 +322,8 @@ mod tests {
                 secs: 250.0,
                 expected_start_secs: None,
                 identity: None,
+                owner: None,
+                note: None,
             }],
         }
     }
@@ -299,6 +339,8 @@ mod tests {
             secs: 3.0,
             expected_start_secs: Some(720.0),
             identity: Some("<bob>".into()),
+            owner: None,
+            note: None,
         });
         let page = html(&s, Some("99887766"));
         assert!(
@@ -322,6 +364,50 @@ mod tests {
         assert!(!String::from_utf8(json(&status()))
             .unwrap()
             .contains("identity"));
+    }
+
+    #[test]
+    fn claimed_owners_and_notes_are_shown_as_claims_escaped() {
+        let mut s = status();
+        s.queue[0].owner = Some("<i>root</i> & co".into());
+        s.queue.push(QueueEntry {
+            position: 1,
+            tag: "99887766".into(),
+            state: "waiting",
+            secs: 3.0,
+            expected_start_secs: Some(90.0),
+            identity: None,
+            owner: None,
+            note: Some("https://ci.example/jobs/1?a=1&b=\"2\"".into()),
+        });
+        let page = html(&s, Some("99887766"));
+        assert!(!page.contains("<i>root"), "{page}");
+        assert!(
+            page.contains("held by a session that says it is \u{201c}&lt;i&gt;root&lt;/i&gt; &amp; co\u{201d}"),
+            "{page}"
+        );
+        assert!(page.contains("<th title=\"what the session's client says; not verified\">owner (as claimed)</th><th>note</th>"), "{page}");
+        assert!(
+            page.contains("<td class=\"claim\">&lt;i&gt;root&lt;/i&gt; &amp; co</td><td>-</td>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<td>-</td><td class=\"note\">https://ci.example/jobs/1?a=1&amp;b=&quot;2&quot;</td>"),
+            "{page}"
+        );
+        // A verified identity is the holder; the claim stays a column of its own.
+        s.queue[0].identity = Some("alice".into());
+        let page = html(&s, None);
+        assert!(page.contains("alice holds the lab"), "{page}");
+        assert!(
+            page.contains("<td>alice</td><td class=\"claim\">"),
+            "{page}"
+        );
+        let text = String::from_utf8(json(&s)).unwrap();
+        assert!(text.contains(r#""owner":"<i>root</i> & co""#), "{text}");
+        assert!(text.contains(r#""note":"https://ci.example"#), "{text}");
+        // Without any, no columns.
+        assert!(!html(&status(), None).contains("as claimed"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The durable queue: every session (id, seq, creation time, and in identity mode its
-//! owner) and the seq counter, kept in an embedded `redb` database so the queue survives a restart or a crash (§7).
+//! The durable queue: every session (id, seq, creation time, in identity mode its
+//! owner, and its label when it has one) and the seq counter, kept in an embedded `redb` database so the queue survives a restart or a crash (§7).
 //!
 //! Why redb: it is a pure-Rust, copy-on-write B-tree with checksummed commits; a commit
 //! with `Durability::Immediate` is on disk when it returns, and a crash at any moment
@@ -27,6 +27,7 @@ use redb::backends::FileBackend;
 use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
+use crate::label::Label;
 use crate::queue::SessionId;
 
 /// seq -> 16 bytes of uuid + 8 bytes of creation time (Unix ms, big-endian).
@@ -34,6 +35,10 @@ const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 /// seq -> the identity that owns the session (identity mode only). A table of its own,
 /// so files written before identities existed read back unchanged.
 const OWNERS: TableDefinition<u64, &str> = TableDefinition::new("owners");
+/// seq -> the session's label (`label::Label` as JSON), for sessions that have one. A
+/// table of its own, like `owners`: files written before labels existed read back
+/// unchanged (their sessions have none), and an older labgate ignores it.
+const LABELS: TableDefinition<u64, &str> = TableDefinition::new("labels");
 /// "next_seq" -> the seq counter.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
@@ -123,7 +128,10 @@ pub enum Op {
     /// Add a session with its owner (identity mode); the counter becomes `next_seq` if
     /// that is higher than it is.
     Insert(StoredSession, Option<String>, u64),
-    /// Remove a session (and its owner) by seq; unknown seqs are ignored.
+    /// Attach a label to a session (submit it with the session's `Insert`, so both are
+    /// in one transaction).
+    Label(u64, Label),
+    /// Remove a session (with its owner and label) by seq; unknown seqs are ignored.
     Remove(u64),
     /// Change nothing that is read back, but write (a probe of a store that failed).
     Touch(u64),
@@ -136,6 +144,9 @@ pub struct Restored {
     pub sessions: Vec<StoredSession>,
     /// seq -> owner, for the sessions that have one.
     pub owners: std::collections::HashMap<u64, String>,
+    /// seq -> label, for the sessions that have one (cleaned: the file is not trusted
+    /// to hold only what labgate wrote).
+    pub labels: std::collections::HashMap<u64, Label>,
 }
 
 /// The lowest seq labgate may issue after starting at wall-clock time `now`: Unix time in
@@ -162,6 +173,7 @@ struct Tables<'txn> {
     sessions: redb::Table<'txn, u64, &'static [u8]>,
     meta: redb::Table<'txn, &'static str, u64>,
     owners: redb::Table<'txn, u64, &'static str>,
+    labels: redb::Table<'txn, u64, &'static str>,
 }
 
 impl Store {
@@ -213,6 +225,7 @@ impl Store {
         let sessions_table = txn.open_table(SESSIONS)?;
         let meta = txn.open_table(META)?;
         let owners_table = txn.open_table(OWNERS)?;
+        let labels_table = txn.open_table(LABELS)?;
         let mut sessions = Vec::new();
         for row in sessions_table.iter()? {
             let (seq, value) = row?;
@@ -223,11 +236,21 @@ impl Store {
             let (seq, owner) = row?;
             owners.insert(seq.value(), owner.value().to_string());
         }
+        let mut labels = std::collections::HashMap::new();
+        for row in labels_table.iter()? {
+            let (seq, text) = row?;
+            // A label is only shown: one that does not parse is dropped, never a
+            // reason to refuse the queue.
+            if let Ok(label) = serde_json::from_str::<Label>(text.value()) {
+                labels.insert(seq.value(), label.sanitised());
+            }
+        }
         let next_seq = meta.get(NEXT_SEQ)?.map_or(1, |v| v.value());
         Ok(Restored {
             next_seq,
             sessions,
             owners,
+            labels,
         })
     }
 
@@ -243,6 +266,7 @@ impl Store {
                 sessions: txn.open_table(SESSIONS)?,
                 meta: txn.open_table(META)?,
                 owners: txn.open_table(OWNERS)?,
+                labels: txn.open_table(LABELS)?,
             };
             f(&mut tables)?;
         }
@@ -286,9 +310,14 @@ impl Store {
                         }
                         next_seq = next_seq.max(Some(*next));
                     }
+                    Op::Label(seq, label) => {
+                        let text = serde_json::to_string(label).unwrap_or_default();
+                        t.labels.insert(*seq, text.as_str())?;
+                    }
                     Op::Remove(seq) => {
                         t.sessions.remove(*seq)?;
                         t.owners.remove(*seq)?;
+                        t.labels.remove(*seq)?;
                     }
                     Op::Touch(value) => {
                         t.meta.insert(PROBE, *value)?;
@@ -311,6 +340,7 @@ impl Store {
             for seq in seqs {
                 t.sessions.remove(*seq)?;
                 t.owners.remove(*seq)?;
+                t.labels.remove(*seq)?;
             }
             Ok(())
         })

@@ -198,7 +198,10 @@ pub fn run_cli(socket: &Path, json_out: bool, action: Action) -> anyhow::Result<
     Ok(())
 }
 
-/// The queue as a readable table.
+/// The queue as a readable table: the tag (every session's one public name), the
+/// verified identity (WHO, identity mode) and the client's claims (CLAIMED BY, NOTE)
+/// when any session has them. Claims are cleaned of control characters again here: a
+/// terminal must not run what a client sent.
 pub fn render_table(listing: &QueueListing) -> String {
     let mut out = String::new();
     if listing.draining {
@@ -208,45 +211,88 @@ pub fn render_table(listing: &QueueListing) -> String {
         out.push_str("The queue is empty.\n");
         return out;
     }
-    // Identity mode: a WHO column, as wide as the longest name.
-    let who_width = listing
-        .sessions
-        .iter()
-        .filter_map(|s| s.identity.as_deref().map(str::len))
-        .max()
-        .map(|w| w.max(3));
-    let who = |name: &str| match who_width {
-        Some(w) => format!("  {name:<w$}"),
+    let clean = |v: Option<&str>, max: usize| match v {
+        Some(v) if v.chars().count() > max => {
+            format!(
+                "{}…",
+                crate::label::truncate(&crate::label::printable(v), max - 1)
+            )
+        }
+        Some(v) => crate::label::printable(v),
+        None => "-".to_string(),
+    };
+    // A column as wide as its longest value, when any session has one.
+    let width = |values: &mut dyn Iterator<Item = Option<&str>>, head: &str, max: usize| {
+        values
+            .flatten()
+            .map(|v| v.chars().count().min(max))
+            .max()
+            .map(|w| w.max(head.len()))
+    };
+    let rows = &listing.sessions;
+    let who_width = width(&mut rows.iter().map(|s| s.identity.as_deref()), "WHO", 128);
+    let owner_width = width(
+        &mut rows.iter().map(|s| s.owner.as_deref()),
+        "CLAIMED BY",
+        crate::label::MAX_OWNER,
+    );
+    let notes = rows.iter().any(|s| s.note.is_some());
+    let column = |w: Option<usize>, v: &str| match w {
+        Some(w) => format!("  {v:<w$}"),
         None => String::new(),
     };
-    out.push_str(&format!(
-        "{:>4}  {:<7}{}  {:<36}  {:>13}  {:<15}  {:>9}  {:>9}  {:>9}\n",
-        "POS",
-        "STATE",
-        who("WHO"),
-        "SESSION",
-        "SEQ",
-        "CLIENT",
-        "IN FLIGHT",
-        "HELD",
-        "IDLE"
-    ));
-    for s in &listing.sessions {
-        out.push_str(&format!(
-            "{:>4}  {:<7}{}  {:<36}  {:>13}  {:<15}  {:>9}  {:>9}  {:>9}\n",
-            s.position,
-            s.state,
-            who(s.identity.as_deref().unwrap_or("-")),
-            s.id,
-            s.seq,
-            s.client.as_deref().unwrap_or("-"),
-            s.requests_in_flight,
+    let line = |cells: [String; 12]| {
+        let [pos, state, tag, who, owner, session, seq, client, inflight, held, idle, note] = cells;
+        let note = if notes {
+            format!("  {note}")
+        } else {
+            String::new()
+        };
+        format!(
+            "{pos:>4}  {state:<7}  {tag:<8}{who}{owner}  {session:<36}  {seq:>13}  {client:<15}  {inflight:>9}  {held:>9}  {idle:>9}{note}",
+        )
+        .trim_end()
+        .to_string()
+            + "\n"
+    };
+    out.push_str(&line([
+        "POS".into(),
+        "STATE".into(),
+        "TAG".into(),
+        column(who_width, "WHO"),
+        column(owner_width, "CLAIMED BY"),
+        "SESSION".into(),
+        "SEQ".into(),
+        "CLIENT".into(),
+        "IN FLIGHT".into(),
+        "HELD".into(),
+        "IDLE".into(),
+        "NOTE".into(),
+    ]));
+    for s in rows {
+        out.push_str(&line([
+            s.position.to_string(),
+            s.state.clone(),
+            s.tag.clone(),
+            column(who_width, &clean(s.identity.as_deref(), 128)),
+            column(
+                owner_width,
+                &clean(s.owner.as_deref(), crate::label::MAX_OWNER),
+            ),
+            s.id.clone(),
+            s.seq.to_string(),
+            s.client.clone().unwrap_or_else(|| "-".to_string()),
+            s.requests_in_flight.to_string(),
             s.hold_secs.map_or("-".to_string(), crate::status::human),
             crate::status::human(s.last_seen_secs_ago),
-        ));
+            clean(s.note.as_deref(), NOTE_CHARS),
+        ]));
     }
     out
 }
+
+/// The most of a note the table shows (the JSON has it whole).
+const NOTE_CHARS: usize = 60;
 
 #[cfg(test)]
 mod tests {
@@ -282,6 +328,8 @@ mod tests {
                 requests_in_flight: 2,
                 hold_secs: Some(125.0),
                 identity: None,
+                owner: None,
+                note: None,
             }],
         };
         let t = render_table(&listing);
@@ -296,6 +344,15 @@ mod tests {
         assert!(t.starts_with("labgate is DRAINING"));
         assert!(t.contains("0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11"));
         assert!(t.contains("2 min 5 s"));
+        assert!(t.contains("TAG") && t.contains("1a2b3c4d"), "{t}");
+        assert!(!t.contains("CLAIMED BY") && !t.contains("NOTE"), "{t}");
+        named.sessions[0].owner = Some("carol@ci\u{1b}[2J".into());
+        named.sessions[0].note = Some("x".repeat(100));
+        let c = render_table(&named);
+        assert!(c.contains("CLAIMED BY") && c.contains("carol@ci[2J"), "{c}");
+        assert!(!c.contains('\u{1b}'), "{c}");
+        assert!(c.contains(&format!("{}…", "x".repeat(59))), "{c}");
+        assert!(!c.contains(&"x".repeat(61)), "{c}");
         assert!(render_table(&QueueListing {
             draining: false,
             sessions: vec![]

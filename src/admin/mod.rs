@@ -21,7 +21,8 @@ pub use socket::{bind, SocketFile};
 /// What `labgate admin` is asked to do: the subcommands of `labgate admin`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Action {
-    /// List the queue: every session with its state, client, requests in flight, hold.
+    /// List the queue: every session with its tag, state, claimed owner and note,
+    /// client, requests in flight, hold.
     Queue,
     /// End a session now (reason `kicked`), cutting its connections.
     Kick {
@@ -111,9 +112,15 @@ pub struct SessionRow {
     pub client: Option<String>,
     pub requests_in_flight: u32,
     pub hold_secs: Option<f64>,
-    /// Identity mode: who opened the session.
+    /// Identity mode: who opened the session (verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// Who the session's client says it is (`POST /session`'s `owner`): a claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// What the session says it is for (`POST /session`'s `note`): a claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// `GET /v1/queue` answer.

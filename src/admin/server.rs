@@ -120,6 +120,8 @@ impl SessionRow {
                     .as_secs_f64(),
                 client: s.client.map(|c| c.to_string()),
                 identity: s.owner.map(|o| o.as_str().to_string()),
+                owner: s.label.owner,
+                note: s.label.note,
                 requests_in_flight: s.view.inflight,
                 hold_secs: s
                     .view

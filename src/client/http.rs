@@ -11,6 +11,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
 use super::exit;
+use crate::label::Label;
 
 /// Header carrying the server's `active_timeout` in seconds (labgate only).
 const ACTIVE_TIMEOUT_HEADER: &str = "x-lab-active-timeout";
@@ -248,14 +249,22 @@ impl LabClient {
         format!("{}{path}", self.base)
     }
 
-    pub async fn create(&self) -> Result<Created, ClientError> {
+    /// `POST /session`; a non-empty `label` goes as its JSON body (owner and note, for
+    /// display), an empty one sends no body at all, as neops clients do. A server that
+    /// does not know labels (neops-remote-lab) ignores the body.
+    pub async fn create(&self, label: &Label) -> Result<Created, ClientError> {
         let url = self.url("/session");
         // Not idempotent: a retry after the request may have reached the server could
         // leave an orphan session that would later hold the lab, so only failures to
         // connect (nothing was sent) are retried.
         let resp = self
             .send(&url, false, || {
-                self.http.post(&url).timeout(REQUEST_TIMEOUT)
+                let req = self.http.post(&url).timeout(REQUEST_TIMEOUT);
+                if label.is_empty() {
+                    req
+                } else {
+                    req.json(label)
+                }
             })
             .await?;
         let active_timeout = active_timeout(&resp);
@@ -394,6 +403,19 @@ impl LabClient {
     /// Sends the request built by `build`, retrying transport failures with doubling
     /// pauses until `retry_for` has passed (then one last try). `idempotent` = false retries only failures to
     /// connect.
+    /// `GET /status.json`: the public status as the server's JSON text (a `GET`:
+    /// retried like one).
+    pub async fn lab_status(&self) -> Result<String, ClientError> {
+        let url = self.url("/status.json");
+        let resp = self
+            .send(&url, true, || self.http.get(&url).timeout(REQUEST_TIMEOUT))
+            .await?;
+        match resp.status() {
+            StatusCode::OK => text(&url, resp).await,
+            _ => Err(failure(&url, None, resp).await),
+        }
+    }
+
     async fn send(
         &self,
         url: &str,

@@ -17,6 +17,7 @@
 //! - [`forward`]: `-L` forwards for `labgate tunnel` and `labgate run`, and CMD's view of them.
 //! - [`tunnel_cmd`]: the `labgate tunnel` and `labgate ssh-config` commands.
 //! - [`ssh_config`]: the `Host` blocks `labgate ssh-config` prints.
+//! - [`status`]: `labgate status`, the public queue view as a table.
 
 pub mod child;
 pub mod forward;
@@ -24,6 +25,7 @@ pub mod http;
 pub mod progress;
 pub mod run;
 pub mod ssh_config;
+pub mod status;
 pub mod tls;
 pub mod tunnel;
 pub mod tunnel_cmd;
@@ -36,6 +38,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use http::{ClientError, LabClient};
+pub use status::{status_command, StatusArgs};
 
 /// Exit codes (sysexits.h where one fits); the README's "CI usage" lists them.
 pub mod exit {
@@ -120,6 +123,14 @@ pub struct RunArgs {
     /// Print only errors.
     #[arg(long, short)]
     quiet: bool,
+    /// Who holds the lab, as the status page and `labgate status` show it (a claim,
+    /// at most 64 characters; '' sends none) [default: USER@HOST].
+    #[arg(long, value_name = "TEXT")]
+    owner: Option<String>,
+    /// Why, shown beside the owner (at most 200 characters; '' sends none) [default:
+    /// the CI job's URL, from GitHub Actions, GitLab, Buildkite or Jenkins variables].
+    #[arg(long, value_name = "TEXT")]
+    note: Option<String>,
     /// The command to run while holding the lab.
     #[arg(
         required = true,
@@ -252,11 +263,29 @@ pub fn run_command(args: RunArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .or_else(|| (name == "USER").then(run::user_name).flatten())
+    };
+    let label = match run::label_for(
+        args.owner.as_deref(),
+        args.note.as_deref(),
+        &env,
+        run::host_name().as_deref(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("labgate: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     let opts = run::RunOptions {
+        label,
         url,
         wait_timeout: args.wait_timeout,
         heartbeat: args.heartbeat,
@@ -317,7 +346,7 @@ async fn session(
     };
     Ok(match action {
         SessionAction::New => {
-            let c = client.create().await?;
+            let c = client.create(&crate::label::Label::default()).await?;
             if json {
                 c.body
             } else {

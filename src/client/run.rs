@@ -22,6 +22,7 @@ use super::tls::Trust;
 use super::tunnel::Dialer;
 use super::tunnel_cmd::describe;
 use super::watch::{sleep_until_opt, Interrupt, Signals, Watch};
+use crate::label::{self, Label};
 
 /// Long-poll length asked of the server (contract §7 allows up to 60 s).
 const LONG_POLL: Duration = Duration::from_secs(20);
@@ -56,6 +57,91 @@ pub struct RunOptions {
     /// `-L`: bound before the session is asked for, accepting once it is ACTIVE.
     pub forwards: Vec<ForwardSpec>,
     pub max_connections: usize,
+    /// Sent with `POST /session`, for the status page and the operators (see
+    /// [`label_for`]).
+    pub label: Label,
+}
+
+/// What `labgate run` tells the server about its session: `--owner` and `--note` as
+/// given (checked by the server's own rules: one-line error), else the defaults, cut to
+/// the limits: the owner `user@host`, the note the CI job's URL when it runs in CI
+/// ([`ci_job_url`]). An empty flag sends no value. `env` reads an environment variable;
+/// `host`: this machine's name.
+pub fn label_for(
+    owner: Option<&str>,
+    note: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+    host: Option<&str>,
+) -> Result<Label, String> {
+    let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let given = serde_json::json!({ "owner": owner, "note": note });
+    let mut label = label::parse(
+        Some(b"application/json"),
+        given.to_string().as_bytes(),
+        false,
+    )
+    .map_err(|e| {
+        let item = &e.detail[0];
+        format!(
+            "--{}: {}",
+            item["loc"][1].as_str().unwrap_or("owner"),
+            item["msg"].as_str().unwrap_or("not accepted")
+        )
+    })?;
+    let fit = |v: String, max: usize| {
+        Some(label::truncate(&label::printable(&v), max)).filter(|v| !v.is_empty())
+    };
+    if owner.is_none() {
+        let user = var("USER").or_else(|| var("LOGNAME"));
+        let host = host.map(str::trim).filter(|h| !h.is_empty());
+        let who = match (user, host) {
+            (Some(u), Some(h)) => Some(format!("{u}@{h}")),
+            (u, h) => u.or(h.map(str::to_string)),
+        };
+        label.owner = who.and_then(|w| fit(w, label::MAX_OWNER));
+    }
+    if note.is_none() {
+        label.note = ci_job_url(&var).and_then(|u| fit(u, label::MAX_NOTE));
+    }
+    Ok(label)
+}
+
+/// The URL of the CI job this runs in, from the usual variables: GitHub Actions
+/// (`$GITHUB_SERVER_URL/$GITHUB_REPOSITORY/actions/runs/$GITHUB_RUN_ID`), GitLab
+/// (`CI_JOB_URL`), Buildkite (`BUILDKITE_BUILD_URL`), Jenkins (`BUILD_URL`, last: the
+/// most generic name).
+pub fn ci_job_url(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    if let (Some(server), Some(repo), Some(run)) = (
+        var("GITHUB_SERVER_URL"),
+        var("GITHUB_REPOSITORY"),
+        var("GITHUB_RUN_ID"),
+    ) {
+        return Some(format!(
+            "{}/{repo}/actions/runs/{run}",
+            server.trim_end_matches('/')
+        ));
+    }
+    ["CI_JOB_URL", "BUILDKITE_BUILD_URL", "BUILD_URL"]
+        .into_iter()
+        .find_map(var)
+}
+
+/// This machine's name, for the default owner (Linux: the kernel's; else `HOSTNAME`).
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// The user's name, for the default owner when neither `USER` nor `LOGNAME` is set.
+pub fn user_name() -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 /// Runs `labgate run`; returns the process exit code.
@@ -147,7 +233,7 @@ async fn acquire(
         // Not interruptible: a `POST /session` dropped mid-flight could create a
         // session nobody ends. It is bounded (request timeout, --connect-retry), and a
         // signal that arrives meanwhile stays pending for the next `guard`.
-        match client.create().await {
+        match client.create(&opts.label).await {
             Ok(c) => break c,
             Err(ClientError::Refused {
                 detail,
@@ -511,6 +597,78 @@ fn shown(command: &[OsString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn the_owner_defaults_to_user_at_host_and_the_note_to_the_ci_job() {
+        let local = label_for(None, None, &env(&[("USER", "alice")]), Some("lab-pc")).unwrap();
+        assert_eq!(local.owner.as_deref(), Some("alice@lab-pc"));
+        assert_eq!(local.note, None);
+        let logname = label_for(None, None, &env(&[("LOGNAME", "bob")]), None).unwrap();
+        assert_eq!(logname.owner.as_deref(), Some("bob"));
+        let github = env(&[
+            ("USER", "runner"),
+            ("GITHUB_SERVER_URL", "https://github.com/"),
+            ("GITHUB_REPOSITORY", "acme/rig"),
+            ("GITHUB_RUN_ID", "42"),
+            ("BUILD_URL", "https://jenkins/ignored"),
+        ]);
+        let l = label_for(None, None, &github, Some("gh-7")).unwrap();
+        assert_eq!(l.owner.as_deref(), Some("runner@gh-7"));
+        assert_eq!(
+            l.note.as_deref(),
+            Some("https://github.com/acme/rig/actions/runs/42")
+        );
+        for (var, url) in [
+            ("CI_JOB_URL", "https://gitlab.example/acme/rig/-/jobs/9"),
+            (
+                "BUILDKITE_BUILD_URL",
+                "https://buildkite.com/acme/rig/builds/3",
+            ),
+            ("BUILD_URL", "https://jenkins.example/job/rig/17/"),
+        ] {
+            let l = label_for(None, None, &env(&[(var, url)]), None).unwrap();
+            assert_eq!(l.note.as_deref(), Some(url), "{var}");
+            assert_eq!(l.owner, None);
+        }
+        // Half a GitHub set is no URL; empty variables count as unset.
+        let partial = env(&[("GITHUB_RUN_ID", "1"), ("CI_JOB_URL", " ")]);
+        assert_eq!(ci_job_url(&|k| partial(k)), None);
+    }
+
+    #[test]
+    fn defaults_are_cut_to_the_limits_and_flags_are_checked() {
+        let long_user = "u".repeat(100);
+        let long_url = format!("https://ci/{}", "x".repeat(300));
+        let e = env(&[
+            ("USER", long_user.as_str()),
+            ("CI_JOB_URL", long_url.as_str()),
+        ]);
+        let l = label_for(None, None, &e, Some("h")).unwrap();
+        assert_eq!(l.owner.map(|o| o.chars().count()), Some(label::MAX_OWNER));
+        assert_eq!(l.note.map(|n| n.chars().count()), Some(label::MAX_NOTE));
+        // Flags win over the defaults; an empty flag sends nothing.
+        let l = label_for(Some("carol"), Some(""), &e, Some("h")).unwrap();
+        assert_eq!(l.owner.as_deref(), Some("carol"));
+        assert_eq!(l.note, None);
+        let err = label_for(Some(&"o".repeat(65)), None, &e, None).unwrap_err();
+        assert_eq!(err, "--owner: String should have at most 64 characters");
+        let err = label_for(None, Some("a\u{1b}b"), &e, None).unwrap_err();
+        assert!(
+            err.starts_with("--note: String should hold printable"),
+            "{err}"
+        );
+        // A control character in a default is dropped, not sent.
+        let l = label_for(None, None, &env(&[("USER", "ev\til")]), None).unwrap();
+        assert_eq!(l.owner.as_deref(), Some("evil"));
+    }
 
     #[test]
     fn the_command_is_shown_as_typed() {

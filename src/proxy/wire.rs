@@ -93,3 +93,63 @@ pub(super) async fn discard_small_body(session: &mut Session) -> bool {
     }
     true
 }
+
+/// How long a `POST /session` body may take to arrive.
+const SENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads `POST /session`'s optional body (contract §7 "owner and note"): at most
+/// [`crate::label::MAX_BODY`] bytes; one announced or sent larger is not read (marked
+/// too large; the answer then discards it or closes the connection). A body that does
+/// not arrive in time, or fails, closes the connection after the answer and counts as
+/// too large, so it is refused and never half-read.
+pub(super) async fn read_sent(session: &mut Session) -> crate::api::Sent {
+    use crate::label::MAX_BODY;
+    let req = session.req_header();
+    let content_type = req
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()));
+    let announced = req
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large = |content_type| crate::api::Sent {
+        content_type,
+        body: bytes::Bytes::new(),
+        too_large: true,
+    };
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large(content_type);
+    }
+    // Each read too: a silent client cannot hold the request (or, after it, the
+    // discarding of its body) open.
+    session.set_read_timeout(Some(SENT_TIMEOUT));
+    let read = async {
+        let mut body = Vec::new();
+        while !session.is_body_done() {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_BODY {
+                        return None;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return None,
+            }
+        }
+        Some(body)
+    };
+    match tokio::time::timeout(SENT_TIMEOUT, read).await {
+        Ok(Some(body)) => crate::api::Sent {
+            content_type,
+            body: body.into(),
+            too_large: false,
+        },
+        _ => {
+            session.set_keepalive(None);
+            too_large(content_type)
+        }
+    }
+}

@@ -46,6 +46,7 @@ use crate::cut::{self, Ticket};
 use crate::gate::{self, Denied, SessionHeader, Verdict};
 use crate::history::History;
 use crate::identity::Identity;
+use crate::label::Label;
 use crate::limits::{self, CreateRefusal, CreateRejection, RateKey, SessionLimiter};
 use crate::metrics::{metrics, Metrics};
 use crate::ownership::{Access, Owners};
@@ -122,15 +123,19 @@ pub enum TunnelDenied {
 struct Meta {
     client: Option<IpAddr>,
     created_ms: u64,
+    /// What the session says about itself (`POST /session`'s body): shown, never
+    /// trusted.
+    label: Label,
     /// Wakes this session's long-polls when their answer changes (ACTIVE or gone).
     wake: Arc<Notify>,
 }
 
 impl Meta {
-    fn new(client: Option<IpAddr>, created_ms: u64) -> Meta {
+    fn new(client: Option<IpAddr>, created_ms: u64, label: Label) -> Meta {
         Meta {
             client,
             created_ms,
+            label,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -332,13 +337,26 @@ impl Shared {
         }
     }
 
-    /// `POST /session`: rate limit, caps (queue, and per identity in identity mode),
-    /// append, then the durable write; answered once the write is committed (a failed
-    /// write undoes the append). `caller`: the identity opening it, in identity mode.
+    /// `POST /session` without a label: see [`Shared::create_labelled`].
     pub async fn create_session(
         &self,
         client: IpAddr,
         caller: Option<&Identity>,
+        now: Instant,
+    ) -> Result<(SessionId, usize), CreateFailure> {
+        self.create_labelled(client, caller, Label::default(), now)
+            .await
+    }
+
+    /// `POST /session`: rate limit, caps (queue, and per identity in identity mode),
+    /// append, then the durable write; answered once the write is committed (a failed
+    /// write undoes the append). `caller`: the identity opening it, in identity mode;
+    /// `label`: the owner and note it claims (stored and shown, nothing else).
+    pub async fn create_labelled(
+        &self,
+        client: IpAddr,
+        caller: Option<&Identity>,
+        label: Label,
         now: Instant,
     ) -> Result<(SessionId, usize), CreateFailure> {
         let identity = caller.map(Identity::as_str);
@@ -365,7 +383,7 @@ impl Shared {
         let id = SessionId::random();
         let created_ms = unix_ms(SystemTime::now());
         let config = self.config();
-        let (position, outcome, commit) = {
+        let (position, outcome, commit, logged) = {
             let mut core = self.lock();
             // Queue full first: when nobody can get in, everybody hears the same answer.
             limits::check_capacity(core.queue.len(), config.queue.max_sessions).map_err(refused)?;
@@ -399,9 +417,18 @@ impl Shared {
                     created_ms,
                 };
                 let owner = caller.map(|who| who.as_str().to_string());
-                c.submit(vec![Op::Insert(record, owner, seq.saturating_add(1))])
+                let mut ops = vec![Op::Insert(record, owner, seq.saturating_add(1))];
+                if !label.is_empty() {
+                    ops.push(Op::Label(seq, label.clone()));
+                }
+                c.submit(ops)
             });
-            core.meta.insert(id, Meta::new(Some(client), created_ms));
+            let logged = (
+                label.owner.as_deref().map(crate::logfield::text),
+                label.note.as_deref().map(crate::logfield::text),
+            );
+            core.meta
+                .insert(id, Meta::new(Some(client), created_ms, label));
             if let Some(who) = caller {
                 core.owners.bind(id, who.clone());
             }
@@ -410,7 +437,7 @@ impl Shared {
                 ended: Vec::new(),
                 promoted,
             };
-            (position, core.settle(change, now), commit)
+            (position, core.settle(change, now), commit, logged)
         };
         if let Some(commit) = commit {
             if let Err(e) = commit.await {
@@ -420,7 +447,10 @@ impl Shared {
             }
         }
         self.metrics.sessions_created.inc();
-        tracing::info!(target: AUDIT, event = "session_created", session = %id.tag(), client = %client, identity, position);
+        // `owner` and `note` are the client's claims (bounded, escaped by `logfield`);
+        // `identity` is the verified one, in identity mode.
+        let (owner, note) = logged;
+        tracing::info!(target: AUDIT, event = "session_created", session = %id.tag(), client = %client, identity, owner, note, position);
         self.record(outcome);
         Ok((id, position))
     }

@@ -35,7 +35,8 @@ impl Shared {
                     .sessions
                     .iter()
                     .map(|s| {
-                        meta.insert(s.id, Meta::new(None, s.created_ms));
+                        let label = restored.labels.get(&s.seq).cloned().unwrap_or_default();
+                        meta.insert(s.id, Meta::new(None, s.created_ms, label));
                         let age =
                             Duration::from_millis(unix_ms(wall_now).saturating_sub(s.created_ms));
                         (s.id, s.seq, now.checked_sub(age).unwrap_or(now))

@@ -10,8 +10,10 @@ pub struct SessionInfo {
     pub client: Option<IpAddr>,
     /// Creation time, Unix ms; `None` when unknown.
     pub created_ms: Option<u64>,
-    /// Identity mode: who opened it.
+    /// Identity mode: who opened it (verified).
     pub owner: Option<Identity>,
+    /// What the session claims about itself (owner, note): shown, never trusted.
+    pub label: Label,
 }
 
 /// The queue at one moment, read under one lock. The views built from it (admin rows,
@@ -84,6 +86,7 @@ impl Shared {
                 SessionInfo {
                     client: meta.and_then(|m| m.client),
                     created_ms: meta.map(|m| m.created_ms),
+                    label: meta.map(|m| m.label.clone()).unwrap_or_default(),
                     owner: core.owners.owner(&view.id).cloned(),
                     view,
                 }

@@ -345,3 +345,115 @@ fn a_corrupted_store_is_an_error_or_a_consistent_store_never_a_panic() {
         "{refused} refused, {opened} opened"
     );
 }
+
+fn label(owner: &str, note: &str) -> Label {
+    Label {
+        owner: Some(owner.to_string()),
+        note: Some(note.to_string()),
+    }
+}
+
+#[test]
+fn labels_survive_reopening_and_go_with_their_sessions() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    let (a, b, c) = (session(1), session(2), session(3));
+    {
+        let (store, _) = Store::open(&path).unwrap();
+        store
+            .apply(&[
+                Op::Insert(a, None, 2),
+                Op::Label(1, label("alice@ci", "nightly")),
+                Op::Insert(b, None, 3),
+                Op::Label(2, label("bob", "flaky test")),
+                Op::Insert(c, None, 4),
+            ])
+            .unwrap();
+        store.apply(&[Op::Remove(2)]).unwrap();
+    }
+    let (_, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.sessions, vec![a, c]);
+    assert_eq!(restored.labels.len(), 1);
+    assert_eq!(restored.labels.get(&1), Some(&label("alice@ci", "nightly")));
+    assert_eq!(restored.labels.get(&3), None);
+}
+
+/// A store written before labels existed (no `labels` table) opens, and its sessions
+/// come back with no label.
+#[test]
+fn an_old_store_without_labels_restores_its_sessions_unlabelled() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    let (a, b) = (session(5), session(6));
+    {
+        // Exactly the tables (and record layout) of the format before labels.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut sessions = txn
+                .open_table(TableDefinition::<u64, &[u8]>::new("sessions"))
+                .unwrap();
+            for s in [a, b] {
+                sessions.insert(s.seq, s.encode().as_slice()).unwrap();
+            }
+            let mut owners = txn
+                .open_table(TableDefinition::<u64, &str>::new("owners"))
+                .unwrap();
+            owners.insert(6, "bob").unwrap();
+            let mut meta = txn
+                .open_table(TableDefinition::<&str, u64>::new("meta"))
+                .unwrap();
+            meta.insert("next_seq", 7).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    chmod(&path, 0o600);
+    let (store, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.sessions, vec![a, b]);
+    assert_eq!(restored.next_seq, 7);
+    assert_eq!(restored.owners.get(&6).map(String::as_str), Some("bob"));
+    assert!(restored.labels.is_empty());
+    // And it takes labels from now on.
+    store
+        .apply(&[
+            Op::Insert(session(7), None, 8),
+            Op::Label(7, label("c", "d")),
+        ])
+        .unwrap();
+    drop(store);
+    let (_, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.labels.get(&7), Some(&label("c", "d")));
+}
+
+/// A label the file holds that labgate would not have written is cleaned or dropped,
+/// never a reason to refuse the queue.
+#[test]
+fn a_tampered_label_is_cleaned_or_dropped() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    {
+        let (store, _) = Store::open(&path).unwrap();
+        store
+            .apply(&[
+                Op::Insert(session(1), None, 3),
+                Op::Insert(session(2), None, 3),
+            ])
+            .unwrap();
+        drop(store);
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut labels = txn.open_table(LABELS).unwrap();
+            labels.insert(1, "not json").unwrap();
+            let evil = serde_json::json!({ "owner": format!("\u{1b}[2J{}", "x".repeat(500)) });
+            labels.insert(2, evil.to_string().as_str()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let (_, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.sessions.len(), 2);
+    assert_eq!(restored.labels.get(&1), None);
+    let owner = restored.labels[&2].owner.clone().unwrap();
+    assert_eq!(owner.chars().count(), crate::label::MAX_OWNER);
+    assert!(!owner.contains('\u{1b}'));
+}

@@ -172,7 +172,7 @@ async fn queue_lists_every_session_with_its_state_client_requests_and_hold() {
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         header,
-        ["POS", "STATE", "SESSION", "SEQ", "CLIENT", "IN", "FLIGHT", "HELD", "IDLE"],
+        ["POS", "STATE", "TAG", "SESSION", "SEQ", "CLIENT", "IN", "FLIGHT", "HELD", "IDLE"],
         "{table}"
     );
     for (i, (line, id)) in lines[1..].iter().zip([&a, &b, &c]).enumerate() {
@@ -181,14 +181,16 @@ async fn queue_lists_every_session_with_its_state_client_requests_and_hold() {
         let in_flight = if i == 0 { "1" } else { "0" };
         assert_eq!(cols[0], i.to_string(), "{line}");
         assert_eq!(cols[1], state, "{line}");
-        assert_eq!(cols[2], id.as_str(), "{line}");
-        assert_eq!(cols[4], "127.0.0.1", "{line}");
-        assert_eq!(cols[5], in_flight, "{line}");
+        // The public tag beside the id (issue 15: the name logs and the status page use).
+        assert_eq!(cols[2], tag(id), "{line}");
+        assert_eq!(cols[3], id.as_str(), "{line}");
+        assert_eq!(cols[5], "127.0.0.1", "{line}");
+        assert_eq!(cols[6], in_flight, "{line}");
         // The holder's hold time reads like "3 s"; a waiter's is "-".
         if i == 0 {
-            assert!(cols[6].parse::<u64>().is_ok() && cols[7] == "s", "{line}");
+            assert!(cols[7].parse::<u64>().is_ok() && cols[8] == "s", "{line}");
         } else {
-            assert_eq!(cols[6], "-", "{line}");
+            assert_eq!(cols[7], "-", "{line}");
         }
     }
 

@@ -40,6 +40,7 @@ mod limits;
 mod metrics_lint;
 mod neops_compat;
 mod operator;
+mod owner;
 mod queue_extensions;
 mod queue_lifecycle;
 mod readme;

@@ -321,7 +321,8 @@ async fn many_api_calls_share_one_keep_alive_connection() {
 async fn create_with_a_small_body_works_and_the_connection_stays_usable() {
     let (_up, gw) = gateway().await;
     let mut conn = RawConn::connect(gw.addr()).await.expect("connect");
-    let body = r#"{"name":"ignored"}"#;
+    // A label (contract §7 owner and note); unknown fields are refused since issue 15.
+    let body = r#"{"note":"kept"}"#;
     conn.send(
         format!(
             "POST /session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -357,7 +358,7 @@ async fn create_with_a_small_body_works_and_the_connection_stays_usable() {
 
     // A chunked body too.
     conn.send(
-        b"POST /session HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
     )
     .await
     .expect("send");
