@@ -28,13 +28,11 @@ use crate::forward::{self, Edit};
 use crate::gate::{self, Denied, Verdict};
 use crate::health;
 use crate::identity::{self, Identity};
-use crate::limits;
-use crate::logfield;
-use crate::path;
+use crate::splice;
 use crate::splice::device::Opened;
 use crate::splice::upstream::Relayed;
-use crate::splice::{self};
 use crate::state::{Shared, AUDIT};
+use crate::{limits, logfield, path};
 
 use ctx::{Forwarded, Routed};
 pub use ctx::{InFlight, RequestCtx};

@@ -1,4 +1,4 @@
-//! One device tunnel as the client sees it (issue 11, /work/coord/TUNNEL_PROTOCOL.md):
+//! One device tunnel as the client sees it (issue 11, docs/tunnel-protocol.md):
 //! `GET /lab/tunnel/{host}:{port}` upgraded to a WebSocket with the session's
 //! `X-Session-ID`, then raw TCP bytes in binary messages both ways until either side
 //! ends. Also the target syntax (`HOST:PORT`) both `--stdio` and `-L` take.

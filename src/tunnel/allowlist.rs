@@ -66,7 +66,7 @@ pub struct NetworkListing {
     pub ports: Vec<u16>,
 }
 
-/// The body of `GET /tunnels` (see `TUNNEL_PROTOCOL.md`).
+/// The body of `GET /tunnels` (see `docs/tunnel-protocol.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Listing {
     pub devices: Vec<Device>,

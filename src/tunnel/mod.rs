@@ -1,4 +1,4 @@
-//! Device tunnels (issue 11, wire protocol in `TUNNEL_PROTOCOL.md`): a WebSocket on
+//! Device tunnels (issue 11, wire protocol in `docs/tunnel-protocol.md`): a WebSocket on
 //! `GET /lab/tunnel/{host}:{port}` that labgate splices to a TCP connection it opens to
 //! an allowed device, for the ACTIVE session only, until its turn ends.
 //!

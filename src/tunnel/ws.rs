@@ -18,7 +18,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use tungstenite::Message;
 
-/// Close code labgate sends when the session's turn ends (see `TUNNEL_PROTOCOL.md`).
+/// Close code labgate sends when the session's turn ends (see `docs/tunnel-protocol.md`).
 pub const CLOSE_SESSION_ENDED: u16 = 4001;
 
 /// The largest message (and frame) a client may send: a tunnel moves a byte stream, so

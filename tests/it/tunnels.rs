@@ -1,4 +1,4 @@
-//! Device tunnels (issue 11, `TUNNEL_PROTOCOL.md`): the gate's refusals before anything
+//! Device tunnels (issue 11, `docs/tunnel-protocol.md`): the gate's refusals before anything
 //! connects, the allowlist, round trips, the cut at the end of a turn (close 4001, then
 //! the next holder), the per-session limit, keepalive on both legs, visibility; and the
 //! labgate-owned WebSocket splice to `/lab` upstreams under parallel load.

@@ -1,5 +1,5 @@
 //! An in-process fake of labgate's tunnel side, written from
-//! /work/coord/TUNNEL_PROTOCOL.md alone, to test the `labgate` client without the
+//! docs/tunnel-protocol.md alone, to test the `labgate` client without the
 //! server: the session API (a FIFO of ids, enough for `labgate run`), `GET /tunnels`,
 //! and `GET /lab/tunnel/{target}` upgraded to a WebSocket spliced to a device on
 //! loopback. Ending a session closes its tunnels with 4001 `session ended: <reason>`.
