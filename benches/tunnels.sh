@@ -24,8 +24,10 @@ done
 [[ $MIB =~ ^[0-9]+$ ]] && ((MIB >= 1 && MIB <= 16384)) || die "--mib must be 1..16384"
 [[ $TUNNELS =~ ^[0-9]+$ ]] && ((TUNNELS >= 1 && TUNNELS <= 1024)) ||
     die "--tunnels must be 1..1024 (tunnels.max_per_session)"
-# Each tunnel is two descriptors in labgate and two in the client.
-ulimit -n $((2 * TUNNELS + 1024)) 2>/dev/null || die "cannot raise the open-file limit"
+# Each tunnel is up to five descriptors in labgate (client and device sockets, a
+# duplicate of each held by the cut registry so the turn's end can shut them, and the
+# client socket's duplicate for its keepalive lookup) and two in the load client.
+ulimit -n $((5 * TUNNELS + 1024)) 2>/dev/null || die "cannot raise the open-file limit"
 
 build_labgate
 
