@@ -47,6 +47,10 @@ struct Cli {
     /// pingora's `work_stealing = false`: one current-thread runtime per thread.
     #[arg(long)]
     no_work_stealing: bool,
+    /// Answer every request here with a small JSON `423` (what labgate answers a WAITING
+    /// session), never forwarding: pingora's own floor for a local answer.
+    #[arg(long)]
+    answer: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -55,13 +59,32 @@ struct Cli {
 struct Bare {
     upstream: SocketAddr,
     peer_options: bool,
+    answer: bool,
 }
+
+/// The body of the local answer: as long as labgate's 423.
+const ANSWER: &[u8] = b"{\"detail\":\"Session is waiting; another session holds the lab\"}\n";
 
 #[async_trait]
 impl ProxyHttp for Bare {
     type CTX = ();
 
     fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        if !self.answer {
+            return Ok(false);
+        }
+        // The smallest local answer pingora allows: a header without case map, one body.
+        let mut head = pingora::http::ResponseHeader::build_no_case(423, Some(2))?;
+        head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        head.insert_header(http::header::CONTENT_LENGTH, ANSWER.len())?;
+        session.write_response_header(Box::new(head), false).await?;
+        session
+            .write_response_body(Some(bytes::Bytes::from_static(ANSWER)), true)
+            .await?;
+        Ok(true)
+    }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
@@ -102,6 +125,7 @@ fn main() -> anyhow::Result<()> {
     let bare = Bare {
         upstream,
         peer_options: cli.peer_options,
+        answer: cli.answer,
     };
     let mut proxy = http_proxy_service(&server.configuration, bare);
     proxy.add_tcp(&listen.to_string());

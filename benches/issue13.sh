@@ -142,7 +142,7 @@ declare -A BARE_OF=([default]=$BARE_PINGORA_BIN [jemalloc]=${BARE_PINGORA_JEMALL
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date +%s)
 n_conns=$(wc -w <<<"$CONNS")
-n_systems=$((2 + 4 * ${#VARIANTS[@]}))
+n_systems=$((2 + 5 * ${#VARIANTS[@]}))
 log "measuring: forwarding $((n_systems * n_conns * ROUNDS * SECONDS_PER_POINT)) s," \
     "flood $((2 * ROUNDS * FLOOD_SECONDS)) s, memory ~$((20 * ${#VARIANTS[@]})) s (load average $LOAD_BEFORE)"
 
@@ -159,10 +159,15 @@ PX=$(free_port)
 log "starting the nginx upstream, the nginx proxy, bare pingora and labgate (CPU $SERVER_CPU)"
 start_nginx_upstream upstream "$SERVER_CPU" "$UP"
 start_nginx_proxy proxy "$SERVER_CPU" "$PX" "$UP"
-declare -A BP_PORT LG_PORT ACTIVE WAITING
+declare -A BP_PORT BA_PORT LG_PORT ACTIVE WAITING
 for v in "${VARIANTS[@]}"; do
     BP_PORT[$v]=$(free_port)
     BARE_PINGORA_BIN=${BARE_OF[$v]} start_bare_pingora "bare-$v" "$SERVER_CPU" "${BP_PORT[$v]}" "$UP"
+    # The same binary answering every request itself: pingora's floor for a local answer.
+    BA_PORT[$v]=$(free_port)
+    start "answer-$v" "$SERVER_CPU" "${BARE_OF[$v]}" --listen "127.0.0.1:${BA_PORT[$v]}" \
+        --upstream "127.0.0.1:$UP" --threads 1 --answer
+    wait_http "http://127.0.0.1:${BA_PORT[$v]}/lab/ping" "answer-$v"
     LG_PORT[$v]=$(free_port)
     write_labgate_config "$BENCH_WORK/labgate-$v.toml" "${LG_PORT[$v]}" "$(free_port)" "$UP" 1
     LABGATE_BIN=${LABGATE_OF[$v]} start_labgate "labgate-$v" "$SERVER_CPU" "$BENCH_WORK/labgate-$v.toml" "${LG_PORT[$v]}"
@@ -186,11 +191,15 @@ wrk_point() {
 
 for round in $(seq "$ROUNDS"); do
     for c in $CONNS; do
+        # Every forwarding row sends the same request, X-Session-ID included: the proxies
+        # that do not look at it still parse, store and forward it.
+        same="X-Session-ID: ${ACTIVE[default]}"
         wrk_point static "$c" "$round" "http://127.0.0.1:$UP/lab/ping"
-        wrk_point nginx "$c" "$round" "http://127.0.0.1:$PX/lab/ping"
+        wrk_point nginx "$c" "$round" "http://127.0.0.1:$PX/lab/ping" "$same"
         for v in "${VARIANTS[@]}"; do
             lg=http://127.0.0.1:${LG_PORT[$v]}
-            wrk_point "pingora-$v" "$c" "$round" "http://127.0.0.1:${BP_PORT[$v]}/lab/ping"
+            wrk_point "pingora-$v" "$c" "$round" "http://127.0.0.1:${BP_PORT[$v]}/lab/ping" "$same"
+            wrk_point "answer-$v" "$c" "$round" "http://127.0.0.1:${BA_PORT[$v]}/lab/ping" "X-Session-ID: ${WAITING[$v]}"
             wrk_point "forward-$v" "$c" "$round" "$lg/lab/ping" "X-Session-ID: ${ACTIVE[$v]}"
             wrk_point "423-$v" "$c" "$round" "$lg/lab/ping" "X-Session-ID: ${WAITING[$v]}"
             wrk_point "poll-$v" "$c" "$round" "$lg/session/${WAITING[$v]}"
@@ -276,11 +285,12 @@ def med(s, c, i=0):
 def errors(s, c):
     # The 423 rows answer 423 by design: wrk counts those as non-2xx, not as errors.
     rs = runs.get((s, c), [])
-    return sum(r[4] for r in rs) + (0 if s.startswith("423-") else sum(r[3] for r in rs))
+    return sum(r[4] for r in rs) + (0 if s.startswith(("423-", "answer-")) else sum(r[3] for r in rs))
 labels = {"static": "nginx static `return 200`", "nginx": "nginx reverse proxy"}
 for v in variants:
     labels.update({
         f"pingora-{v}": f"bare pingora proxy ({v})",
+        f"answer-{v}": f"bare pingora local 423 ({v})",
         f"forward-{v}": f"labgate forwarding, ACTIVE ({v})",
         f"423-{v}": f"labgate 423 to WAITING ({v})",
         f"poll-{v}": f"labgate GET /session/{{id}} ({v})",
@@ -304,6 +314,8 @@ for v in variants:
         (f"labgate / nginx proxy ({v})", f"forward-{v}", "nginx", ">= 0.6 at 16"),
         (f"bare pingora / nginx proxy ({v})", f"pingora-{v}", "nginx", "(the floor)"),
         (f"423 / nginx static ({v})", f"423-{v}", "static", ">= 0.6"),
+        (f"423 / bare pingora local 423 ({v})", f"423-{v}", f"answer-{v}", "(labgate's share)"),
+        (f"bare pingora local 423 / nginx static ({v})", f"answer-{v}", "static", "(the floor)"),
         (f"poll / nginx static ({v})", f"poll-{v}", "static", ">= 0.6"),
     ]
 if len(variants) == 2:

@@ -54,7 +54,9 @@ pub(super) fn classify(e: &Error) -> (FailureKind, Side) {
 }
 
 pub(super) async fn write_reply(session: &mut Session, reply: Reply) -> Result<()> {
-    let mut head = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+    // No case map: labgate's own names need no preserving, and each insert (pingora's
+    // `Date` and `Connection` too) then updates one map instead of two.
+    let mut head = ResponseHeader::build_no_case(reply.status, Some(reply.headers.len() + 4))?;
     if let Some(body) = &reply.body {
         head.insert_header(header::CONTENT_TYPE, reply.content_type)?;
         head.insert_header(header::CONTENT_LENGTH, body.len())?;
