@@ -375,6 +375,15 @@ routes = ["/lab"]
     }
 
     #[test]
+    fn a_reload_within_the_limit_is_not_refused() {
+        // The test process's limit covers a small config (the harness runs under the
+        // shell's limit; 100 connections need 733).
+        let c = config("max_connections = 100\nthreads = 1", "");
+        assert!(need(&c).total() <= current().unwrap().hard);
+        assert_eq!(reload_refusal(&c), None);
+    }
+
+    #[test]
     fn check_reads_this_process_limit() {
         let limit = current().unwrap();
         assert!(limit.soft <= limit.hard);
