@@ -30,8 +30,9 @@
 //!
 //! `server.max_connections`, `server.threads`, the listeners and the bridge lanes are
 //! restart-only (`config::diff`); `tunnels.max_per_session` is live but not counted
-//! (above). Only an upstream added by a reload raises the budget, by one: a reload
-//! checks the new budget with [`ensure`] as `serve` does ([`reload_refusal`]).
+//! (above). Only an upstream added by a reload raises the budget, by one each;
+//! [`reload_refusal`] checks a new config as `serve` does, for the reload to refuse it
+//! with the same line (`state::reload` does not call it yet).
 //!
 //! [`need`] and [`plan`] are pure; [`ensure`] is the one I/O step (get and set the limit),
 //! for `serve`'s start. Must never lower a limit.

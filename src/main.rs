@@ -164,7 +164,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 humantime::format_duration(c.tunnels.connect_timeout),
                 humantime::format_duration(c.tunnels.keepalive)
             );
-            println!("  needs {budget}; open-file limit here: {limit}");
+            let raise = if limit.soft < budget.total() {
+                format!(" (serve raises the soft limit to {})", budget.total())
+            } else {
+                String::new()
+            };
+            println!("  needs {budget}; open-file limit here: {limit}{raise}");
             Ok(())
         }
         Some(Command::Admin {

@@ -115,7 +115,9 @@ fn check_prints_the_budget_and_fails_when_the_hard_limit_cannot_cover_it() {
     assert!(
         stdout.contains(&format!(
             "needs up to {NEED} open files (server.max_connections 1000 x 4"
-        )) && stdout.contains("open-file limit here: soft 256, hard 16384"),
+        )) && stdout.contains(&format!(
+            "open-file limit here: soft 256, hard 16384 (serve raises the soft limit to {NEED})"
+        )),
         "{stdout}"
     );
 
