@@ -80,6 +80,8 @@
 //! - [`conn`]: client connections: caps in total and per address, keep-alive idle and
 //!   request-header timeouts (around pingora's HTTP/1 loop).
 //! - [`server`]: assembles and runs the pingora server; start-up and shutdown.
+//! - [`fdbudget`]: the descriptors a config may need at worst, against `RLIMIT_NOFILE`
+//!   (raised at start when the hard limit allows; `serve` and `check` refuse otherwise).
 //! - [`splice`]: upgraded connections labgate owns end to end: device tunnels
 //!   (`splice::device`) and `/lab` upgrades on its own upstream connection, TLS or not
 //!   (`splice::upstream`), the byte relay both share (`splice::relay`), cut when the
@@ -122,6 +124,7 @@ pub mod config;
 pub mod conn;
 pub mod cut;
 pub mod demo;
+pub mod fdbudget;
 pub mod forward;
 pub mod gate;
 pub mod health;

@@ -138,6 +138,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(first) = labgate::server::start_problems(&c).first() {
                 anyhow::bail!("{}: {first}", config.display());
             }
+            // `serve` raises the soft limit up to the hard one; beyond that it refuses.
+            let budget = labgate::fdbudget::need(&c);
+            let limit = labgate::fdbudget::check(budget)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
             for warning in c.warnings() {
                 eprintln!("labgate: warning: {}: {warning}", config.display());
             }
@@ -160,6 +164,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 humantime::format_duration(c.tunnels.connect_timeout),
                 humantime::format_duration(c.tunnels.keepalive)
             );
+            let raise = if limit.soft < budget.total() {
+                format!(" (serve raises the soft limit to {})", budget.total())
+            } else {
+                String::new()
+            };
+            println!("  needs {budget}; open-file limit here: {limit}{raise}");
             Ok(())
         }
         Some(Command::Admin {

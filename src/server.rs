@@ -31,6 +31,7 @@ use crate::config::{Config, MAX_SERVER_DURATION};
 use crate::conn::{ConnLimits, Guarded};
 use crate::cut::SHUTTING_DOWN;
 use crate::demo::DemoLab;
+use crate::fdbudget;
 use crate::proxy::LabGate;
 use crate::reaper::{BridgeService, HealthService, Reaper};
 use crate::state::{Shared, Trigger};
@@ -96,6 +97,11 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     if let Some(first) = start_problems(&config).first() {
         anyhow::bail!("{first}");
     }
+    // Before anything opens descriptors by the hundred: EMFILE in pingora's accept loop
+    // only resets clients and fills the log (issue 11).
+    let budget = fdbudget::need(&config);
+    let limit = fdbudget::ensure(budget)?;
+    tracing::info!(need = budget.total(), limit = %limit, "open-file budget: {budget}");
     let listen = config.server.listen.clone();
     let metrics_listen = config.metrics.listen;
     let demo = config.demo_lab.clone();

@@ -288,6 +288,24 @@ fn prometheus_config_passes_promtool_check() {
 /// `check` reads secrets and /etc/labgate/lab-api-token does not exist here. The example
 /// keeps the real path (a file under /etc/labgate is what operators should use; an
 /// environment variable leaks into `systemctl show`).
+#[test]
+fn prod_config_fits_the_units_open_file_limit() {
+    let unit = read(&deploy_file("labgate.service"));
+    let limit: u64 = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("LimitNOFILE="))
+        .and_then(|v| v.parse().ok())
+        .expect("LimitNOFILE= with a number");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = prod_config_copy(dir.path());
+    let c = labgate::config::Config::parse(&config, "labgate.prod.toml").expect("parses");
+    let need = labgate::fdbudget::need(&c).total();
+    assert!(
+        need <= limit,
+        "needs {need} open files, the unit allows {limit}"
+    );
+}
+
 fn prod_config_copy(dir: &Path) -> String {
     let text = read(&deploy_file("labgate.prod.toml"));
     let shipped = "file = \"/etc/labgate/lab-api-token\"";

@@ -30,6 +30,7 @@ mod cli_and_shutdown;
 mod connections;
 mod deploy;
 mod durability;
+mod fdlimit;
 mod first_day;
 mod forwarding;
 mod gate;

@@ -50,7 +50,7 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         let log_path = dir.path().join("labgate.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let mut cmd = match cfg.nofile {
+        let mut cmd = match &cfg.nofile {
             // prlimit execs labgate: the child's pid stays labgate's.
             Some(n) => {
                 let mut c = Command::new("prlimit");

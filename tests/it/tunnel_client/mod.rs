@@ -10,9 +10,13 @@
 //!   gets in.
 //! - `netconf`: NETCONF over ssh through a real labgate: the real `ssh -s netconf` and
 //!   ncclient with the ssh config's ProxyCommand (docs/operations.md's recipe).
+//! - `scrapli`: scrapli's GenericDriver (`system` transport: the real `ssh`) with the
+//!   same ssh config, running a shell command; refused with labgate's reason while the
+//!   session waits, the device never reached.
 
 mod cli;
 mod e2e;
 mod fake;
 mod netconf;
+mod scrapli;
 mod ssh;

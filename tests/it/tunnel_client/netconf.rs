@@ -14,7 +14,7 @@ use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn compat(file: &str) -> PathBuf {
+pub(super) fn compat(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/compat")
         .join(file)
@@ -22,16 +22,17 @@ fn compat(file: &str) -> PathBuf {
 
 /// sshd with the fake NETCONF server as its subsystem, a labgate whose device `r1`
 /// is that sshd, and an ssh config for `r1` with the ProxyCommand (and a known_hosts
-/// naming the host key as `[r1]:PORT`, as ncclient looks it up).
-struct NetconfLab {
-    sshd: Sshd,
-    gw: Gateway,
+/// naming the host key as `[r1]:PORT`, as ncclient looks it up). The scrapli tests
+/// (`super::scrapli`) use it too: its sshd's shell is their device.
+pub(super) struct NetconfLab {
+    pub(super) sshd: Sshd,
+    pub(super) gw: Gateway,
     _http: Upstream,
-    dir: tempfile::TempDir,
+    pub(super) dir: tempfile::TempDir,
 }
 
 impl NetconfLab {
-    async fn start() -> NetconfLab {
+    pub(super) async fn start() -> NetconfLab {
         let python = require_tool("python3");
         let subsystem = format!(
             "{} {}",
@@ -72,7 +73,7 @@ impl NetconfLab {
         }
     }
 
-    fn ssh_config(&self) -> PathBuf {
+    pub(super) fn ssh_config(&self) -> PathBuf {
         self.dir.path().join("ssh_config")
     }
 }
