@@ -75,8 +75,10 @@ done
 [[ $PROFILE =~ ^(production|release|dev)$ ]] || die "PROFILE must be production, release or dev (dev: to check the script only)"
 (($(nproc) >= 2)) || die "needs at least 2 CPUs (servers and load generator on different cores)"
 [[ $SERVER_CPU != "$CLIENT_CPU" ]] || die "SERVER_CPU and CLIENT_CPU must differ"
-ulimit -n $((CONNECTIONS + 1024)) 2>/dev/null ||
-    die "cannot raise the open-file limit to $((CONNECTIONS + 1024)) (ulimit -n)"
+# The load client's connections, and labgate's open-file budget for the bench config
+# (`labgate check` prints it; it refuses to start when the hard limit is below it).
+NOFILE=$((CONNECTIONS + 1024 > BENCH_NOFILE ? CONNECTIONS + 1024 : BENCH_NOFILE))
+ulimit -n "$NOFILE" 2>/dev/null || die "cannot raise the open-file limit to $NOFILE (ulimit -n)"
 # A flood creates sessions at up to ~100k/s into a queue capped at 1,000,000
 # (queue.max_sessions' maximum): 8 s keeps it under the cap.
 FLOOD_SECONDS=$((SECONDS_PER_POINT < 8 ? SECONDS_PER_POINT : 8))

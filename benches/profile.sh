@@ -80,7 +80,9 @@ if [[ $MODE == bare ]]; then
     # Under callgrind start-up takes seconds, not milliseconds.
     wait_http "http://127.0.0.1:$LG/lab/ping" bare
     URL=http://127.0.0.1:$LG/lab/ping
-    HEADER=()
+    # The same request bytes as the forward mode: the floor parses, stores and forwards
+    # the header too.
+    HEADER=(-H "X-Session-ID: $(python3 -c 'import uuid; print(uuid.uuid4())')")
 else
     start labgate 1 env LABGATE_LOG=warn "${CALLGRIND[@]}" \
         "$LABGATE_BIN" serve --config "$BENCH_WORK/labgate.toml"

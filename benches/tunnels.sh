@@ -27,7 +27,8 @@ done
 # Each tunnel is up to five descriptors in labgate (client and device sockets, a
 # duplicate of each held by the cut registry so the turn's end can shut them, and the
 # client socket's duplicate for its keepalive lookup) and two in the load client.
-ulimit -n $((5 * TUNNELS + 1024)) 2>/dev/null || die "cannot raise the open-file limit"
+NOFILE=$((5 * TUNNELS + 1024 > BENCH_NOFILE ? 5 * TUNNELS + 1024 : BENCH_NOFILE))
+ulimit -n "$NOFILE" 2>/dev/null || die "cannot raise the open-file limit to $NOFILE"
 
 build_labgate
 

@@ -32,7 +32,7 @@
 //! restart-only (`config::diff`); `tunnels.max_per_session` is live but not counted
 //! (above). Only an upstream added by a reload raises the budget, by one each;
 //! [`reload_refusal`] checks a new config as `serve` does, for the reload to refuse it
-//! with the same line (`state::reload` does not call it yet).
+//! with the same line (`state::reload` calls it).
 //!
 //! [`need`] and [`plan`] are pure; [`ensure`] is the one I/O step (get and set the limit),
 //! for `serve`'s start. Must never lower a limit.

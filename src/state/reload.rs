@@ -223,5 +223,13 @@ fn load(path: &Path) -> Result<Config, ReloadRefused> {
             missing.iter().map(|m| format!("{file}: {m}")).collect(),
         ));
     }
+    // An added upstream raises the open-file budget (its health probe): refused, as
+    // `serve` would refuse to start with it, when the limit cannot cover it.
+    if let Some(short) = crate::fdbudget::reload_refusal(&config) {
+        return Err(ReloadRefused::Invalid(vec![format!(
+            "{}: {short}",
+            path.display()
+        )]));
+    }
     Ok(config)
 }

@@ -127,3 +127,31 @@ fn check_prints_the_budget_and_fails_when_the_hard_limit_cannot_cover_it() {
     assert_eq!(lines.len(), 1, "one line: {lines:?}");
     assert_names_need_limit_and_fixes(&lines[0], "soft 256, hard 256");
 }
+
+#[tokio::test]
+async fn a_reload_adding_an_upstream_beyond_the_hard_limit_is_refused_and_the_old_config_stays() {
+    require_tool("prlimit");
+    // Exactly the budget: one more upstream (its health probe) needs one more descriptor.
+    let up = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let base = Cfg::new(up).admin_socket("admin.sock");
+    let gw = Gateway::start(&base.clone().nofile_soft_hard(NEED, NEED)).await;
+    let more = base.upstream(UpstreamCfg::new("r2", up).routes(&["/lab/two"]));
+    std::fs::write(
+        &gw.config_path,
+        more.render(gw.dir(), gw.port, gw.metrics_port),
+    )
+    .expect("rewrite the config");
+    let out = gw.admin(&["reload"]);
+    assert!(!out.status.success(), "the reload was applied: {out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("needs up to {} open files", NEED + 1))
+            && said.contains(&format!("the open-file limit is soft {NEED}, hard {NEED}")),
+        "{said}"
+    );
+    // Still serving, on the old config.
+    let r = raw(gw.addr(), "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("healthz");
+    assert_eq!(r.status, 204);
+}
