@@ -27,10 +27,6 @@ use crate::store::{Store, StoreError};
 
 /// The most changes one transaction takes; the rest go into the next one.
 const MAX_BATCH: usize = 4096;
-/// The longest a commit waits for writers ([`Gather`]) before it starts without them:
-/// each one gathered saves part of a commit (an fsync of several scattered pages: 0.7 to
-/// 2 ms on the benchmark VM).
-const GATHER_WINDOW: Duration = Duration::from_millis(2);
 /// How long after a failure the store is left alone unless there is real work for it.
 const PROBE_AFTER: Duration = Duration::from_secs(5);
 
@@ -113,45 +109,6 @@ impl Committer {
     }
 }
 
-/// How many writers a commit waits for (at most [`GATHER_WINDOW`]).
-///
-/// Under a flood from N clients, a commit that starts at once takes only the writers that
-/// arrived during the previous one, so the clients split into two groups that alternate,
-/// each with its own commit: about N/2 writers per commit. Waiting for the writers of the
-/// last two commits merges the groups (N per commit, half the fsyncs). A writer that came
-/// alone, or after a commit that had one, never waits.
-#[derive(Debug, Default)]
-struct Gather {
-    last: [usize; 2],
-    /// How long the last successful commit took.
-    commit: Duration,
-}
-
-impl Gather {
-    /// As long as a commit takes, at most [`GATHER_WINDOW`]: a writer then waits at most
-    /// about one commit more, and a fast disk (short commits) barely waits at all.
-    fn window(&self) -> Duration {
-        self.commit.min(GATHER_WINDOW)
-    }
-
-    fn took(&mut self, commit: Duration) {
-        self.commit = commit;
-    }
-
-    fn target(&self) -> usize {
-        let [a, b] = self.last;
-        if a < 2 || b < 2 {
-            1
-        } else {
-            (a + b).min(MAX_BATCH)
-        }
-    }
-
-    fn committed(&mut self, writers: usize) {
-        self.last = [self.last[1], writers];
-    }
-}
-
 struct Worker {
     /// `None` after a failure that could not be recovered: reopened at the next batch.
     store: Option<Store>,
@@ -163,33 +120,20 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
-        let mut gather = Gather::default();
         while let Ok(first) = rx.recv() {
             let mut jobs = vec![first];
             let mut n = jobs[0].ops.len();
-            let target = gather.target();
-            let until = Instant::now() + gather.window();
             while n < MAX_BATCH {
-                let next = match rx.try_recv() {
-                    Ok(job) => Some(job),
-                    Err(mpsc::TryRecvError::Empty) if jobs.len() < target => {
-                        let left = until.saturating_duration_since(Instant::now());
-                        (!left.is_zero())
-                            .then(|| rx.recv_timeout(left).ok())
-                            .flatten()
+                match rx.try_recv() {
+                    Ok(job) => {
+                        n += job.ops.len();
+                        jobs.push(job);
                     }
-                    Err(_) => None,
-                };
-                let Some(job) = next else { break };
-                n += job.ops.len();
-                jobs.push(job);
+                    Err(_) => break,
+                }
             }
-            gather.committed(jobs.len());
             let ops: Vec<Op> = jobs.iter().flat_map(|j| j.ops.iter().cloned()).collect();
             let result = self.commit(&ops);
-            if let Ok(took) = &result {
-                gather.took(*took);
-            }
             for job in jobs {
                 // A waiter that went away (its request was cancelled) needs no answer.
                 let _ = job.done.send(result.clone());
@@ -254,46 +198,6 @@ mod tests {
             seq,
             created_ms: 1_700_000_000_000 + seq,
         }
-    }
-
-    #[test]
-    fn a_lone_writer_never_waits_and_alternating_groups_are_merged() {
-        let mut g = Gather::default();
-        assert_eq!(g.target(), 1, "nothing committed yet");
-        for _ in 0..3 {
-            g.committed(1);
-            assert_eq!(g.target(), 1, "one writer at a time: commit at once");
-        }
-        // Sixteen clients split into two groups of eight: wait for both.
-        g.committed(8);
-        assert_eq!(
-            g.target(),
-            1,
-            "one commit of eight after singles: not yet a pattern"
-        );
-        g.committed(8);
-        assert_eq!(g.target(), 16);
-        g.committed(16);
-        assert_eq!(
-            g.target(),
-            24,
-            "waits at most the window for more than there are"
-        );
-        g.committed(1);
-        assert_eq!(g.target(), 1, "the flood is over");
-        g.committed(MAX_BATCH);
-        g.committed(MAX_BATCH);
-        assert_eq!(g.target(), MAX_BATCH);
-    }
-
-    #[test]
-    fn the_window_is_one_commit_long_and_bounded() {
-        let mut g = Gather::default();
-        assert_eq!(g.window(), Duration::ZERO, "no commit measured yet");
-        g.took(Duration::from_micros(80));
-        assert_eq!(g.window(), Duration::from_micros(80));
-        g.took(Duration::from_secs(1));
-        assert_eq!(g.window(), GATHER_WINDOW);
     }
 
     #[tokio::test]
