@@ -16,6 +16,12 @@
 //!   [`HeaderClock`] (put in as the connection's user context) to
 //!   `ProxyHttp::on_connection_reuse`, which it calls right after reading the header.
 //!
+//! Both timers are pingora's (`pingora_timeout`'s shared 10 ms ticks on its own timer
+//! thread), not tokio's: a tokio timer armed per request makes tokio wake its own driver
+//! through an eventfd whenever the new deadline is the earliest (one `write(2)` and an
+//! extra `epoll_wait` return per request or two, seen with `perf record -e
+//! syscalls:sys_enter_write`); pingora arms its own read and write timeouts the same way.
+//!
 //! TCP keepalive on accepted sockets is pingora's own (`TcpSocketOptions`, see `server`).
 //! Must never look at a request: policy on requests lives in `proxy` and below.
 
@@ -27,6 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::prelude::fast_timeout::{fast_sleep, fast_timeout};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
@@ -171,8 +178,9 @@ impl HeaderClock {
 
     /// Resolves at `deadline` unless the header was read before it.
     async fn expired(&self, deadline: tokio::time::Instant) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         tokio::select! {
-            () = tokio::time::sleep_until(deadline) => {}
+            () = fast_sleep(left) => {}
             () = self.read.notified() => std::future::pending().await,
         }
     }
@@ -297,7 +305,7 @@ impl<A> Guarded<A> {
         let mut shutdown = shutdown.clone();
         let mut byte = [0u8; 1];
         tokio::select! {
-            peeked = tokio::time::timeout(self.limits.keepalive_timeout, stream.try_peek(&mut byte)) => {
+            peeked = fast_timeout(self.limits.keepalive_timeout, stream.try_peek(&mut byte)) => {
                 match peeked {
                     Ok(Ok(_)) => true,
                     // Closed by the client, or an error: nothing to answer.
