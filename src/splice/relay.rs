@@ -123,7 +123,7 @@ impl Pending {
 
 /// The most queued chunks one write to the remote takes (a vectored write): a client's
 /// 64 KiB messages then leave in one system call per [`PENDING_LIMIT`], not one each.
-const GATHER: usize = 8;
+const GATHER: usize = 16;
 
 /// Writes what `w` takes of `chunks`, in order, in one vectored write (cancel-safe).
 async fn write_gathered<W: AsyncWrite + Unpin>(
@@ -190,7 +190,7 @@ pub async fn tunnel(
         }
         // What the client sent so far, in order, as far as the queue has room.
         while pending.has_room() {
-            match ws.next_event() {
+            match ws.next_data() {
                 None => break,
                 Some(Event::Data(data)) => pending.push(data),
                 Some(Event::Closed { code, by_client }) => {

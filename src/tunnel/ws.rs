@@ -122,6 +122,16 @@ pub enum Event {
     Closed { code: u16, by_client: bool },
 }
 
+/// One step of decoding.
+enum Decoded {
+    /// Payload bytes of the binary message being received, unmasked.
+    Piece(Bytes),
+    /// That message is complete.
+    End,
+    /// The connection is over.
+    Closed(Event),
+}
+
 /// The header of the frame being received.
 #[derive(Debug, Clone, Copy)]
 struct Head {
@@ -228,13 +238,16 @@ fn valid_close_code(code: u16) -> bool {
 /// The server end of one tunnel's WebSocket.
 #[derive(Debug, Default)]
 pub struct ServerConn {
-    /// Bytes received and not decoded yet, as they arrived.
-    inbound: VecDeque<Bytes>,
+    /// Bytes received and not decoded yet, as they arrived (payloads are unmasked
+    /// where they lie, so they are held mutable).
+    inbound: VecDeque<BytesMut>,
     inbound_len: usize,
     /// The frame being received, once its header is complete.
     head: Option<Head>,
-    /// The binary message being received, unmasked: allocated for each message.
-    message: BytesMut,
+    /// The size of the binary message being received, so far.
+    message_len: usize,
+    /// Pieces of it, for [`ServerConn::next_event`] (whole messages).
+    parts: Vec<Bytes>,
     /// Whether a fragmented binary message is open (continuation frames expected).
     fragmented: bool,
     /// A control frame's payload being received (at most [`MAX_CONTROL`] bytes).
@@ -254,11 +267,15 @@ impl ServerConn {
         self.feed_bytes(Bytes::copy_from_slice(bytes));
     }
 
-    /// Bytes the client sent, in order, kept as they are until decoded.
+    /// Bytes the client sent, in order, kept as they are until decoded (no copy when
+    /// nothing else holds them, as with pingora's body reads).
     pub fn feed_bytes(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
             self.inbound_len += bytes.len();
-            self.inbound.push_back(bytes);
+            let owned = bytes
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            self.inbound.push_back(owned);
         }
     }
 
@@ -293,24 +310,17 @@ impl ServerConn {
         }
     }
 
-    /// Moves as much of the current frame's payload as has arrived into its
-    /// destination, unmasked; `true` once the whole payload is there.
-    fn take_payload(&mut self, head: &mut Head) -> bool {
-        let control = head.opcode & 0x08 != 0;
+    /// Moves as much of the current control frame's payload as has arrived into
+    /// `control`, unmasked; `true` once the whole payload is there.
+    fn take_control(&mut self, head: &mut Head) -> bool {
         while head.remaining > 0 {
             let Some(front) = self.inbound.front_mut() else {
                 return false;
             };
             let k = head.remaining.min(front.len());
-            let dst = if control {
-                &mut self.control
-            } else {
-                &mut self.message
-            };
-            // One copy per payload byte, then the unmasking pass over it (in cache).
-            let start = dst.len();
-            dst.extend_from_slice(&front[..k]);
-            unmask(&mut dst[start..], head.key, head.taken);
+            let start = self.control.len();
+            self.control.extend_from_slice(&front[..k]);
+            unmask(&mut self.control[start..], head.key, head.taken);
             front.advance(k);
             if front.is_empty() {
                 self.inbound.pop_front();
@@ -322,10 +332,9 @@ impl ServerConn {
         true
     }
 
-    /// The next event from what was fed, or `None` until more bytes arrive. Pongs and
-    /// close replies are queued for the client as a side effect.
-    pub fn next_event(&mut self) -> Option<Event> {
-        // Bounded: every turn either consumes a whole frame or returns.
+    /// The next step of decoding what was fed, or `None` until more bytes arrive.
+    fn decode(&mut self) -> Option<Decoded> {
+        // Bounded: every turn takes a frame header, or ends a frame, or returns.
         loop {
             if self.closed {
                 return None;
@@ -336,10 +345,10 @@ impl ServerConn {
                     let (bytes, n) = self.peek_head();
                     match parse_head(&bytes[..n]) {
                         Ok(None) => return None,
-                        Err(code) => return Some(self.fail(code)),
+                        Err(code) => return Some(Decoded::Closed(self.fail(code))),
                         Ok(Some((head, used))) => {
                             if let Err(code) = self.start_frame(&head) {
-                                return Some(self.fail(code));
+                                return Some(Decoded::Closed(self.fail(code)));
                             }
                             self.consume(used);
                             head
@@ -347,30 +356,84 @@ impl ServerConn {
                     }
                 }
             };
-            if !self.take_payload(&mut head) {
+            if head.remaining > 0 && head.opcode & 0x08 == 0 {
+                // Data: what has arrived of it, unmasked where it lies and handed on
+                // as a slice of the same memory.
+                let Some(front) = self.inbound.front_mut() else {
+                    self.head = Some(head);
+                    return None;
+                };
+                let k = head.remaining.min(front.len());
+                unmask(&mut front[..k], head.key, head.taken);
+                let piece = front.split_to(k).freeze();
+                if front.is_empty() {
+                    self.inbound.pop_front();
+                }
+                self.inbound_len -= k;
+                head.remaining -= k;
+                head.taken += k;
+                self.head = Some(head);
+                return Some(Decoded::Piece(piece));
+            }
+            if !self.take_control(&mut head) {
                 self.head = Some(head);
                 return None;
             }
-            if let Some(event) = self.end_frame(&head) {
-                return Some(event);
+            if let Some(step) = self.end_frame(&head) {
+                return Some(step);
             }
         }
     }
 
-    /// Checks a data frame's place in its message and makes room for its payload.
+    /// The next bytes for the device as soon as they are unmasked (a binary message may
+    /// come in several pieces, each a slice of what was fed: no copy), or the end of
+    /// the connection; `None` until more bytes arrive. Pongs and close replies are
+    /// queued for the client as a side effect. A tunnel is a byte stream, so the relay
+    /// takes this; [`ServerConn::next_event`] gives whole messages.
+    pub fn next_data(&mut self) -> Option<Event> {
+        loop {
+            match self.decode()? {
+                Decoded::Piece(piece) => return Some(Event::Data(piece)),
+                Decoded::End => continue,
+                Decoded::Closed(event) => return Some(event),
+            }
+        }
+    }
+
+    /// The next whole binary message (empty ones skipped) or the end of the connection,
+    /// or `None` until more bytes arrive. Pongs and close replies are queued for the
+    /// client as a side effect.
+    pub fn next_event(&mut self) -> Option<Event> {
+        loop {
+            match self.decode()? {
+                Decoded::Piece(piece) => self.parts.push(piece),
+                Decoded::End => {
+                    let parts = std::mem::take(&mut self.parts);
+                    match &parts[..] {
+                        [] => continue,
+                        [one] => return Some(Event::Data(one.clone())),
+                        _ => return Some(Event::Data(Bytes::from(parts.concat()))),
+                    }
+                }
+                Decoded::Closed(event) => return Some(event),
+            }
+        }
+    }
+
+    /// Checks a data frame's place in its message (and the message's size).
     fn start_frame(&mut self, head: &Head) -> Result<(), u16> {
         match head.opcode {
-            // Refused at its first frame, before any of it is buffered.
+            // Refused at its first frame, before any of it is taken.
             TEXT if !self.fragmented => Err(UNSUPPORTED),
             BINARY if !self.fragmented => {
-                self.message.reserve(head.remaining);
+                self.message_len = head.remaining;
                 Ok(())
             }
             CONTINUATION if self.fragmented => {
-                if self.message.len() + head.remaining > MAX_MESSAGE {
+                self.message_len += head.remaining;
+                if self.message_len > MAX_MESSAGE {
                     return Err(TOO_BIG);
                 }
-                self.message.reserve(head.remaining);
                 Ok(())
             }
             // A new message inside a fragmented one, or a continuation of nothing.
@@ -383,21 +446,18 @@ impl ServerConn {
     }
 
     /// A frame is complete: what it means.
-    fn end_frame(&mut self, head: &Head) -> Option<Event> {
+    fn end_frame(&mut self, head: &Head) -> Option<Decoded> {
         match head.opcode {
             BINARY | CONTINUATION => {
                 self.fragmented = !head.fin;
-                if self.fragmented || self.message.is_empty() {
-                    return None;
-                }
-                Some(Event::Data(self.message.split().freeze()))
+                head.fin.then_some(Decoded::End)
             }
             PING => {
                 let payload = std::mem::take(&mut self.control);
                 self.queue(PONG, &payload);
                 None
             }
-            CLOSE => Some(self.closed_by_client()),
+            CLOSE => Some(Decoded::Closed(self.closed_by_client())),
             // PONG: nothing to do.
             _ => None,
         }
@@ -992,7 +1052,44 @@ mod tests {
         s.feed(&frame(0x82, &[7; 64 * 1024], KEY));
         assert!(matches!(s.next_event(), Some(Event::Data(_))));
         assert_eq!(s.next_event(), None);
-        assert_eq!(s.message.capacity(), 0);
+        assert_eq!(s.parts.capacity(), 0);
+        assert!(s.inbound.is_empty());
+    }
+
+    #[test]
+    fn data_is_handed_on_as_it_arrives_without_a_copy() {
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i % 199) as u8).collect();
+        let wire = frame(0x82, &payload, KEY);
+        let mut s = ServerConn::new();
+        // Header and half the payload in one read, as pingora hands it over.
+        let first = Bytes::from(wire[..8 + 500].to_vec());
+        let at = first.as_ptr() as usize;
+        s.feed_bytes(first);
+        match s.next_data() {
+            Some(Event::Data(d)) => {
+                assert_eq!(&d[..], &payload[..500]);
+                assert_eq!(d.as_ptr() as usize, at + 8, "unmasked where it lay");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.next_data(), None);
+        s.feed_bytes(Bytes::from(wire[8 + 500..].to_vec()));
+        assert_eq!(
+            s.next_data(),
+            Some(Event::Data(Bytes::copy_from_slice(&payload[500..])))
+        );
+        // Fragments with control frames between them: pieces in order, pong queued.
+        let mut wire = frame(0x02, b"ab", KEY);
+        wire.extend(frame(0x89, b"p", [1, 2, 3, 4]));
+        wire.extend(frame(0x80, b"cd", [4, 3, 2, 1]));
+        s.feed(&wire);
+        let mut got = Vec::new();
+        while let Some(Event::Data(d)) = s.next_data() {
+            got.extend_from_slice(&d);
+        }
+        assert_eq!(got, b"abcd");
+        let pong = client_read(&mut client(), &s.take_outbound());
+        assert_eq!(pong, vec![Message::Pong(Bytes::from_static(b"p"))]);
         assert!(s.inbound.is_empty());
     }
 }
