@@ -70,7 +70,9 @@ enum Cmd {
     /// Serves a sink device on 127.0.0.1:`sink_port` and sends it `mib` MiB twice: over
     /// a direct TCP connection, then through a labgate tunnel (`/lab/tunnel/sink:PORT`,
     /// 64 KiB binary messages) of a fresh session. Prints one line:
-    /// `direct_mib_s=A tunnel_mib_s=B ratio=R`.
+    /// `direct_mib_s=A tunnel_mib_s=B ratio=R`; with `--leg direct` or `--leg tunnel`
+    /// it sends only that leg and prints `mib_s=A` (so that a script can read labgate's
+    /// CPU time around each leg).
     TunnelThroughput {
         #[arg(long)]
         addr: SocketAddr,
@@ -78,6 +80,8 @@ enum Cmd {
         sink_port: u16,
         #[arg(long)]
         mib: usize,
+        #[arg(long, value_enum, default_value_t = Leg::Both)]
+        leg: Leg,
     },
     /// Serves a sink device on `sink_port`, opens `count` idle tunnels to it for one
     /// session, prints `open=N`, holds them for `seconds` and exits.
@@ -91,6 +95,14 @@ enum Cmd {
         #[arg(long)]
         seconds: f64,
     },
+}
+
+/// Which transfers `tunnel-throughput` makes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Leg {
+    Direct,
+    Tunnel,
+    Both,
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -414,7 +426,12 @@ async fn open_raw_tunnel(addr: SocketAddr, target: &str, id: &str) -> anyhow::Re
     Ok(tcp)
 }
 
-async fn tunnel_throughput(addr: SocketAddr, sink_port: u16, mib: usize) -> anyhow::Result<()> {
+async fn tunnel_throughput(
+    addr: SocketAddr,
+    sink_port: u16,
+    mib: usize,
+    leg: Leg,
+) -> anyhow::Result<()> {
     if !(1..=16384).contains(&mib) {
         bail!("--mib must be 1..16384");
     }
@@ -428,14 +445,21 @@ async fn tunnel_throughput(addr: SocketAddr, sink_port: u16, mib: usize) -> anyh
         Ok(n as f64 / (1 << 20) as f64 / end.duration_since(start).as_secs_f64())
     };
 
-    let start = Instant::now();
-    let mut tcp = TcpStream::connect(("127.0.0.1", sink_port)).await?;
-    for _ in 0..total / chunk.len() as u64 {
-        tcp.write_all(&chunk).await?;
+    let mut direct = 0.0;
+    if leg != Leg::Tunnel {
+        let start = Instant::now();
+        let mut tcp = TcpStream::connect(("127.0.0.1", sink_port)).await?;
+        for _ in 0..total / chunk.len() as u64 {
+            tcp.write_all(&chunk).await?;
+        }
+        tcp.shutdown().await?;
+        direct = rate(start, done.recv().await.context("sink gone")?)?;
+        drop(tcp);
+        if leg == Leg::Direct {
+            println!("mib_s={direct:.0}");
+            return Ok(());
+        }
     }
-    tcp.shutdown().await?;
-    let direct = rate(start, done.recv().await.context("sink gone")?)?;
-    drop(tcp);
 
     let id = new_session(addr).await?;
     let frame = masked_binary_frame(&chunk);
@@ -451,10 +475,14 @@ async fn tunnel_throughput(addr: SocketAddr, sink_port: u16, mib: usize) -> anyh
     drop(tcp);
     let mut c = Conn::open(addr).await?;
     c.call("DELETE", &format!("/session/{id}")).await?;
-    println!(
-        "direct_mib_s={direct:.0} tunnel_mib_s={tunnel:.0} ratio={:.2}",
-        tunnel / direct
-    );
+    if leg == Leg::Tunnel {
+        println!("mib_s={tunnel:.0}");
+    } else {
+        println!(
+            "direct_mib_s={direct:.0} tunnel_mib_s={tunnel:.0} ratio={:.2}",
+            tunnel / direct
+        );
+    }
     Ok(())
 }
 
@@ -509,7 +537,8 @@ fn main() -> anyhow::Result<()> {
                 addr,
                 sink_port,
                 mib,
-            } => tunnel_throughput(addr, sink_port, mib).await,
+                leg,
+            } => tunnel_throughput(addr, sink_port, mib, leg).await,
             Cmd::HoldTunnels {
                 addr,
                 sink_port,

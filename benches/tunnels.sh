@@ -1,29 +1,42 @@
 #!/usr/bin/env bash
 # Device tunnel figures (issue 11): a bulk transfer to a sink device through a labgate
-# tunnel against the same transfer over a direct TCP connection, in the same run; and
-# resident memory (VmRSS) per idle tunnel.
+# tunnel against the same transfer over a direct TCP connection, in the same run, with
+# labgate's CPU time per GiB relayed; and resident memory (VmRSS) per idle tunnel.
 #
-#   benches/tunnels.sh [--mib 1024] [--tunnels 1000]
+#   benches/tunnels.sh [--mib 1024] [--tunnels 1000] [--rounds 1]
 #
-# labgate (release, threads = 2) allows one device, the sink the load client serves on
-# a free loopback port. Loopback only; every process started is stopped on exit, error
-# or Ctrl-C (see benches/lib.sh). It must never assert a figure: it prints them.
+# The transfer runs twice per round. Pinned, as benches/issue13.sh pins: labgate alone
+# on SERVER_CPU (0) with threads = 1, the load client and the sink on CLIENT_CPU (1).
+# Unpinned: labgate with the shipped threads = 2 and everything on every CPU. Wall-clock
+# MiB/s on a shared VM is noisy; labgate's CPU seconds per GiB (utime + stime from
+# /proc/PID/stat around the leg) barely depends on the machine's load. The idle tunnels
+# are held against the unpinned labgate. labgate allows one device, the sink the load
+# client serves on a free loopback port. Loopback only; every process started is
+# stopped on exit, error or Ctrl-C (see benches/lib.sh). It never asserts a figure: it
+# prints them. LABGATE_BIN, LOADGEN_BIN and BARE_PINGORA_BIN skip the build.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MIB=1024
 TUNNELS=1000
+ROUNDS=1
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
 while (($#)); do
     case $1 in
     --mib) MIB=$2; shift 2 ;;
     --tunnels) TUNNELS=$2; shift 2 ;;
-    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
 [[ $MIB =~ ^[0-9]+$ ]] && ((MIB >= 1 && MIB <= 16384)) || die "--mib must be 1..16384"
 [[ $TUNNELS =~ ^[0-9]+$ ]] && ((TUNNELS >= 1 && TUNNELS <= 1024)) ||
     die "--tunnels must be 1..1024 (tunnels.max_per_session)"
+[[ $ROUNDS =~ ^[0-9]+$ ]] && ((ROUNDS >= 1 && ROUNDS <= 20)) || die "--rounds must be 1..20"
+(($(nproc) >= 2)) || die "needs at least 2 CPUs (labgate and the load client on different cores)"
+[[ $SERVER_CPU != "$CLIENT_CPU" ]] || die "SERVER_CPU and CLIENT_CPU must differ"
 # Each tunnel is up to five descriptors in labgate (client and device sockets, a
 # duplicate of each held by the cut registry so the turn's end can shut them, and the
 # client socket's duplicate for its keepalive lookup) and two in the load client.
@@ -33,13 +46,14 @@ ulimit -n "$NOFILE" 2>/dev/null || die "cannot raise the open-file limit to $NOF
 build_labgate
 
 UP=$(free_port)
-LG=$(free_port)
-LGM=$(free_port)
 SINK=$(free_port)
-ALL_CPUS=0-$(($(nproc) - 1))
+ALL_CPUS=$(all_cpus)
+TICKS=$(getconf CLK_TCK)
 
-write_labgate_config "$BENCH_WORK/labgate.toml" "$LG" "$LGM" "$UP" 2
-cat >>"$BENCH_WORK/labgate.toml" <<TOML
+# labgate_config FILE PORT METRICS_PORT THREADS: the bench config plus the sink device.
+labgate_config() {
+    write_labgate_config "$1" "$2" "$3" "$UP" "$4"
+    cat >>"$1" <<TOML
 
 [tunnels]
 max_per_session = 1024
@@ -49,12 +63,61 @@ name = "sink"
 address = "127.0.0.1"
 ports = [$SINK]
 TOML
-start_labgate labgate "$ALL_CPUS" "$BENCH_WORK/labgate.toml" "$LG"
+}
 
-log "sending $MIB MiB direct, then through a tunnel"
-result=$("$LOADGEN_BIN" tunnel-throughput --addr "127.0.0.1:$LG" --sink-port "$SINK" --mib "$MIB")
+# cpu_ticks PID: user + system CPU time of a process, in clock ticks. The fields after
+# the command name, which is in parentheses and may hold spaces.
+cpu_ticks() {
+    local stat
+    stat=$(<"/proc/$1/stat")
+    stat=${stat##*) }
+    awk '{print $12 + $13}' <<<"$stat"
+}
+
+# leg NAME CPUS LEG: one transfer by the load client on CPUS; prints "MiB/s labgate-ticks".
+leg() {
+    local before after out
+    before=$(cpu_ticks "$LABGATE_PID")
+    out=$(taskset -c "$2" "$LOADGEN_BIN" tunnel-throughput --addr "127.0.0.1:$LG" \
+        --sink-port "$SINK" --mib "$MIB" --leg "$3") || die "$1: the $3 transfer failed"
+    after=$(cpu_ticks "$LABGATE_PID")
+    echo "${out#mib_s=} $((after - before))"
+}
+
+# run_mode NAME LABGATE_CPUS THREADS CLIENT_CPUS: starts labgate, runs ROUNDS rounds of
+# both legs, appends one row per round to $BENCH_WORK/rows, leaves labgate running
+# (LABGATE_PID) on LG.
+run_mode() {
+    local name=$1 round direct tunnel
+    LG=$(free_port)
+    LGM=$(free_port)
+    labgate_config "$BENCH_WORK/labgate-$name.toml" "$LG" "$LGM" "$3"
+    start_labgate "labgate-$name" "$2" "$BENCH_WORK/labgate-$name.toml" "$LG"
+    for round in $(seq "$ROUNDS"); do
+        log "$name, round $round: $MIB MiB direct, then through a tunnel"
+        direct=$(leg "$name" "$4" direct)
+        tunnel=$(leg "$name" "$4" tunnel)
+        echo "$name $round $direct $tunnel" >>"$BENCH_WORK/rows"
+    done
+}
+
+: >"$BENCH_WORK/rows"
+run_mode pinned "$SERVER_CPU" 1 "$CLIENT_CPU"
+stop "$LABGATE_PID"
+run_mode unpinned "$ALL_CPUS" 2 "$ALL_CPUS"
+
 echo
-echo "Throughput, $MIB MiB to a sink device on loopback (MiB/s): $result"
+echo "Throughput, $MIB MiB to a sink device on loopback, $(nproc) CPUs; pinned: labgate" \
+    "(threads = 1) on CPU $SERVER_CPU, load client and sink on CPU $CLIENT_CPU; unpinned:" \
+    "labgate (threads = 2) and the client on every CPU. CPU s/GiB: labgate's utime + stime" \
+    "during the tunnel leg (during the direct leg in parentheses: labgate idle)."
+echo
+echo "| run | round | direct MiB/s | tunnel MiB/s | tunnel / direct | labgate CPU s/GiB |"
+echo "|---|---:|---:|---:|---:|---:|"
+awk -v t="$TICKS" -v mib="$MIB" '{
+    printf "| %s | %d | %d | %d | %.2f | %.3f (%.3f) |\n",
+        $1, $2, $3, $5, $5 / $3, $6 / t / (mib / 1024), $4 / t / (mib / 1024) }' "$BENCH_WORK/rows"
+echo
 
 idle=$(rss_kib "$LABGATE_PID")
 start holder "$ALL_CPUS" "$LOADGEN_BIN" hold-tunnels --addr "127.0.0.1:$LG" \
