@@ -17,7 +17,10 @@
 # LOADGEN_BIN (and, unless --no-jemalloc, LABGATE_JEMALLOC_BIN and
 # BARE_PINGORA_JEMALLOC_BIN) all set to binaries, nothing is built.
 #
-# Forwarding and local answers: every server on SERVER_CPU, wrk -t1 on CLIENT_CPU, labgate
+# Forwarding and local answers: every forwarding row (nginx proxy, bare pingora, labgate)
+# gets the same request, X-Session-ID included; bare pingora also runs with --answer, a
+# 423 written in request_filter, as pingora's floor for labgate's local answers.
+# Every server on SERVER_CPU, wrk -t1 on CLIENT_CPU, labgate
 # and bare pingora with threads = 1, labgate with LABGATE_LOG=warn, nginx one worker with
 # access_log off; each round runs every system at every connection count in turn (so a
 # slow moment hits all systems alike); the tables give the median of the rounds.
@@ -27,8 +30,8 @@
 # Memory: a fresh labgate (shipped threads = 2) per binary: VmRSS idle, with --sessions
 # WAITING sessions, with --connections idle keep-alive connections on top.
 #
-# Bounded: the default run is 10 systems x 3 counts x 3 rounds x 5 s (7.5 min), the flood
-# 2 x 3 x 5 s, memory about 20 s per binary: under 10 minutes after the builds. Loopback
+# Bounded: the default run is 12 systems x 3 counts x 3 rounds x 5 s (9 min), the flood
+# 2 x 3 x 5 s, memory about 20 s per binary: under 11 minutes after the builds. Loopback
 # only; every process started is stopped on exit, error or Ctrl-C (benches/lib.sh).
 # It must never assert a figure: it prints them (docs/benchmarks.md, "Issue 13 in one run").
 
@@ -59,7 +62,7 @@ while (($#)); do
     --sessions) SESSIONS=$2; shift 2 ;;
     --connections) CONNECTIONS=$2; shift 2 ;;
     --no-jemalloc) JEMALLOC=0; shift ;;
-    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,34p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
