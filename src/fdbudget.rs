@@ -242,13 +242,7 @@ pub fn reload_refusal(new: &Config) -> Option<Shortfall> {
 mod tests {
     use super::*;
     use crate::config::diff;
-
-    const MINIMAL: &str = r#"
-[[upstream]]
-name = "r1"
-address = "127.0.0.1:9000"
-routes = ["/lab"]
-"#;
+    use crate::config::tests::MINIMAL;
 
     fn config(extra_server: &str, extra: &str) -> Config {
         let text = format!("[server]\n{extra_server}\n{MINIMAL}\n{extra}");

@@ -35,7 +35,7 @@ mod identity;
 mod raw;
 mod resolve;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod validate;
 
 pub use validate::{

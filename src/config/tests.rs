@@ -2,7 +2,8 @@
 
 use super::*;
 
-const MINIMAL: &str = r#"
+/// The smallest valid config: one upstream (other modules' tests build on it).
+pub(crate) const MINIMAL: &str = r#"
 [[upstream]]
 name = "r1"
 address = "127.0.0.1:9000"

@@ -32,6 +32,26 @@ pub(super) struct NetconfLab {
 }
 
 impl NetconfLab {
+    /// A client command through the lab succeeded; both servers' logs if not.
+    pub(super) fn assert_succeeded(&self, out: &std::process::Output) {
+        assert!(
+            out.status.success(),
+            "{out:?}\nsshd:\n{}\nlabgate:\n{}",
+            self.sshd.log(),
+            self.gw.log_tail()
+        );
+    }
+
+    /// The client used one tunnel, closed once it was done (its audit line).
+    pub(super) async fn one_tunnel_closed(&self) {
+        eventually(
+            Duration::from_secs(10),
+            "the tunnel's audit line",
+            || async { (self.gw.audit_events("tunnel_closed").len() == 1).then_some(()) },
+        )
+        .await;
+    }
+
     pub(super) async fn start() -> NetconfLab {
         let python = require_tool("python3");
         let subsystem = format!(
@@ -112,25 +132,14 @@ async fn real_ssh_netconf_subsystem_through_proxy_command() {
         .expect("ssh ends after close-session")
         .expect("output");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{out:?}\nsshd:\n{}\nlabgate:\n{}",
-        lab.sshd.log(),
-        lab.gw.log_tail()
-    );
+    lab.assert_succeeded(&out);
     assert!(stdout.contains("<session-id>7</session-id>"), "{stdout}");
     assert!(
         stdout.contains("message-id=\"101\"") && stdout.contains("reached through labgate"),
         "{stdout}"
     );
     assert!(stdout.contains("message-id=\"102\""), "{stdout}");
-    // One tunnel, closed once the client was done.
-    eventually(
-        Duration::from_secs(10),
-        "the tunnel's audit line",
-        || async { (lab.gw.audit_events("tunnel_closed").len() == 1).then_some(()) },
-    )
-    .await;
+    lab.one_tunnel_closed().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,21 +167,10 @@ async fn ncclient_gets_the_config_through_the_ssh_config_proxy_command() {
         .expect("ncclient ends")
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{out:?}\nsshd:\n{}\nlabgate:\n{}",
-        lab.sshd.log(),
-        lab.gw.log_tail()
-    );
+    lab.assert_succeeded(&out);
     assert!(
         stdout.contains("<description>reached through labgate</description>"),
         "{stdout}"
     );
-    // One tunnel, closed once the client was done.
-    eventually(
-        Duration::from_secs(10),
-        "the tunnel's audit line",
-        || async { (lab.gw.audit_events("tunnel_closed").len() == 1).then_some(()) },
-    )
-    .await;
+    lab.one_tunnel_closed().await;
 }

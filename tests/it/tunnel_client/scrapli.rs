@@ -62,12 +62,7 @@ async fn scrapli_generic_driver_runs_a_command_through_the_ssh_config_proxy_comm
     // The shell expands the arithmetic: its answer, not the echoed command line.
     let out = scrapli(&lab, &id, "echo reached-through-labgate-$((6*7))").await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{out:?}\nsshd:\n{}\nlabgate:\n{}",
-        lab.sshd.log(),
-        lab.gw.log_tail()
-    );
+    lab.assert_succeeded(&out);
     assert_eq!(stdout.trim(), "reached-through-labgate-42", "{out:?}");
     assert_eq!(
         sshd_connections(&lab).await,
@@ -75,13 +70,7 @@ async fn scrapli_generic_driver_runs_a_command_through_the_ssh_config_proxy_comm
         "{}",
         lab.sshd.log()
     );
-    // One tunnel, closed once scrapli was done.
-    eventually(
-        Duration::from_secs(10),
-        "the tunnel's audit line",
-        || async { (lab.gw.audit_events("tunnel_closed").len() == 1).then_some(()) },
-    )
-    .await;
+    lab.one_tunnel_closed().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
