@@ -16,13 +16,14 @@ use std::time::Instant;
 use pingora::protocols::http::ServerSession;
 use tokio::net::TcpStream;
 
-use super::{answer_websocket, client_socket, connect, set_keepalive, unless_cut, ConnectError};
+use super::{answer_tunnel, client_socket, connect, set_keepalive, unless_cut, ConnectError};
 use crate::api::{self, Reply};
 use crate::gate::{Denied, SessionHeader, Verdict};
 use crate::identity::Identity;
 use crate::queue::SessionId;
 use crate::state::{Allowed, Shared, TunnelDenied, AUDIT};
-use crate::tunnel::{ws, Direction, Refused};
+use crate::tunnel::ws::{self, Form};
+use crate::tunnel::{Direction, Refused};
 
 /// A registered tunnel: counted in flight (no stale reaping) and in the cut registry
 /// until dropped, whatever path the request takes.
@@ -43,7 +44,7 @@ pub struct Prepared {
     target: String,
     addr: SocketAddr,
     device: TcpStream,
-    accept: String,
+    form: Form,
     client: Option<IpAddr>,
 }
 
@@ -120,7 +121,7 @@ pub async fn open(
     // Pure checks first; their answers wait for the gate's.
     let resolved = tunnels.allowlist.resolve(target);
     let req = session.req_header();
-    let accept = ws::accept_key(&req.method, req.version, &req.headers);
+    let form = ws::form(&req.method, req.version, &req.headers);
     let asked = Asked {
         shared,
         client,
@@ -164,8 +165,8 @@ pub async fn open(
             )
         }
     };
-    let accept = match accept {
-        Ok(a) => a,
+    let form = match form {
+        Ok(f) => f,
         Err(why) => {
             let text = why.to_string();
             return no(Refused::Handshake, &text, api::not_websocket(&text));
@@ -203,7 +204,7 @@ pub async fn open(
         target: target.chars().take(128).collect(),
         addr,
         device,
-        accept,
+        form,
         client,
     }))
 }
@@ -220,7 +221,7 @@ impl Prepared {
             target,
             addr,
             device,
-            accept,
+            form,
             client,
         } = self;
         let shared = reg.shared.clone();
@@ -240,14 +241,20 @@ impl Prepared {
             extra.push((api::HOLD_REMAINING_HEADER, left.as_secs().to_string()));
         }
         let started = Instant::now();
-        if answer_websocket(session, &accept, &extra).await.is_err() {
+        if answer_tunnel(session, &form, &extra).await.is_err() {
             return;
         }
         let m = shared.metrics();
         m.tunnels_opened.inc();
         m.tunnels_open.inc();
-        let outcome =
-            super::tunnel(session, device, &reg.allowed.ticket, client_sock.as_ref()).await;
+        let ticket = &reg.allowed.ticket;
+        let (outcome, relay) = match form {
+            Form::WebSocket { .. } => {
+                let outcome = super::tunnel(session, device, ticket, client_sock.as_ref()).await;
+                (outcome, super::Relay::WebSocket)
+            }
+            Form::Raw => super::raw_tunnel(session, device, ticket, client_sock).await,
+        };
         // The slot is free (and the session reapable) first; the gauge drops last, so
         // whoever sees it drop sees the audit line and byte counts too.
         let (id, seq) = (reg.allowed.id, reg.allowed.seq);
@@ -270,6 +277,7 @@ impl Prepared {
             duration_secs = started.elapsed().as_secs_f64(),
             end = outcome.end.as_str(),
             reason = %reason,
+            relay = relay.as_str(),
         );
         m.count_tunnel_bytes(Direction::ToDevice, outcome.to_remote);
         m.count_tunnel_bytes(Direction::ToClient, outcome.to_client);

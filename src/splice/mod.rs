@@ -30,8 +30,12 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 use crate::cut::Ticket;
+use crate::tunnel::ws::{Form, RAW_UPGRADE};
+use futures_util::FutureExt;
+use tokio::io::AsyncWriteExt;
 
 pub mod device;
+mod pipe;
 mod relay;
 pub mod upstream;
 
@@ -144,15 +148,126 @@ pub async fn answer_websocket(
     accept_key: &str,
     extra: &[(&'static str, String)],
 ) -> pingora::Result<()> {
+    let form = Form::WebSocket {
+        accept: accept_key.to_string(),
+    };
+    answer_tunnel(session, &form, extra).await
+}
+
+/// Writes labgate's own `101` for a tunnel of either form.
+pub async fn answer_tunnel(
+    session: &mut ServerSession,
+    form: &Form,
+    extra: &[(&'static str, String)],
+) -> pingora::Result<()> {
     let mut head = ResponseHeader::build(101, Some(3 + extra.len()))?;
-    head.insert_header(header::UPGRADE, "websocket")?;
-    head.insert_header(header::CONNECTION, "Upgrade")?;
-    head.insert_header(header::SEC_WEBSOCKET_ACCEPT, accept_key)?;
+    match form {
+        Form::WebSocket { accept } => {
+            head.insert_header(header::UPGRADE, "websocket")?;
+            head.insert_header(header::CONNECTION, "Upgrade")?;
+            head.insert_header(header::SEC_WEBSOCKET_ACCEPT, accept.as_str())?;
+        }
+        Form::Raw => {
+            head.insert_header(header::UPGRADE, RAW_UPGRADE)?;
+            head.insert_header(header::CONNECTION, "Upgrade")?;
+        }
+    }
     for (name, value) in extra {
         head.insert_header(*name, value.as_str())?;
     }
     session.write_response_header(Box::new(head)).await
 }
+
+/// How a tunnel's bytes were moved: the `relay` field of its audit line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// WebSocket frames, read and written by labgate.
+    WebSocket,
+    /// Raw bytes through a pipe with `splice(2)`, never in labgate's memory.
+    Splice,
+    /// Raw bytes read and written by labgate (a TLS client leg).
+    Copy,
+}
+
+impl Relay {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Relay::WebSocket => "websocket",
+            Relay::Splice => "splice",
+            Relay::Copy => "copy",
+        }
+    }
+}
+
+/// Relays a raw tunnel (`Upgrade: labgate-tcp`) after its `101`: with `splice(2)`
+/// ([`pipe`]) when the client leg is plain TCP and labgate holds its own duplicate of
+/// the socket, through memory ([`raw`]) otherwise (TLS: the kernel cannot decrypt).
+///
+/// Bytes pingora read past the request head (a client that did not wait for the `101`)
+/// are still in its session: they go to the device first, then the sockets take over.
+pub async fn raw_tunnel(
+    session: &mut ServerSession,
+    mut device: TcpStream,
+    ticket: &Ticket,
+    client: Option<std::net::TcpStream>,
+) -> (Outcome, Relay) {
+    let plain = session.digest().is_some_and(|d| d.ssl_digest.is_none());
+    let client = match client {
+        Some(c) if plain => c,
+        client => {
+            let outcome = raw(session, device, ticket, client.as_ref()).await;
+            return (outcome, Relay::Copy);
+        }
+    };
+    let mut early = 0u64;
+    let ended = |end, early| {
+        let outcome = Outcome {
+            end,
+            to_remote: early,
+            to_client: 0,
+        };
+        (outcome, Relay::Splice)
+    };
+    let mut client_fin = false;
+    // Only what is already there: `now_or_never` never waits, and a read that would
+    // wait has taken nothing from the socket.
+    while let Some(read) = session.read_request_body().now_or_never() {
+        let Ok(Some(bytes)) = read else {
+            client_fin = true;
+            break;
+        };
+        let write = tokio::time::timeout(PREREAD_TIMEOUT, device.write_all(&bytes));
+        match unless_cut(ticket, write).await {
+            Some(Ok(Ok(()))) => early += bytes.len() as u64,
+            None => {
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let reason = ticket.cut_reason().unwrap_or_default();
+                return ended(End::SessionEnded(reason), early);
+            }
+            Some(_) => {
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                return ended(End::RemoteError, early);
+            }
+        }
+    }
+    let registered = client
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(client));
+    let client = match registered {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register a raw tunnel's client socket");
+            return ended(End::ClientGone, early);
+        }
+    };
+    let mut outcome = pipe::relay(client, device, ticket, client_fin).await;
+    outcome.to_remote += early;
+    (outcome, Relay::Splice)
+}
+
+/// How long the bytes a raw tunnel's client sent before the `101` may take to reach the
+/// device.
+const PREREAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `f`, unless the session's turn ends first (`None`).
 async fn unless_cut<T>(ticket: &Ticket, f: impl Future<Output = T>) -> Option<T> {

@@ -58,7 +58,10 @@ const MAX_CONTROL: usize = 125;
 /// Why an upgrade request is not a WebSocket opening handshake labgate accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
-    #[error("a tunnel is a WebSocket: send GET with Upgrade: websocket and Connection: Upgrade")]
+    #[error(
+        "a tunnel is an upgrade: send GET with Upgrade: websocket (or labgate-tcp) and \
+         Connection: Upgrade"
+    )]
     NotWebSocket,
     #[error("Sec-WebSocket-Version must be 13")]
     Version,
@@ -73,6 +76,37 @@ fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The `Upgrade` token of a raw tunnel (`docs/tunnel-protocol.md`): after the `101` the
+/// connection carries the device's TCP bytes as they are, without frames.
+pub const RAW_UPGRADE: &str = "labgate-tcp";
+
+/// How a tunnel's client speaks after the `101`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Form {
+    /// WebSocket binary messages; answer with this `Sec-WebSocket-Accept`.
+    WebSocket { accept: String },
+    /// Raw bytes (`Upgrade: labgate-tcp`).
+    Raw,
+}
+
+/// Which form a tunnel request asks for: `Upgrade: labgate-tcp` (with `Connection:
+/// Upgrade`, `GET`, HTTP/1.1) is raw; anything else must be a WebSocket handshake.
+pub fn form(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Form, HandshakeError> {
+    use http::header::{CONNECTION, UPGRADE};
+    if method == Method::GET
+        && version == Version::HTTP_11
+        && has_token(headers, UPGRADE, RAW_UPGRADE)
+        && has_token(headers, CONNECTION, "upgrade")
+    {
+        return Ok(Form::Raw);
+    }
+    accept_key(method, version, headers).map(|accept| Form::WebSocket { accept })
 }
 
 /// Checks an opening handshake (RFC 6455 §4.2.1) and returns the `Sec-WebSocket-Accept`

@@ -48,6 +48,39 @@ fn handshake_answers_the_rfc_example() {
 }
 
 #[test]
+fn the_raw_form_is_asked_for_by_its_upgrade_token_alone() {
+    let raw = headers(&[("upgrade", "labgate-tcp"), ("connection", "Upgrade")]);
+    assert_eq!(form(&Method::GET, Version::HTTP_11, &raw), Ok(Form::Raw));
+    // Token matching is case-insensitive and list-aware, as for websocket.
+    let listed = headers(&[
+        ("upgrade", "h2c, LABGATE-TCP"),
+        ("connection", "keep-alive, upgrade"),
+    ]);
+    assert_eq!(form(&Method::GET, Version::HTTP_11, &listed), Ok(Form::Raw));
+    // A WebSocket handshake is still one.
+    assert_eq!(
+        form(&Method::GET, Version::HTTP_11, &headers(GOOD)),
+        Ok(Form::WebSocket {
+            accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+        })
+    );
+    // Raw needs the same method, version and Connection: Upgrade as a WebSocket.
+    let no_connection = headers(&[("upgrade", "labgate-tcp")]);
+    for (method, version, h) in [
+        (Method::POST, Version::HTTP_11, &raw),
+        (Method::GET, Version::HTTP_10, &raw),
+        (Method::GET, Version::HTTP_11, &no_connection),
+    ] {
+        assert_eq!(form(&method, version, h), Err(HandshakeError::NotWebSocket));
+    }
+    let other = headers(&[("upgrade", "labgate-tcpx"), ("connection", "Upgrade")]);
+    assert_eq!(
+        form(&Method::GET, Version::HTTP_11, &other),
+        Err(HandshakeError::NotWebSocket)
+    );
+}
+
+#[test]
 fn handshake_refusals() {
     let h = headers(GOOD);
     assert_eq!(
