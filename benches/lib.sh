@@ -192,7 +192,7 @@ start_bare_pingora() {
 # connections, 128 from one address) and the POST /session rate limit (10,000 burst,
 # refilled every microsecond).
 # The open-file limit every bench sets at least: labgate's budget for the config below
-# (max_connections 2000 x 4 + pools + base: 8,577 with threads = 2) fits under it.
+# (max_connections 1100 x 8 + pools + base: 9,377 with threads = 2) fits under it.
 BENCH_NOFILE=10000
 
 write_labgate_config() {
@@ -200,8 +200,8 @@ write_labgate_config() {
 [server]
 listen = ["127.0.0.1:$2"]
 threads = $5
-max_connections = 2000
-max_connections_per_client = 2000
+max_connections = 1100
+max_connections_per_client = 1100
 
 [metrics]
 listen = "127.0.0.1:$3"

@@ -70,7 +70,8 @@ enum Cmd {
     /// Serves a sink device on 127.0.0.1:`sink_port` and sends it `mib` MiB twice: over
     /// a direct TCP connection, then through a labgate tunnel (`/lab/tunnel/sink:PORT`,
     /// 64 KiB binary messages) of a fresh session. Prints one line:
-    /// `direct_mib_s=A tunnel_mib_s=B ratio=R`; with `--leg direct` or `--leg tunnel`
+    /// `direct_mib_s=A tunnel_mib_s=B ratio=R`; with `--leg direct`, `--leg tunnel` or
+    /// `--leg raw` (the raw form, `Upgrade: labgate-tcp`: bytes as they are, no frames)
     /// it sends only that leg and prints `mib_s=A` (so that a script can read labgate's
     /// CPU time around each leg).
     TunnelThroughput {
@@ -102,6 +103,7 @@ enum Cmd {
 enum Leg {
     Direct,
     Tunnel,
+    Raw,
     Both,
 }
 
@@ -395,14 +397,24 @@ fn masked_binary_frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Opens a tunnel by hand (the opening handshake, then the bare socket), so the bulk
-/// transfer writes frames straight to the socket.
-async fn open_raw_tunnel(addr: SocketAddr, target: &str, id: &str) -> anyhow::Result<TcpStream> {
+/// transfer writes frames (or, `raw`, the bytes themselves) straight to the socket.
+async fn open_raw_tunnel(
+    addr: SocketAddr,
+    target: &str,
+    id: &str,
+    raw: bool,
+) -> anyhow::Result<TcpStream> {
     let mut tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
+    let upgrade = if raw {
+        "Upgrade: labgate-tcp\r\n"
+    } else {
+        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    };
     let req = format!(
-        "GET /lab/tunnel/{target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Session-ID: {id}\r\n\r\n"
+        "GET /lab/tunnel/{target} HTTP/1.1\r\nHost: {addr}\r\n{upgrade}\
+         Connection: Upgrade\r\nX-Session-ID: {id}\r\n\r\n"
     );
     tcp.write_all(req.as_bytes()).await?;
     // The answer's head, byte by byte (small, once): nothing after it is read here.
@@ -446,7 +458,7 @@ async fn tunnel_throughput(
     };
 
     let mut direct = 0.0;
-    if leg != Leg::Tunnel {
+    if leg == Leg::Direct || leg == Leg::Both {
         let start = Instant::now();
         let mut tcp = TcpStream::connect(("127.0.0.1", sink_port)).await?;
         for _ in 0..total / chunk.len() as u64 {
@@ -462,20 +474,29 @@ async fn tunnel_throughput(
     }
 
     let id = new_session(addr).await?;
-    let frame = masked_binary_frame(&chunk);
-    // A close frame, code 1000, masked with a zero key (RFC 6455 allows any key).
-    let close = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8];
-    let mut tcp = open_raw_tunnel(addr, &format!("sink:{sink_port}"), &id).await?;
+    let raw = leg == Leg::Raw;
+    let mut tcp = open_raw_tunnel(addr, &format!("sink:{sink_port}"), &id, raw).await?;
     let start = Instant::now();
-    for _ in 0..total / chunk.len() as u64 {
-        tcp.write_all(&frame).await?;
+    if raw {
+        // The bytes themselves; the FIN reaches the sink through labgate.
+        for _ in 0..total / chunk.len() as u64 {
+            tcp.write_all(&chunk).await?;
+        }
+        tcp.shutdown().await?;
+    } else {
+        let frame = masked_binary_frame(&chunk);
+        // A close frame, code 1000, masked with a zero key (RFC 6455 allows any key).
+        let close = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8];
+        for _ in 0..total / chunk.len() as u64 {
+            tcp.write_all(&frame).await?;
+        }
+        tcp.write_all(&close).await?;
     }
-    tcp.write_all(&close).await?;
     let tunnel = rate(start, done.recv().await.context("sink gone")?)?;
     drop(tcp);
     let mut c = Conn::open(addr).await?;
     c.call("DELETE", &format!("/session/{id}")).await?;
-    if leg == Leg::Tunnel {
+    if leg != Leg::Both {
         println!("mib_s={tunnel:.0}");
     } else {
         println!(

@@ -37,10 +37,11 @@ done
 [[ $ROUNDS =~ ^[0-9]+$ ]] && ((ROUNDS >= 1 && ROUNDS <= 20)) || die "--rounds must be 1..20"
 (($(nproc) >= 2)) || die "needs at least 2 CPUs (labgate and the load client on different cores)"
 [[ $SERVER_CPU != "$CLIENT_CPU" ]] || die "SERVER_CPU and CLIENT_CPU must differ"
-# Each tunnel is up to five descriptors in labgate (client and device sockets, a
-# duplicate of each held by the cut registry so the turn's end can shut them, and the
-# client socket's duplicate for its keepalive lookup) and two in the load client.
-NOFILE=$((5 * TUNNELS + 1024 > BENCH_NOFILE ? 5 * TUNNELS + 1024 : BENCH_NOFILE))
+# Each tunnel is up to eight descriptors in labgate (client and device sockets, a
+# duplicate of each held by the cut registry so the turn's end can shut them or for the
+# client's keepalive, and a raw tunnel's two pipes while bytes move) and two in the
+# load client.
+NOFILE=$((8 * TUNNELS + 1024 > BENCH_NOFILE ? 8 * TUNNELS + 1024 : BENCH_NOFILE))
 ulimit -n "$NOFILE" 2>/dev/null || die "cannot raise the open-file limit to $NOFILE"
 
 build_labgate
@@ -88,16 +89,17 @@ leg() {
 # both legs, appends one row per round to $BENCH_WORK/rows, leaves labgate running
 # (LABGATE_PID) on LG.
 run_mode() {
-    local name=$1 round direct tunnel
+    local name=$1 round direct tunnel raw
     LG=$(free_port)
     LGM=$(free_port)
     labgate_config "$BENCH_WORK/labgate-$name.toml" "$LG" "$LGM" "$3"
     start_labgate "labgate-$name" "$2" "$BENCH_WORK/labgate-$name.toml" "$LG"
     for round in $(seq "$ROUNDS"); do
-        log "$name, round $round: $MIB MiB direct, then through a tunnel"
+        log "$name, round $round: $MIB MiB direct, through a WebSocket tunnel, through a raw one"
         direct=$(leg "$name" "$4" direct)
         tunnel=$(leg "$name" "$4" tunnel)
-        echo "$name $round $direct $tunnel" >>"$BENCH_WORK/rows"
+        raw=$(leg "$name" "$4" raw)
+        echo "$name $round $direct $tunnel $raw" >>"$BENCH_WORK/rows"
     done
 }
 
@@ -109,14 +111,16 @@ run_mode unpinned "$ALL_CPUS" 2 "$ALL_CPUS"
 echo
 echo "Throughput, $MIB MiB to a sink device on loopback, $(nproc) CPUs; pinned: labgate" \
     "(threads = 1) on CPU $SERVER_CPU, load client and sink on CPU $CLIENT_CPU; unpinned:" \
-    "labgate (threads = 2) and the client on every CPU. CPU s/GiB: labgate's utime + stime" \
-    "during the tunnel leg (during the direct leg in parentheses: labgate idle)."
+    "labgate (threads = 2) and the client on every CPU. WebSocket: the tunnel as websocat" \
+    "speaks it; raw: Upgrade: labgate-tcp, spliced (docs/tunnel-protocol.md). CPU s/GiB:" \
+    "labgate's utime + stime during that leg (during the direct leg in parentheses: labgate idle)."
 echo
-echo "| run | round | direct MiB/s | tunnel MiB/s | tunnel / direct | labgate CPU s/GiB |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| run | round | direct MiB/s | WebSocket MiB/s | WebSocket / direct | labgate CPU s/GiB | raw MiB/s | raw / direct | labgate CPU s/GiB |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 awk -v t="$TICKS" -v mib="$MIB" '{
-    printf "| %s | %d | %d | %d | %.2f | %.3f (%.3f) |\n",
-        $1, $2, $3, $5, $5 / $3, $6 / t / (mib / 1024), $4 / t / (mib / 1024) }' "$BENCH_WORK/rows"
+    printf "| %s | %d | %d | %d | %.2f | %.3f (%.3f) | %d | %.2f | %.3f |\n",
+        $1, $2, $3, $5, $5 / $3, $6 / t / (mib / 1024), $4 / t / (mib / 1024),
+        $7, $7 / $3, $8 / t / (mib / 1024) }' "$BENCH_WORK/rows"
 echo
 
 idle=$(rss_kib "$LABGATE_PID")

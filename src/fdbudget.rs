@@ -9,7 +9,8 @@
 //!   - a device tunnel: the client socket, labgate's duplicate of it (keepalive and the
 //!     last-resort shutdown, `splice::client_socket`), the device socket and the cut
 //!     registry's duplicate of it (`cut::Registry::attach`) = 4, measured: 8 tunnels
-//!     added 32 entries to `/proc/PID/fd`;
+//!     added 32 entries to `/proc/PID/fd`; a raw tunnel on plain TCP (`splice::pipe`)
+//!     holds a pipe (two descriptors) per direction while bytes are on their way = 8;
 //!   - an upgraded `/lab` connection (`splice::upstream`): the same four;
 //!   - a forwarded request: client, upstream and the registry's duplicate = 3.
 //!
@@ -46,8 +47,9 @@ use crate::config::Config;
 
 /// Descriptors of an idle labgate with the shipped config (measured: 49), rounded up.
 pub const BASE: u64 = 64;
-/// Descriptors one client connection may hold at worst (a device tunnel, see above).
-pub const PER_CONNECTION: u64 = 4;
+/// Descriptors one client connection may hold at worst (a raw device tunnel moving
+/// bytes both ways, see above).
+pub const PER_CONNECTION: u64 = 8;
 /// Descriptors per upstream beyond the pools: its health probe.
 pub const PER_UPSTREAM: u64 = 1;
 /// More for an upstream with a bridge lane: the neops-remote-lab and hook clients.
@@ -256,7 +258,7 @@ mod tests {
         assert_eq!(b.connections, 100);
         assert_eq!(b.pool, 2 * 128 * 3);
         assert_eq!(b.base, BASE + PER_UPSTREAM);
-        assert_eq!(b.total(), 100 * 4 + 768 + 65);
+        assert_eq!(b.total(), 100 * 8 + 768 + 65);
     }
 
     #[test]
@@ -283,7 +285,7 @@ mod tests {
         let text = std::fs::read_to_string(format!("{dir}/config/labgate.toml")).unwrap();
         let need = need(&Config::parse(&text, "labgate.toml").unwrap()).total();
         // The figure docs/operations.md gives.
-        assert_eq!(need, 2177);
+        assert_eq!(need, 3777);
         let unit_limit = Limit {
             soft: limit,
             hard: limit,
@@ -313,8 +315,8 @@ mod tests {
         .to_string();
         assert!(!e.contains('\n'), "{e}");
         for part in [
-            "4577 open files",
-            "server.max_connections 1000 x 4",
+            "8577 open files",
+            "server.max_connections 1000 x 8",
             "soft 64, hard 64",
             "LimitNOFILE=",
             "ulimit -n",

@@ -36,7 +36,7 @@ pub type Problem = (Option<Range<usize>>, String);
 
 /// Open tunnels one session may hold by default.
 pub const DEFAULT_MAX_PER_SESSION: usize = 8;
-/// Upper bound on `max_per_session`: every tunnel holds four descriptors (`fdbudget`).
+/// Upper bound on `max_per_session`: every tunnel holds up to eight descriptors (`fdbudget`).
 pub const MAX_MAX_PER_SESSION: usize = 1024;
 
 /// The validated `[tunnels]` section.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::support::*;
 
 /// The harness's default config: `max_connections = 1000`, threads 2, one upstream.
-const NEED: u64 = 1000 * 4 + 2 * 128 * 2 + 64 + 1;
+const NEED: u64 = 1000 * 8 + 2 * 128 * 2 + 64 + 1;
 
 fn cfg() -> Cfg {
     // The upstream is never contacted.
@@ -46,7 +46,7 @@ fn own_lines(stderr: &[u8]) -> Vec<String> {
 fn assert_names_need_limit_and_fixes(line: &str, limit: &str) {
     for part in [
         format!("needs up to {NEED} open files"),
-        "server.max_connections 1000 x 4".to_string(),
+        "server.max_connections 1000 x 8".to_string(),
         format!("the open-file limit is {limit}"),
         "LimitNOFILE=".to_string(),
         "ulimit -n".to_string(),
@@ -114,7 +114,7 @@ fn check_prints_the_budget_and_fails_when_the_hard_limit_cannot_cover_it() {
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(
         stdout.contains(&format!(
-            "needs up to {NEED} open files (server.max_connections 1000 x 4"
+            "needs up to {NEED} open files (server.max_connections 1000 x 8"
         )) && stdout.contains(&format!(
             "open-file limit here: soft 256, hard 16384 (serve raises the soft limit to {NEED})"
         )),

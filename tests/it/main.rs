@@ -44,6 +44,7 @@ mod operator;
 mod owner;
 mod queue_extensions;
 mod queue_lifecycle;
+mod raw_tunnels;
 mod readme;
 mod reload;
 mod run_cli;

@@ -19,23 +19,23 @@ use crate::support::*;
 
 /// A device that never accepts: whether labgate connected shows in its backlog, which
 /// holds any connection labgate made before it answered.
-struct Recording {
+pub(crate) struct Recording {
     listener: std::net::TcpListener,
 }
 
 impl Recording {
-    fn start() -> Recording {
+    pub(crate) fn start() -> Recording {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind device");
         listener.set_nonblocking(true).expect("nonblocking");
         Recording { listener }
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("device addr")
     }
 
     /// Connections made to the device so far.
-    fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         let mut n = 0;
         while self.listener.accept().is_ok() {
             n += 1;
@@ -45,7 +45,7 @@ impl Recording {
 }
 
 /// An echo device.
-async fn echo_device() -> SocketAddr {
+pub(crate) async fn echo_device() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
     let addr = l.local_addr().expect("echo addr");
     tokio::spawn(async move {
