@@ -305,8 +305,9 @@ async fn forward_one(
     match dialer.open(&target).await {
         Ok(ws) => {
             let (r, w) = stream.into_split();
-            match pump(ws, r, w).await {
-                Ended::Closed => {}
+            let ended = pump(ws, r, w).await;
+            match dialer.why(ended).await {
+                Ended::Closed | Ended::LabgateClosed => {}
                 Ended::SessionEnded(reason) => {
                     let _ = stop.send(Stop::SessionEnded(reason)).await;
                 }

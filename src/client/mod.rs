@@ -217,6 +217,11 @@ pub struct TunnelArgs {
     /// At most this many forwarded connections at once (more are closed at once).
     #[arg(long, value_name = "N", default_value_t = forward::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u16).range(1..))]
     max_connections: u16,
+    /// Raw tunnels (Upgrade: labgate-tcp) instead of WebSockets: about half labgate's
+    /// CPU for bulk transfers; needs a direct connection or a front proxy that relays
+    /// any Upgrade.
+    #[arg(long)]
+    raw: bool,
     /// Print only errors.
     #[arg(long, short)]
     quiet: bool,
@@ -377,7 +382,10 @@ pub fn tunnel_command(args: TunnelArgs) -> ExitCode {
     let progress = progress::Progress::new(args.quiet);
     let prepared = args.session.resolve().and_then(|(url, id)| {
         let trust = tls::Trust::new(args.session.ca.clone());
-        let dialer = tunnel::Dialer::new(&url, &id, &trust)?;
+        let mut dialer = tunnel::Dialer::new(&url, &id, &trust)?;
+        if args.raw {
+            dialer = dialer.raw(&url, &trust)?;
+        }
         // Only -L asks the session API (GET /tunnels); no retries: the user is there.
         let client = LabClient::new(&url, Duration::ZERO, &trust)?;
         Ok((client, dialer, id))

@@ -55,6 +55,16 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The upgraded connection to labgate.
 pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// An open tunnel: WebSocket messages (the default), or the device's bytes as they are
+/// (`--raw`, `Upgrade: labgate-tcp`: less CPU on labgate for bulk transfers).
+pub enum Tunnel {
+    Ws(Box<Ws>),
+    Raw(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+/// The `Upgrade` token of the raw form.
+const RAW_UPGRADE: &str = "labgate-tcp";
+
 /// A device endpoint as labgate's `{target}` path segment spells it: `r1:22`,
 /// `172.20.20.2:22` or `[fd00::2]:22`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -179,6 +189,9 @@ pub enum Ended {
     SessionEnded(String),
     /// The connection to labgate failed, went silent, or broke the protocol.
     Failed(String),
+    /// labgate ended a raw tunnel's connection: the device closed it, or the turn
+    /// ended (the raw form has no close code); [`Dialer::why`] asks the session which.
+    LabgateClosed,
 }
 
 /// TLS to an `https://` labgate: the config and the name its certificate must carry.
@@ -195,7 +208,7 @@ impl std::fmt::Debug for Tls {
 }
 
 /// Opens tunnels for one session on one labgate.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Dialer {
     /// `host:port` to connect to.
     addr: String,
@@ -206,6 +219,19 @@ pub struct Dialer {
     session: String,
     /// For `https://`/`wss://`.
     tls: Option<Tls>,
+    /// The raw form, with the session API to ask why a raw tunnel ended.
+    raw: Option<super::http::LabClient>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("addr", &self.addr)
+            .field("prefix", &self.prefix)
+            .field("tls", &self.tls)
+            .field("raw", &self.raw.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Dialer {
@@ -254,7 +280,35 @@ impl Dialer {
             prefix: url.path().trim_end_matches('/').to_string(),
             session: session.to_string(),
             tls,
+            raw: None,
         })
+    }
+
+    /// Opens raw tunnels (`Upgrade: labgate-tcp`) instead of WebSockets; `base` and
+    /// `trust` as for [`Dialer::new`], for asking the session why a tunnel ended.
+    pub fn raw(mut self, base: &str, trust: &super::tls::Trust) -> Result<Dialer, String> {
+        self.raw = Some(super::http::LabClient::new(base, Duration::ZERO, trust)?);
+        Ok(self)
+    }
+
+    /// What `ended` means: a raw tunnel that labgate closed was cut by the end of the
+    /// turn when the session is gone (its tombstone says why), else the device closed it.
+    pub async fn why(&self, ended: Ended) -> Ended {
+        let (Ended::LabgateClosed, Some(client)) = (&ended, &self.raw) else {
+            return match ended {
+                Ended::LabgateClosed => Ended::Closed,
+                other => other,
+            };
+        };
+        match client.status(&self.session, None).await {
+            Err(super::http::ClientError::NotFound(_, Some(how))) => {
+                Ended::SessionEnded(format!("session {how}"))
+            }
+            Err(super::http::ClientError::NotFound(_, None)) => {
+                Ended::SessionEnded("session ended".to_string())
+            }
+            _ => Ended::Closed,
+        }
     }
 
     /// The request path for `target`.
@@ -263,7 +317,7 @@ impl Dialer {
     }
 
     /// Opens a tunnel to `target`: connected to the device once this returns `Ok`.
-    pub async fn open(&self, target: &Target) -> Result<Ws, OpenError> {
+    pub async fn open(&self, target: &Target) -> Result<Tunnel, OpenError> {
         let unreachable = |why: String| OpenError::Unreachable {
             addr: self.addr.clone(),
             why,
@@ -306,7 +360,7 @@ impl Dialer {
             })
     }
 
-    async fn handshake<T>(&self, io: T, target: &Target) -> Result<Ws, OpenError>
+    async fn handshake<T>(&self, io: T, target: &Target) -> Result<Tunnel, OpenError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -319,13 +373,20 @@ impl Dialer {
         // `send_request` or `upgrade::on` then report); ends with the connection.
         tokio::spawn(conn.with_upgrades());
         let key = generate_key();
-        let request = Request::get(self.path(target))
+        let raw = self.raw.is_some();
+        let mut request = Request::get(self.path(target))
             .header(HOST, &self.authority)
-            .header(UPGRADE, "websocket")
             .header(CONNECTION, "Upgrade")
-            .header("Sec-WebSocket-Key", &key)
-            .header("Sec-WebSocket-Version", "13")
-            .header("X-Session-ID", &self.session)
+            .header("X-Session-ID", &self.session);
+        request = if raw {
+            request.header(UPGRADE, RAW_UPGRADE)
+        } else {
+            request
+                .header(UPGRADE, "websocket")
+                .header("Sec-WebSocket-Key", &key)
+                .header("Sec-WebSocket-Version", "13")
+        };
+        let request = request
             .body(Empty::<Bytes>::new())
             .map_err(|e| proto("cannot build the tunnel request", &e))?;
         let response = sender
@@ -349,7 +410,18 @@ impl Dialer {
         let upgrade_ok = headers
             .get(UPGRADE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            .is_some_and(|v| v.eq_ignore_ascii_case(if raw { RAW_UPGRADE } else { "websocket" }));
+        if raw {
+            if !upgrade_ok {
+                return Err(OpenError::Protocol(
+                    "labgate answered 101 without Upgrade: labgate-tcp (an older labgate, or a proxy that only relays WebSockets: drop --raw)".to_string(),
+                ));
+            }
+            let upgraded = hyper::upgrade::on(response)
+                .await
+                .map_err(|e| proto("the tunnel upgrade failed", &e))?;
+            return Ok(Tunnel::Raw(TokioIo::new(upgraded)));
+        }
         let accept_ok = headers.get("Sec-WebSocket-Accept")
             == HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
                 .ok()
@@ -362,12 +434,14 @@ impl Dialer {
         let upgraded = hyper::upgrade::on(response)
             .await
             .map_err(|e| proto("the tunnel upgrade failed", &e))?;
-        Ok(WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Client,
-            Some(ws_config()),
-        )
-        .await)
+        Ok(Tunnel::Ws(Box::new(
+            WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Client,
+                Some(ws_config()),
+            )
+            .await,
+        )))
     }
 }
 
@@ -425,11 +499,72 @@ fn refusal(status: StatusCode, detail: &str, target: &Target) -> OpenError {
     }
 }
 
-/// Copies bytes between the local side (`reader`/`writer`) and the tunnel until either
-/// ends: the whole tunnel ends with the first side that does (the protocol has no
+/// Copies bytes between the local side (`reader`/`writer`) and the tunnel until it ends.
+pub async fn pump<R, W>(tunnel: Tunnel, reader: R, writer: W) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match tunnel {
+        Tunnel::Ws(ws) => pump_ws(*ws, reader, writer).await,
+        Tunnel::Raw(io) => pump_raw(io, reader, writer).await,
+    }
+}
+
+/// A raw tunnel is TCP: the local side's EOF reaches the device as a FIN and the
+/// device's bytes keep coming until labgate ends the connection ([`Ended::LabgateClosed`]).
+async fn pump_raw<R, W>(
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    mut reader: R,
+    mut writer: W,
+) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (mut rx, mut tx) = tokio::io::split(io);
+    let up = async {
+        match tokio::io::copy(&mut reader, &mut tx).await {
+            // Local EOF: half-close, the device may still answer.
+            Ok(_) => tx
+                .shutdown()
+                .await
+                .map_err(|e| format!("sending to labgate failed: {e}")),
+            // The local program went away: nothing more to carry.
+            Err(_) => Err(String::new()),
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match rx.read(&mut buf).await {
+                Ok(0) => return Ended::LabgateClosed,
+                Ok(n) => {
+                    if writer.write_all(&buf[..n]).await.is_err() || writer.flush().await.is_err() {
+                        // The local program stopped reading: the tunnel is of no use.
+                        return Ended::Closed;
+                    }
+                }
+                Err(e) => return Ended::Failed(format!("tunnel broken: {e}")),
+            }
+        }
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        ended = &mut down => ended,
+        sent = &mut up => match sent {
+            Ok(()) => down.await,
+            Err(why) if why.is_empty() => Ended::Closed,
+            Err(why) => Ended::Failed(why),
+        },
+    }
+}
+
+/// Copies bytes between the local side (`reader`/`writer`) and a WebSocket tunnel until
+/// either ends: the whole tunnel ends with the first side that does (the protocol has no
 /// half-close). After a local EOF, labgate's bytes already on the way are still
 /// delivered, for at most [`CLOSE_WAIT`].
-pub async fn pump<R, W>(ws: Ws, mut reader: R, mut writer: W) -> Ended
+async fn pump_ws<R, W>(ws: Ws, mut reader: R, mut writer: W) -> Ended
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

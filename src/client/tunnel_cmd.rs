@@ -39,8 +39,9 @@ pub async fn stdio(dialer: &Dialer, target: &Target, progress: &Progress) -> u8 
             return open_exit_code(&e);
         }
     };
-    match pump(ws, tokio::io::stdin(), tokio::io::stdout()).await {
-        Ended::Closed => exit::OK,
+    let ended = pump(ws, tokio::io::stdin(), tokio::io::stdout()).await;
+    match dialer.why(ended).await {
+        Ended::Closed | Ended::LabgateClosed => exit::OK,
         Ended::SessionEnded(reason) => {
             progress.error(&format!("tunnel to {target} closed: {reason}"));
             exit::TEMPFAIL

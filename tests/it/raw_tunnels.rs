@@ -96,7 +96,11 @@ async fn raw_tunnel_round_trips_bytes_spliced_and_is_audited() {
     let c = raw(&gw, &format!("r1:{}", device.port()), Some(&a))
         .await
         .expect("open");
-    assert_eq!(gw.metric("labgate_tunnels_open").await, Some(1.0));
+    // The gauge rises right after the `101` is written.
+    eventually(Duration::from_secs(5), "one tunnel open", || async {
+        (gw.metric("labgate_tunnels_open").await == Some(1.0)).then_some(())
+    })
+    .await;
     let big: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
     let (mut r, mut w) = c.into_split();
     let sending = big.clone();

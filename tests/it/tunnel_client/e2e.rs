@@ -96,6 +96,70 @@ async fn real_ssh_runs_a_command_through_labgate_tunnel_stdio() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_ssh_through_a_raw_tunnel_and_the_end_of_the_turn_says_why() {
+    let (sshd, gw, _http) = lab().await;
+    let (id, _) = create_session(&gw).await;
+    let raw_ssh = |command: &str| {
+        let port = sshd.addr.port().to_string();
+        let proxy = format!("ProxyCommand={} tunnel --raw --stdio %h:%p", labgate());
+        let mut ssh = sshd.ssh(&["-o", &proxy, "-p", &port, &sshd.dest("r1"), command]);
+        ssh.env("LAB_URL", gw.base_url()).env("LAB_SESSION_ID", &id);
+        ssh
+    };
+    let out = output(raw_ssh("echo raw $((6*7))")).await;
+    assert!(
+        out.status.success(),
+        "{out:?}\nsshd:\n{}\nlabgate:\n{}",
+        sshd.log(),
+        gw.log_tail()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "raw 42\n");
+    // labgate moved those bytes with splice(2), and the device's close ended it.
+    let closed = eventually(LONG, "the raw tunnel's audit line", || async {
+        gw.audit_events("tunnel_closed").into_iter().next()
+    })
+    .await;
+    assert_eq!(closed["relay"], "splice", "{closed}");
+    // A live session, then the turn ends: ssh loses its connection and the proxy
+    // command says why on ssh's stderr.
+    let mut live = raw_ssh("echo ready; sleep 60");
+    live.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = live.spawn().expect("ssh");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    tokio::time::timeout(LONG, stdout.read_line(&mut line))
+        .await
+        .expect("ready in time")
+        .expect("read");
+    assert_eq!(line, "ready\n");
+    let started = Instant::now();
+    assert_eq!(delete_session(&gw, &id).await, 204);
+    let status = tokio::time::timeout(LONG, child.wait())
+        .await
+        .expect("ssh ends with the turn")
+        .expect("wait");
+    println!(
+        "raw tunnel: ssh ended {:?} after DELETE was sent",
+        started.elapsed()
+    );
+    assert!(!status.success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .await
+        .expect("stderr");
+    assert!(
+        stderr.contains("closed: session ended by a DELETE"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_ssh_through_a_labgate_tunnel_forward() {
     let (sshd, gw, _http) = lab().await;
     let (id, _) = create_session(&gw).await;
