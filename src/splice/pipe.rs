@@ -18,20 +18,33 @@
 use std::io::{self, ErrorKind};
 use std::os::fd::OwnedFd;
 
-use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::{End, Outcome};
 use crate::cut::Ticket;
 
-/// The most one `splice` takes from a socket: a default pipe's capacity (16 pages).
-const CHUNK: usize = 64 * 1024;
+/// The pipe size asked for: a bulk transfer then takes one `splice` in and one out per
+/// MiB instead of per 64 KiB (a pipe holds references to the socket's pages, not
+/// copies). Best effort: past the per-user pipe budget (`/proc/sys/fs/pipe-user-pages-soft`)
+/// the kernel refuses and the pipe keeps its default 64 KiB.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// A pipe of its own for one direction, and how much it holds.
+fn new_pipe() -> nix::Result<((OwnedFd, OwnedFd), usize)> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+    let size = fcntl(&w, FcntlArg::F_GETPIPE_SZ).map_or(64 * 1024, |n| n.max(4096) as usize);
+    Ok(((r, w), size))
+}
 
 /// One direction: from `src` to `dst` through its own pipe.
 #[derive(Default)]
 struct Way {
     pipe: Option<(OwnedFd, OwnedFd)>,
+    /// What the pipe holds at most.
+    size: usize,
     /// Bytes in the pipe, not yet written to `dst`.
     queued: usize,
     /// `src` ended (its FIN was passed on as a shutdown of `dst`'s writing side).
@@ -62,8 +75,8 @@ impl Way {
     /// `failed` says how the tunnel ends when `src` fails.
     fn fill(&mut self, src: &TcpStream, failed: End) -> Step {
         if self.pipe.is_none() {
-            match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
-                Ok(p) => self.pipe = Some(p),
+            match new_pipe() {
+                Ok((p, size)) => (self.pipe, self.size) = (Some(p), size),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot make a pipe for a raw tunnel");
                     return Step::Failed(End::RemoteError);
@@ -74,7 +87,7 @@ impl Way {
             return Step::Failed(failed);
         };
         match src.try_io(Interest::READABLE, || {
-            splice(src, None, w, None, CHUNK, flags()).map_err(io::Error::from)
+            splice(src, None, w, None, self.size, flags()).map_err(io::Error::from)
         }) {
             Ok(0) => Step::SourceEnded,
             Ok(n) => {
