@@ -72,8 +72,8 @@ enum Cmd {
     /// 64 KiB binary messages) of a fresh session. Prints one line:
     /// `direct_mib_s=A tunnel_mib_s=B ratio=R`; with `--leg direct`, `--leg tunnel` or
     /// `--leg raw` (the raw form, `Upgrade: labgate-tcp`: bytes as they are, no frames)
-    /// it sends only that leg and prints `mib_s=A` (so that a script can read labgate's
-    /// CPU time around each leg).
+    /// it sends only that leg and prints `mib_s=A client_cpu_s=C` (C: this process's CPU
+    /// time, sender and sink together; a script reads labgate's around each leg).
     TunnelThroughput {
         #[arg(long)]
         addr: SocketAddr,
@@ -457,6 +457,14 @@ async fn tunnel_throughput(
         Ok(n as f64 / (1 << 20) as f64 / end.duration_since(start).as_secs_f64())
     };
 
+    // This process's CPU time (the sender and the sink both live here).
+    let cpu = || {
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        })
+    };
+    let cpu_start = cpu();
     let mut direct = 0.0;
     if leg == Leg::Direct || leg == Leg::Both {
         let start = Instant::now();
@@ -468,7 +476,7 @@ async fn tunnel_throughput(
         direct = rate(start, done.recv().await.context("sink gone")?)?;
         drop(tcp);
         if leg == Leg::Direct {
-            println!("mib_s={direct:.0}");
+            println!("mib_s={direct:.0} client_cpu_s={:.3}", cpu() - cpu_start);
             return Ok(());
         }
     }
@@ -497,7 +505,7 @@ async fn tunnel_throughput(
     let mut c = Conn::open(addr).await?;
     c.call("DELETE", &format!("/session/{id}")).await?;
     if leg != Leg::Both {
-        println!("mib_s={tunnel:.0}");
+        println!("mib_s={tunnel:.0} client_cpu_s={:.3}", cpu() - cpu_start);
     } else {
         println!(
             "direct_mib_s={direct:.0} tunnel_mib_s={tunnel:.0} ratio={:.2}",

@@ -75,14 +75,16 @@ cpu_ticks() {
     awk '{print $12 + $13}' <<<"$stat"
 }
 
-# leg NAME CPUS LEG: one transfer by the load client on CPUS; prints "MiB/s labgate-ticks".
+# leg NAME CPUS LEG: one transfer by the load client on CPUS; prints "MiB/s labgate-ticks
+# client-cpu-seconds" (the client: the load client's sender and sink together).
 leg() {
-    local before after out
+    local before after out rate client
     before=$(cpu_ticks "$LABGATE_PID")
     out=$(taskset -c "$2" "$LOADGEN_BIN" tunnel-throughput --addr "127.0.0.1:$LG" \
         --sink-port "$SINK" --mib "$MIB" --leg "$3") || die "$1: the $3 transfer failed"
     after=$(cpu_ticks "$LABGATE_PID")
-    echo "${out#mib_s=} $((after - before))"
+    read -r rate client <<<"$out"
+    echo "${rate#mib_s=} $((after - before)) ${client#client_cpu_s=}"
 }
 
 # run_mode NAME LABGATE_CPUS THREADS CLIENT_CPUS: starts labgate, runs ROUNDS rounds of
@@ -115,12 +117,16 @@ echo "Throughput, $MIB MiB to a sink device on loopback, $(nproc) CPUs; pinned: 
     "speaks it; raw: Upgrade: labgate-tcp, spliced (docs/tunnel-protocol.md). CPU s/GiB:" \
     "labgate's utime + stime during that leg (during the direct leg in parentheses: labgate idle)."
 echo
-echo "| run | round | direct MiB/s | WebSocket MiB/s | WebSocket / direct | labgate CPU s/GiB | raw MiB/s | raw / direct | labgate CPU s/GiB |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "Client CPU s/GiB: the load client's own (sender and sink in one process) per leg:" \
+    "direct / WebSocket / raw."
+echo
+echo "| run | round | direct MiB/s | WebSocket MiB/s | WebSocket / direct | labgate CPU s/GiB | raw MiB/s | raw / direct | labgate CPU s/GiB | client CPU s/GiB |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 awk -v t="$TICKS" -v mib="$MIB" '{
-    printf "| %s | %d | %d | %d | %.2f | %.3f (%.3f) | %d | %.2f | %.3f |\n",
-        $1, $2, $3, $5, $5 / $3, $6 / t / (mib / 1024), $4 / t / (mib / 1024),
-        $7, $7 / $3, $8 / t / (mib / 1024) }' "$BENCH_WORK/rows"
+    g = mib / 1024
+    printf "| %s | %d | %d | %d | %.2f | %.3f (%.3f) | %d | %.2f | %.3f | %.2f / %.2f / %.2f |\n",
+        $1, $2, $3, $6, $6 / $3, $7 / t / g, $4 / t / g,
+        $9, $9 / $3, $10 / t / g, $5 / g, $8 / g, $11 / g }' "$BENCH_WORK/rows"
 echo
 
 idle=$(rss_kib "$LABGATE_PID")
