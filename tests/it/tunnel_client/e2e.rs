@@ -323,8 +323,11 @@ async fn the_tunnel_client_speaks_tls_to_an_https_labgate() {
     let options = options.join(" ");
     let script = format!(
         "ssh {options} -p \"${{{var}##*:}}\" {} 'echo via-forward' && \
-         ssh {options} -o 'ProxyCommand={} tunnel --stdio %h:%p' -p {port} {} 'echo via-stdio'",
+         ssh {options} -o 'ProxyCommand={} tunnel --stdio %h:%p' -p {port} {} 'echo via-stdio' && \
+         ssh {options} -o 'ProxyCommand={} tunnel --raw --stdio %h:%p' -p {port} {} 'echo via-raw'",
         sshd.dest("127.0.0.1"),
+        labgate(),
+        sshd.dest("r1"),
         labgate(),
         sshd.dest("r1"),
     );
@@ -346,8 +349,20 @@ async fn the_tunnel_client_speaks_tls_to_an_https_labgate() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "via-forward\nvia-stdio\n"
+        "via-forward\nvia-stdio\nvia-raw\n"
     );
+    // Over TLS the kernel cannot splice: labgate relayed the raw tunnel through memory.
+    let relays = eventually(LONG, "three tunnels' audit lines", || async {
+        let relays: Vec<String> = gw
+            .audit_events("tunnel_closed")
+            .iter()
+            .map(|e| e["relay"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (relays.len() == 3).then_some(relays)
+    })
+    .await;
+    assert!(relays.contains(&"copy".to_string()), "{relays:?}");
+    assert!(!relays.contains(&"splice".to_string()), "{relays:?}");
 
     // The system's CA store does not know the test CA: refused before any request.
     let out = output({
