@@ -24,7 +24,7 @@ use pingora::{Error, ErrorType};
 use crate::api::{self, Caller, Endpoint, Reply};
 use crate::bridge::NotReady;
 use crate::config::{IdentitySource, Upstream};
-use crate::forward::{self, Edit};
+use crate::forward;
 use crate::gate::{self, Denied, Verdict};
 use crate::health;
 use crate::identity::{self, Identity};
@@ -36,7 +36,9 @@ use crate::{limits, logfield, path};
 
 use ctx::{Forwarded, Routed};
 pub use ctx::{InFlight, RequestCtx};
-use wire::{classify, discard_small_body, header_values, peer_ip, read_sent, write_reply};
+use wire::{
+    apply_edits, classify, discard_small_body, header_values, peer_ip, read_sent, write_reply,
+};
 
 /// Access log lines go to their own target.
 pub const ACCESS: &str = "labgate::access";

@@ -117,15 +117,8 @@ impl LabGate {
                     (name, token.map(|t| t.expose()))
                 }),
         };
-        for edit in forward::request_edits(&req.headers, &hop) {
-            match edit {
-                Edit::Remove(name) => {
-                    req.remove_header(&name);
-                }
-                Edit::Insert(name, value) => req.insert_header(name, value)?,
-            }
-        }
-        Ok(())
+        let edits = forward::request_edits(&req.headers, &hop);
+        apply_edits(req, edits)
     }
 
     /// `GET /lab/tunnel/{target}`: a device tunnel, refused or run to its end here.
