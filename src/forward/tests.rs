@@ -30,6 +30,9 @@ fn apply(mut h: HeaderMap, hop: &Hop) -> HeaderMap {
             Edit::Insert(n, v) => {
                 h.insert(n, v);
             }
+            Edit::Set(n, v) => {
+                h.insert(HeaderName::from_bytes(n.as_bytes()).unwrap(), v);
+            }
         }
     }
     h

@@ -36,6 +36,9 @@ pub(super) fn apply_edits(req: &mut RequestHeader, edits: Vec<Edit>) -> Result<(
                 req.remove_header(&name);
             }
             Edit::Insert(name, value) => req.insert_header(name, value)?,
+            // A `&'static str` name: pingora keeps it as the case to send without
+            // copying it (a `HeaderName` it would copy into a new buffer).
+            Edit::Set(name, value) => req.insert_header(name, value)?,
         }
     }
     Ok(())
@@ -210,6 +213,16 @@ mod tests {
         let edits = request_edits(&req.headers, hop);
         apply_edits(&mut req, edits).unwrap();
         wire(&req)
+    }
+
+    /// labgate's own names go out as pingora writes an `http` name it sets.
+    #[test]
+    fn managed_wire_names_are_pingoras_case() {
+        use pingora::http::IntoCaseHeaderName;
+        for m in crate::forward::MANAGED {
+            let pingoras = m.name().into_case_header_name();
+            assert_eq!(pingoras.as_slice(), m.wire().as_bytes(), "{}", m.name);
+        }
     }
 
     /// The bytes (names' case and order included) an upstream receives, pinned: a
