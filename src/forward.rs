@@ -198,7 +198,20 @@ fn host(hop: &Hop) -> Option<HeaderValue> {
 }
 
 fn session_seq(hop: &Hop) -> Option<HeaderValue> {
-    Some(HeaderValue::from(hop.seq))
+    // Not `HeaderValue::from(u64)`: its buffer is sized for any u64, so turning it into
+    // the value allocates twice.
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = hop.seq;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&digits[at..]).ok()
 }
 
 /// A trusted proxy's chain is extended, anybody else's replaced, so the upstream never
