@@ -37,7 +37,8 @@ use crate::{limits, logfield, path};
 use ctx::{Forwarded, Routed};
 pub use ctx::{InFlight, RequestCtx};
 use wire::{
-    apply_edits, classify, discard_small_body, header_values, peer_ip, read_sent, write_reply,
+    apply_edits, classify, discard_small_body, header_values, peer_ip, read_sent, sent_as_is,
+    write_reply,
 };
 
 /// Access log lines go to their own target.
@@ -180,9 +181,12 @@ impl ProxyHttp for LabGate {
             return answered;
         };
         let target = if config.upstreams[upstream].strip_prefix {
-            target.with_path(path::strip(&target.path, prefix))
+            Some(target.with_path(path::strip(&target.path, prefix)))
+        } else if sent_as_is(req.raw_path(), &target) {
+            // Usually: no copy to make.
+            None
         } else {
-            target.to_request_target()
+            Some(target.to_request_target())
         };
         // A bridged upstream serves the turn once its upstream session (and token) is
         // ready; the wait is bounded by the lane's ready_wait.

@@ -77,8 +77,10 @@ impl LabGate {
         let up = self.upstream(ctx, routed);
         // Usually the path is sent as it came: re-parsing it into a URI costs ~1,800
         // instructions a request (benches/profile.sh forward).
-        if req.raw_path() != routed.target.as_bytes() {
-            req.set_raw_path(routed.target.as_bytes())?;
+        if let Some(target) = &routed.target {
+            if req.raw_path() != target.as_bytes() {
+                req.set_raw_path(target.as_bytes())?;
+            }
         }
         let config = &ctx.config;
         let identity = match (&config.identity, &ctx.identity) {

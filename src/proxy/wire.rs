@@ -11,7 +11,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::api::Reply;
+use crate::api::{HeaderText, Reply};
 use crate::forward::{Edit, FailureKind, Side};
 
 pub(super) fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -26,6 +26,21 @@ pub(super) fn header_values<'a>(
     name: &http::HeaderName,
 ) -> impl Iterator<Item = &'a [u8]> {
     req.headers.get_all(name).iter().map(|v| v.as_bytes())
+}
+
+/// Is the checked target exactly the request target as sent (nothing decoded, no
+/// prefix to strip)? Then it is forwarded as it came, without a copy.
+pub(super) fn sent_as_is(raw: &[u8], target: &crate::path::Target) -> bool {
+    let path = target.path.as_bytes();
+    match target.query {
+        None => raw == path,
+        Some(query) => {
+            raw.len() == path.len() + 1 + query.len()
+                && raw.starts_with(path)
+                && raw.get(path.len()) == Some(&b'?')
+                && raw.ends_with(query.as_bytes())
+        }
+    }
 }
 
 /// Makes `forward`'s edits to the request head sent upstream, in order.
@@ -75,9 +90,10 @@ pub(super) async fn write_reply(session: &mut Session, reply: Reply) -> Result<(
     let mut head = ResponseHeader::build_no_case(reply.status, Some(reply.headers.len() + 4))?;
     if let Some(body) = &reply.body {
         head.insert_header(header::CONTENT_TYPE, reply.content_type)?;
-        head.insert_header(header::CONTENT_LENGTH, body.len())?;
+        // As exact text: `HeaderValue::from(usize)` allocates twice.
+        head.insert_header(header::CONTENT_LENGTH, body.len().into_text())?;
     } else if reply.status != 204 {
-        head.insert_header(header::CONTENT_LENGTH, 0)?;
+        head.insert_header(header::CONTENT_LENGTH, http::HeaderValue::from_static("0"))?;
     }
     for (name, value) in reply.headers {
         head.insert_header(name, value)?;
@@ -213,6 +229,18 @@ mod tests {
         let edits = request_edits(&req.headers, hop);
         apply_edits(&mut req, edits).unwrap();
         wire(&req)
+    }
+
+    #[test]
+    fn a_target_is_sent_as_is_only_when_it_is_the_raw_target() {
+        for raw in ["/lab/x", "/lab/x?a=1", "/lab/x?", "/lab/%78", "/lab//x?q"] {
+            let target = crate::path::check(raw.as_bytes()).unwrap();
+            let same = target.to_request_target() == raw;
+            assert_eq!(sent_as_is(raw.as_bytes(), &target), same, "{raw}");
+        }
+        let target = crate::path::check(b"/lab/x?a=1").unwrap();
+        assert!(!sent_as_is(b"/lab/x?a=2", &target));
+        assert!(!sent_as_is(b"/lab/x", &target));
     }
 
     /// labgate's own names go out as pingora writes an `http` name it sets.
