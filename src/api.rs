@@ -88,61 +88,9 @@ impl Reply {
         }
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl HeaderText) -> Reply {
-        self.headers.push((name, value.into_text()));
+    pub fn with_header(mut self, name: &'static str, value: impl ToString) -> Reply {
+        self.headers.push((name, value.to_string()));
         self
-    }
-}
-
-/// A header value of a [`Reply`], as text whose buffer is exactly its length: pingora
-/// then takes it over as the value without a second allocation. Numbers are written
-/// without `fmt` (the `423` and session-poll paths set two or three a request).
-pub trait HeaderText {
-    fn into_text(self) -> String;
-}
-
-impl HeaderText for &str {
-    fn into_text(self) -> String {
-        self.to_owned()
-    }
-}
-
-impl HeaderText for String {
-    fn into_text(self) -> String {
-        self
-    }
-}
-
-impl HeaderText for u64 {
-    fn into_text(self) -> String {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut n = self;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        // ASCII digits only.
-        String::from_utf8_lossy(&digits[at..]).into_owned()
-    }
-}
-
-impl HeaderText for usize {
-    fn into_text(self) -> String {
-        (self as u64).into_text()
-    }
-}
-
-impl HeaderText for i32 {
-    fn into_text(self) -> String {
-        match u64::try_from(self) {
-            Ok(n) => n.into_text(),
-            Err(_) => self.to_string(),
-        }
     }
 }
 

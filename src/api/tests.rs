@@ -145,21 +145,3 @@ fn bodies_match_the_reference_server() {
     );
 }
 
-#[test]
-fn header_numbers_are_decimal_and_exactly_sized() {
-    for (n, text) in [
-        (0u64, "0"),
-        (7, "7"),
-        (42, "42"),
-        (u64::MAX, "18446744073709551615"),
-    ] {
-        let t = n.into_text();
-        assert_eq!(t, text);
-        assert_eq!(t.capacity(), t.len(), "{t}");
-    }
-    assert_eq!(12usize.into_text(), "12");
-    assert_eq!(5i32.into_text(), "5");
-    assert_eq!((-1i32).into_text(), "-1");
-    let r = Reply::empty(423).with_header("Retry-After", 3u64);
-    assert_eq!(r.headers, vec![("Retry-After", "3".to_string())]);
-}

@@ -11,7 +11,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::api::{HeaderText, Reply};
+use crate::api::Reply;
 use crate::forward::{Edit, FailureKind, Side};
 
 pub(super) fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -90,8 +90,9 @@ pub(super) async fn write_reply(session: &mut Session, reply: Reply) -> Result<(
     let mut head = ResponseHeader::build_no_case(reply.status, Some(reply.headers.len() + 4))?;
     if let Some(body) = &reply.body {
         head.insert_header(header::CONTENT_TYPE, reply.content_type)?;
-        // As exact text: `HeaderValue::from(usize)` allocates twice.
-        head.insert_header(header::CONTENT_LENGTH, body.len().into_text())?;
+        // As text: `HeaderValue::from(usize)` sizes its buffer for any number, so the
+        // value allocates twice; the `String` becomes the value as it is.
+        head.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     } else if reply.status != 204 {
         head.insert_header(header::CONTENT_LENGTH, http::HeaderValue::from_static("0"))?;
     }
