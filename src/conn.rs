@@ -27,7 +27,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +38,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
 
 use crate::limits;
 
@@ -163,33 +163,25 @@ impl Drop for Slot {
     }
 }
 
-/// Disarms a request's header timeout once pingora has read the header. One per
-/// connection, re-armed for each request (requests on a connection come one at a time).
+/// Disarms a request's header timeout once pingora has read the header.
 #[derive(Debug, Default)]
 pub struct HeaderClock {
-    read: AtomicBool,
+    read: Notify,
 }
 
 impl HeaderClock {
     /// The request header is complete: the header timeout no longer applies.
     pub fn header_read(&self) {
-        self.read.store(true, Ordering::Release);
+        // `notify_one` keeps a permit, so a call before `expired` polls is not lost.
+        self.read.notify_one();
     }
 
-    /// A new request begins: its header is not read yet.
-    fn rearm(&self) {
-        self.read.store(false, Ordering::Release);
-    }
-
-    /// Resolves at `deadline` unless the header was read before it. The timer is not
-    /// woken early when the header arrives: it finds the flag set when it fires and never
-    /// resolves then (a tokio `Notify` polled beside every poll of the request cost ~700
-    /// instructions a request, benches/profile.sh forward).
+    /// Resolves at `deadline` unless the header was read before it.
     async fn expired(&self, deadline: tokio::time::Instant) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        fast_sleep(left).await;
-        if self.read.load(Ordering::Acquire) {
-            std::future::pending::<()>().await;
+        tokio::select! {
+            () = fast_sleep(left) => {}
+            () = self.read.notified() => std::future::pending().await,
         }
     }
 }
@@ -259,7 +251,6 @@ where
         }
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
-        let clock = Arc::new(HeaderClock::default());
         loop {
             if !first && !self.wait_for_next_request(&mut stream, shutdown).await {
                 return None;
@@ -283,7 +274,7 @@ where
                     );
                 }
             }
-            clock.rearm();
+            let clock = Arc::new(HeaderClock::default());
             session.set_connection_user_context(Some(Box::new(clock.clone())));
             let reused = tokio::select! {
                 reused = self.inner.process_new_http(session, shutdown) => reused,
