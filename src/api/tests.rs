@@ -144,4 +144,3 @@ fn bodies_match_the_reference_server() {
         r#"{"status":"active","position":0,"session_tag":"1a2b3c4d"}"#
     );
 }
-
