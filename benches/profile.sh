@@ -13,6 +13,12 @@
 # function by inclusive instructions, each as a share of the total. Loopback only; every process
 # started is stopped on exit, error or Ctrl-C (see benches/lib.sh).
 #
+# The count per request depends on the machine's load as well as on the code: pingora's
+# timer thread ticks every 10 ms whatever the request rate, so the fewer requests
+# valgrind completes, the more of that each request carries (the same binary: 136,900 at
+# 2,224 requests, 140,400 at 1,094). To compare two binaries, profile them at the same
+# time (LABGATE_BIN=old ... & LABGATE_BIN=new ...; see docs/benchmarks.md, stop 19).
+#
 # It must never assert a figure: it prints them.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

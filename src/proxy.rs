@@ -24,7 +24,7 @@ use pingora::{Error, ErrorType};
 use crate::api::{self, Caller, Endpoint, Reply};
 use crate::bridge::NotReady;
 use crate::config::{IdentitySource, Upstream};
-use crate::forward::{self, Edit};
+use crate::forward;
 use crate::gate::{self, Denied, Verdict};
 use crate::health;
 use crate::identity::{self, Identity};
@@ -36,7 +36,10 @@ use crate::{limits, logfield, path};
 
 use ctx::{Forwarded, Routed};
 pub use ctx::{InFlight, RequestCtx};
-use wire::{classify, discard_small_body, header_values, peer_ip, read_sent, write_reply};
+use wire::{
+    apply_edits, classify, discard_small_body, header_values, peer_ip, read_sent, sent_as_is,
+    write_reply,
+};
 
 /// Access log lines go to their own target.
 pub const ACCESS: &str = "labgate::access";
@@ -178,9 +181,12 @@ impl ProxyHttp for LabGate {
             return answered;
         };
         let target = if config.upstreams[upstream].strip_prefix {
-            target.with_path(path::strip(&target.path, prefix))
+            Some(target.with_path(path::strip(&target.path, prefix)))
+        } else if sent_as_is(req.raw_path(), &target) {
+            // Usually: no copy to make.
+            None
         } else {
-            target.to_request_target()
+            Some(target.to_request_target())
         };
         // A bridged upstream serves the turn once its upstream session (and token) is
         // ready; the wait is bounded by the lane's ready_wait.

@@ -30,6 +30,9 @@ fn apply(mut h: HeaderMap, hop: &Hop) -> HeaderMap {
             Edit::Insert(n, v) => {
                 h.insert(n, v);
             }
+            Edit::Set(n, v) => {
+                h.insert(HeaderName::from_bytes(n.as_bytes()).unwrap(), v);
+            }
         }
     }
     h
@@ -284,4 +287,27 @@ fn failures_map_to_answers() {
         (Some(A::Status(413)), None)
     );
     assert_eq!(f(K::Other, Side::Unknown, false), (Some(A::Internal), None));
+}
+
+#[test]
+fn session_seq_and_peer_address_are_written_as_their_decimal_text() {
+    for seq in [0, 7, 10, 4_294_967_296, u64::MAX] {
+        let h = Hop {
+            seq,
+            ..hop(false, &[])
+        };
+        assert_eq!(session_seq(&h).unwrap(), seq.to_string().as_str());
+    }
+    for ip in [
+        "0.0.0.0",
+        "10.0.0.1",
+        "192.168.100.255",
+        "255.255.255.255",
+        "::1",
+        "2001:db8::1",
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(ip_value(Some(ip)), ip.to_string().as_str());
+    }
+    assert_eq!(ip_value(None), "");
 }

@@ -65,8 +65,9 @@ pub(super) struct Routed {
     pub(super) in_flight: InFlight,
     /// Index into the request's `config.upstreams`.
     pub(super) upstream: usize,
-    /// The checked (and maybe prefix-stripped) target to send upstream.
-    pub(super) target: String,
+    /// The checked (and maybe prefix-stripped) target to send upstream; `None`: the
+    /// target as the client sent it.
+    pub(super) target: Option<String>,
     /// On a bridged upstream: the turn's upstream session id and token (§8).
     pub(super) bridged: Option<Arc<crate::bridge::Ready>>,
 }

@@ -77,8 +77,10 @@ impl LabGate {
         let up = self.upstream(ctx, routed);
         // Usually the path is sent as it came: re-parsing it into a URI costs ~1,800
         // instructions a request (benches/profile.sh forward).
-        if req.raw_path() != routed.target.as_bytes() {
-            req.set_raw_path(routed.target.as_bytes())?;
+        if let Some(target) = &routed.target {
+            if req.raw_path() != target.as_bytes() {
+                req.set_raw_path(target.as_bytes())?;
+            }
         }
         let config = &ctx.config;
         let identity = match (&config.identity, &ctx.identity) {
@@ -117,15 +119,8 @@ impl LabGate {
                     (name, token.map(|t| t.expose()))
                 }),
         };
-        for edit in forward::request_edits(&req.headers, &hop) {
-            match edit {
-                Edit::Remove(name) => {
-                    req.remove_header(&name);
-                }
-                Edit::Insert(name, value) => req.insert_header(name, value)?,
-            }
-        }
-        Ok(())
+        let edits = forward::request_edits(&req.headers, &hop);
+        apply_edits(req, edits)
     }
 
     /// `GET /lab/tunnel/{target}`: a device tunnel, refused or run to its end here.

@@ -24,8 +24,15 @@ impl SessionId {
     /// id's 16 bytes, so it never reveals the id, which is the gate credential.
     pub fn tag(&self) -> String {
         use sha2::Digest;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = sha2::Sha256::digest(self.0.as_bytes());
-        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+        // By hand rather than a `format!` a byte: every session poll answers with it.
+        let mut tag = String::with_capacity(8);
+        for b in &digest[..4] {
+            tag.push(char::from(HEX[usize::from(b >> 4)]));
+            tag.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+        tag
     }
 
     pub fn from_uuid(u: Uuid) -> Self {
@@ -76,6 +83,17 @@ impl fmt::Display for SessionId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_is_the_first_four_bytes_of_the_ids_sha256_in_lower_hex() {
+        use sha2::Digest;
+        for _ in 0..64 {
+            let id = SessionId::random();
+            let digest = sha2::Sha256::digest(id.as_uuid().as_bytes());
+            let want: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(id.tag(), want);
+        }
+    }
 
     #[test]
     fn parse_exact_accepts_only_the_canonical_form() {
