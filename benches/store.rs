@@ -9,10 +9,14 @@
 //!
 //! ```text
 //! valgrind --tool=callgrind --callgrind-out-file=cg.out \
-//!     --toggle-collect='labgate::store::Store::apply' target/release/deps/store-* 200 8
+//!     --toggle-collect='labgate::store::Store::apply' target/release/deps/store-* 300 8 1
 //! ```
 //!
-//! Run: `cargo bench --bench store -- [COMMITS] [BATCH]` (defaults 2000 and 8: a flood
+//! (the third number picks one scenario: 1, 2 or 3; callgrind's "Collected" count over
+//! the 400 commits it makes, the 100 unmeasured ones included, gives instructions per
+//! commit).
+//!
+//! Run: `cargo bench --bench store -- [COMMITS] [BATCH] [SCENARIO]` (defaults 2000 and 8: a flood
 //! of 16 connections commits about 8 creates at a time). Every file goes to a private
 //! temporary directory that is removed at the end.
 
@@ -101,49 +105,58 @@ fn main() {
         .filter_map(|a| a.parse::<u64>().ok());
     let commits = numbers.next().unwrap_or(2000).max(1);
     let per_commit = numbers.next().unwrap_or(8).max(1);
+    // 1, 2 or 3: that scenario alone (for callgrind); anything else: all three.
+    let only = numbers.next().unwrap_or(0);
+    let run = |n: u64| !(1..=3).contains(&only) || only == n;
     println!(
         "{commits} commits of {per_commit} changes each (after 100 unmeasured), per commit:\n"
     );
     println!("| commit | write syscalls | bytes written | bytes to disk | CPU us | wall us |");
     println!("|---|---|---|---|---|---|");
     let mut next = 1u64;
-    scenario("creates only", commits, || {
-        (0..per_commit)
-            .map(|_| {
-                next += 1;
-                Op::Insert(session(next - 1), None, next)
-            })
-            .collect()
-    });
+    if run(1) {
+        scenario("creates only", commits, || {
+            (0..per_commit)
+                .map(|_| {
+                    next += 1;
+                    Op::Insert(session(next - 1), None, next)
+                })
+                .collect()
+        });
+    }
     // A queue that stays `depth` deep: each commit creates a batch and ends the oldest
     // batch (the head is what a queue mostly ends).
     let depth = 64u64;
     let mut next = 1u64;
-    scenario("creates + deletes of the oldest", commits, || {
-        let mut ops: Vec<Op> = (0..per_commit)
-            .map(|_| {
-                next += 1;
-                Op::Insert(session(next - 1), None, next)
-            })
-            .collect();
-        if next > depth + per_commit {
-            let oldest = next - depth - per_commit;
-            ops.extend((oldest..oldest + per_commit).map(Op::Remove));
-        }
-        ops
-    });
+    if run(2) {
+        scenario("creates + deletes of the oldest", commits, || {
+            let mut ops: Vec<Op> = (0..per_commit)
+                .map(|_| {
+                    next += 1;
+                    Op::Insert(session(next - 1), None, next)
+                })
+                .collect();
+            if next > depth + per_commit {
+                let oldest = next - depth - per_commit;
+                ops.extend((oldest..oldest + per_commit).map(Op::Remove));
+            }
+            ops
+        });
+    }
     // The delete that must record a floor: the newest session ends.
     let (mut next, mut live) = (1u64, None);
-    scenario(
-        "alternately a create and a delete of it",
-        commits,
-        || match live.take() {
-            Some(seq) => vec![Op::Remove(seq)],
-            None => {
-                live = Some(next);
-                next += 1;
-                vec![Op::Insert(session(next - 1), None, next)]
-            }
-        },
-    );
+    if run(3) {
+        scenario(
+            "alternately a create and a delete of it",
+            commits,
+            || match live.take() {
+                Some(seq) => vec![Op::Remove(seq)],
+                None => {
+                    live = Some(next);
+                    next += 1;
+                    vec![Op::Insert(session(next - 1), None, next)]
+                }
+            },
+        );
+    }
 }
