@@ -14,7 +14,8 @@
 # CLIENT_CPU (1) for taskset, STATE_DIR (where the redb files go; default the work
 # directory, which must not be a tmpfs for the fsyncs to mean anything).
 #
-# Each round runs memory, redb (and redb-baseline) in turn, each on a fresh labgate
+# Each round runs memory, redb (and redb-baseline; the two durable rows swap places every
+# round) in turn, each on a fresh labgate
 # (threads = 1) pinned to SERVER_CPU with wrk -t1 on CLIENT_CPU; the summary gives the
 # median of the rounds and the durable/memory ratio of each round. Loopback only;
 # bounded (ROUNDS x 2-3 x DURATION); every process started is stopped (benches/lib.sh).
@@ -129,8 +130,14 @@ PY
 log "persistence: $ROUNDS round(s) of ${DURATION} s, wrk -c$CONNS; labgate $LABGATE_BIN${BASELINE_BIN:+, baseline $BASELINE_BIN}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
     point "$round" memory "$LABGATE_BIN"
-    point "$round" redb "$LABGATE_BIN"
-    [[ -n ${BASELINE_BIN:-} ]] && point "$round" redb-baseline "$BASELINE_BIN"
+    # The two durable rows swap places every round, so neither always runs second.
+    if [[ -n ${BASELINE_BIN:-} ]] && ((round % 2 == 0)); then
+        point "$round" redb-baseline "$BASELINE_BIN"
+        point "$round" redb "$LABGATE_BIN"
+    else
+        point "$round" redb "$LABGATE_BIN"
+        [[ -n ${BASELINE_BIN:-} ]] && point "$round" redb-baseline "$BASELINE_BIN"
+    fi
 done
 log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
