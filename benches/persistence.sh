@@ -32,7 +32,8 @@ STATE_DIR=${STATE_DIR:-$BENCH_WORK}
 command -v wrk >/dev/null || die "needs wrk (apt-get install wrk)"
 if [[ ! -x ${LABGATE_BIN:-} ]]; then
     (cd "$BENCH_ROOT" && cargo build --release --locked --quiet --bin labgate)
-    LABGATE_BIN=$BENCH_ROOT/target/release/labgate
+    LABGATE_BIN=$(cd "$BENCH_ROOT" && cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/labgate
 fi
 [[ -z ${BASELINE_BIN:-} || -x $BASELINE_BIN ]] || die "BASELINE_BIN $BASELINE_BIN is not executable"
 
