@@ -120,23 +120,23 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        // Kept between batches, so a batch allocates nothing once they have grown.
+        let (mut ops, mut waiters) = (Vec::new(), Vec::new());
         while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            let mut n = jobs[0].ops.len();
-            while n < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => {
-                        n += job.ops.len();
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                // Moved, not cloned: an op may carry an owner's name.
+                ops.extend(job.ops);
+                waiters.push(job.done);
+                if ops.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
                 }
             }
-            let ops: Vec<Op> = jobs.iter().flat_map(|j| j.ops.iter().cloned()).collect();
             let result = self.commit(&ops);
-            for job in jobs {
+            ops.clear();
+            for done in waiters.drain(..) {
                 // A waiter that went away (its request was cancelled) needs no answer.
-                let _ = job.done.send(result.clone());
+                let _ = done.send(result.clone());
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The durable queue: every session (id, seq, creation time, in identity mode its
-//! owner, and its label when it has one) and the seq counter, kept in an embedded `redb` database so the queue survives a restart or a crash (§7).
+//! owner, and its label when it has one) and a floor of the seq counter, kept in an
+//! embedded `redb` database so the queue survives a restart or a crash (§7).
 //!
 //! Why redb: it is a pure-Rust, copy-on-write B-tree with checksummed commits; a commit
 //! with `Durability::Immediate` is on disk when it returns, and a crash at any moment
@@ -39,7 +40,10 @@ const OWNERS: TableDefinition<u64, &str> = TableDefinition::new("owners");
 /// table of its own, like `owners`: files written before labels existed read back
 /// unchanged (their sessions have none), and an older labgate ignores it.
 const LABELS: TableDefinition<u64, &str> = TableDefinition::new("labels");
-/// "next_seq" -> the seq counter.
+/// "next_seq" -> a floor of the seq counter: the counter at start-up is the higher of
+/// it and one past the highest stored seq. Written only when that highest seq alone would
+/// not be enough: when the highest session is removed (or the counter was advanced past
+/// a stored seq), so a commit of creates writes the `sessions` tree alone.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
 /// "probe" -> any value: written by [`Op::Touch`], never read.
@@ -126,12 +130,13 @@ impl StoredSession {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Add a session with its owner (identity mode); the counter becomes `next_seq` if
-    /// that is higher than it is.
+    /// that is higher than it is (it is at least the session's seq + 1 anyway).
     Insert(StoredSession, Option<String>, u64),
     /// Attach a label to a session (submit it with the session's `Insert`, so both are
     /// in one transaction).
     Label(u64, Label),
-    /// Remove a session (with its owner and label) by seq; unknown seqs are ignored.
+    /// Remove a session (with its owner and label) by seq; unknown seqs are ignored. The
+    /// seq is never issued again: the counter stays above it.
     Remove(u64),
     /// Change nothing that is read back, but write (a probe of a store that failed).
     Touch(u64),
@@ -140,6 +145,8 @@ pub enum Op {
 /// What was in the store at start-up, in seq order.
 #[derive(Debug, Default)]
 pub struct Restored {
+    /// Above every seq ever committed: the higher of the stored floor and one past the
+    /// highest stored seq.
     pub next_seq: u64,
     pub sessions: Vec<StoredSession>,
     /// seq -> owner, for the sessions that have one.
@@ -168,12 +175,59 @@ pub struct Store {
     db: Database,
 }
 
-/// The tables of one write transaction.
+/// The tables of one write transaction, each opened when first used: a table opened is
+/// looked up in redb's table tree twice (at open and at commit) even if nothing in it
+/// changes, and a commit of creates needs only `sessions`.
 struct Tables<'txn> {
-    sessions: redb::Table<'txn, u64, &'static [u8]>,
-    meta: redb::Table<'txn, &'static str, u64>,
-    owners: redb::Table<'txn, u64, &'static str>,
-    labels: redb::Table<'txn, u64, &'static str>,
+    txn: &'txn redb::WriteTransaction,
+    sessions: Option<redb::Table<'txn, u64, &'static [u8]>>,
+    meta: Option<redb::Table<'txn, &'static str, u64>>,
+    owners: Option<redb::Table<'txn, u64, &'static str>>,
+    labels: Option<redb::Table<'txn, u64, &'static str>>,
+}
+
+/// `slot`'s table, opened in `txn` on first use.
+fn opened<'s, 'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
+    slot: &'s mut Option<redb::Table<'txn, K, V>>,
+    txn: &'txn redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<&'s mut redb::Table<'txn, K, V>, StoreError> {
+    let open = match slot.take() {
+        Some(open) => open,
+        None => txn.open_table(table)?,
+    };
+    Ok(slot.insert(open))
+}
+
+impl<'txn> Tables<'txn> {
+    fn sessions(&mut self) -> Result<&mut redb::Table<'txn, u64, &'static [u8]>, StoreError> {
+        opened(&mut self.sessions, self.txn, SESSIONS)
+    }
+    fn meta(&mut self) -> Result<&mut redb::Table<'txn, &'static str, u64>, StoreError> {
+        opened(&mut self.meta, self.txn, META)
+    }
+    fn owners(&mut self) -> Result<&mut redb::Table<'txn, u64, &'static str>, StoreError> {
+        opened(&mut self.owners, self.txn, OWNERS)
+    }
+    fn labels(&mut self) -> Result<&mut redb::Table<'txn, u64, &'static str>, StoreError> {
+        opened(&mut self.labels, self.txn, LABELS)
+    }
+
+    /// Makes the counter at the next start-up at least `floor`. Start-up takes the higher
+    /// of `meta`'s floor and one past the highest stored seq, so the floor is written only
+    /// when the sessions left would not give it (the highest one was removed).
+    fn keep_counter_at_least(&mut self, floor: u64) -> Result<(), StoreError> {
+        let top = self.sessions()?.last()?.map(|(seq, _)| seq.value());
+        if top.is_some_and(|top| top.saturating_add(1) >= floor) {
+            return Ok(());
+        }
+        let meta = self.meta()?;
+        let stored = meta.get(NEXT_SEQ)?.map(|v| v.value());
+        if stored.is_none_or(|s| s < floor) {
+            meta.insert(NEXT_SEQ, floor)?;
+        }
+        Ok(())
+    }
 }
 
 impl Store {
@@ -215,7 +269,13 @@ impl Store {
             .create_with_backend(FileBackend::new(file)?)?;
         let store = Store { db };
         // Create the tables on a fresh file so that reads find them.
-        store.write(|_| Ok(()))?;
+        store.write(|t| {
+            t.sessions()?;
+            t.meta()?;
+            t.owners()?;
+            t.labels()?;
+            Ok(())
+        })?;
         let restored = store.read_all()?;
         Ok((store, restored))
     }
@@ -245,7 +305,14 @@ impl Store {
                 labels.insert(seq.value(), label.sanitised());
             }
         }
-        let next_seq = meta.get(NEXT_SEQ)?.map_or(1, |v| v.value());
+        // Files written before the floor went into `meta` only on removals have the counter
+        // there after every create; either way the higher of the two is above every seq
+        // ever committed.
+        let top = sessions.last().map_or(0, |s| s.seq);
+        let next_seq = meta
+            .get(NEXT_SEQ)?
+            .map_or(1, |v| v.value())
+            .max(top.saturating_add(1));
         Ok(Restored {
             next_seq,
             sessions,
@@ -263,10 +330,11 @@ impl Store {
         let txn = self.db.begin_write()?;
         {
             let mut tables = Tables {
-                sessions: txn.open_table(SESSIONS)?,
-                meta: txn.open_table(META)?,
-                owners: txn.open_table(OWNERS)?,
-                labels: txn.open_table(LABELS)?,
+                txn: &txn,
+                sessions: None,
+                meta: None,
+                owners: None,
+                labels: None,
             };
             f(&mut tables)?;
         }
@@ -287,63 +355,58 @@ impl Store {
         owner: Option<&str>,
         next_seq: u64,
     ) -> Result<Duration, StoreError> {
-        self.write(|t| {
-            t.sessions.insert(s.seq, s.encode().as_slice())?;
-            if let Some(owner) = owner {
-                t.owners.insert(s.seq, owner)?;
-            }
-            t.meta.insert(NEXT_SEQ, next_seq)?;
-            Ok(())
-        })
+        self.apply(&[Op::Insert(*s, owner.map(str::to_string), next_seq)])
     }
 
     /// Applies `ops` in order in one durable transaction (one fsync for all of them).
     pub fn apply(&self, ops: &[Op]) -> Result<Duration, StoreError> {
         self.write(|t| {
-            let mut next_seq = None;
+            // The lowest counter the next start-up may begin at, where the stored
+            // sessions alone might not give it.
+            let mut floor = None;
             for op in ops {
                 match op {
                     Op::Insert(s, owner, next) => {
-                        t.sessions.insert(s.seq, s.encode().as_slice())?;
+                        t.sessions()?.insert(s.seq, s.encode().as_slice())?;
                         if let Some(owner) = owner {
-                            t.owners.insert(s.seq, owner.as_str())?;
+                            t.owners()?.insert(s.seq, owner.as_str())?;
                         }
-                        next_seq = next_seq.max(Some(*next));
+                        // A stored seq is its own floor; only a counter advanced past it
+                        // needs `meta`.
+                        if *next > s.seq.saturating_add(1) {
+                            floor = floor.max(Some(*next));
+                        }
                     }
                     Op::Label(seq, label) => {
                         let text = serde_json::to_string(label).unwrap_or_default();
-                        t.labels.insert(*seq, text.as_str())?;
+                        t.labels()?.insert(*seq, text.as_str())?;
                     }
                     Op::Remove(seq) => {
-                        t.sessions.remove(*seq)?;
-                        t.owners.remove(*seq)?;
-                        t.labels.remove(*seq)?;
+                        let was_stored = t.sessions()?.remove(*seq)?.is_some();
+                        t.owners()?.remove(*seq)?;
+                        t.labels()?.remove(*seq)?;
+                        // A seq that is not stored was never committed (its create
+                        // failed) or has its floor from the commit that removed it.
+                        if was_stored {
+                            floor = floor.max(Some(seq.saturating_add(1)));
+                        }
                     }
                     Op::Touch(value) => {
-                        t.meta.insert(PROBE, *value)?;
+                        t.meta()?.insert(PROBE, *value)?;
                     }
                 }
             }
-            if let Some(next) = next_seq {
-                let stored = t.meta.get(NEXT_SEQ)?.map(|v| v.value());
-                if stored.is_none_or(|s| s < next) {
-                    t.meta.insert(NEXT_SEQ, next)?;
-                }
+            match floor {
+                Some(floor) => t.keep_counter_at_least(floor),
+                None => Ok(()),
             }
-            Ok(())
         })
     }
 
     /// Removes sessions (and their owners) by seq, durably; unknown seqs are ignored.
     pub fn remove(&self, seqs: &[u64]) -> Result<Duration, StoreError> {
-        self.write(|t| {
-            for seq in seqs {
-                t.sessions.remove(*seq)?;
-                t.owners.remove(*seq)?;
-                t.labels.remove(*seq)?;
-            }
-            Ok(())
-        })
+        let ops: Vec<Op> = seqs.iter().map(|s| Op::Remove(*s)).collect();
+        self.apply(&ops)
     }
 }
 

@@ -457,3 +457,167 @@ fn a_tampered_label_is_cleaned_or_dropped() {
     assert_eq!(owner.chars().count(), crate::label::MAX_OWNER);
     assert!(!owner.contains('\u{1b}'));
 }
+
+/// The counter floor as the file holds it (`meta`'s `next_seq`), read past the store.
+fn stored_floor(path: &Path) -> Option<u64> {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    meta.get(NEXT_SEQ).unwrap().map(|v| v.value())
+}
+
+/// Stop 19: a commit of creates writes the `sessions` tree alone (one tree fewer to copy
+/// and write per commit); the counter comes back from the highest stored seq.
+#[test]
+fn creates_write_no_counter_and_it_comes_back_above_the_highest_seq() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    {
+        let (store, _) = Store::open(&path).unwrap();
+        store
+            .apply(&[
+                Op::Insert(session(1), None, 2),
+                Op::Insert(session(2), Some("bob".to_string()), 3),
+            ])
+            .unwrap();
+        store.insert(&session(3), 4).unwrap();
+        // Ending a session that is not the newest needs no floor either.
+        store.remove(&[2]).unwrap();
+    }
+    assert_eq!(stored_floor(&path), None);
+    let (_, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.next_seq, 4);
+}
+
+/// Fencing: a seq is never issued twice, even after the sessions holding the highest
+/// seqs (or all of them) were removed and labgate restarted.
+#[test]
+fn a_seq_is_never_reissued_after_the_newest_or_every_session_is_removed() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    {
+        let (store, _) = Store::open(&path).unwrap();
+        for seq in 1..=5 {
+            store.insert(&session(seq), seq + 1).unwrap();
+        }
+        store.remove(&[5]).unwrap();
+    }
+    let (store, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.next_seq, 6, "seq 5 was issued");
+    assert_eq!(restored.sessions.len(), 4);
+    store.insert(&session(6), 7).unwrap();
+    store.remove(&[1, 2, 3, 4, 6]).unwrap();
+    drop(store);
+    let (_, restored) = Store::open(&path).unwrap();
+    assert!(restored.sessions.is_empty());
+    assert_eq!(restored.next_seq, 7, "seq 6 was issued");
+    // A counter advanced past a stored seq is kept too.
+    let (store, _) = Store::open(&path).unwrap();
+    store.insert(&session(7), 50).unwrap();
+    drop(store);
+    assert_eq!(Store::open(&path).unwrap().1.next_seq, 50);
+}
+
+/// Every commit is atomic, so a crash leaves the state after some commit: restarting
+/// after each commit of a random run of creates and removals (the queue's order: seqs
+/// only grow) must always give a counter above every seq ever committed.
+#[test]
+fn after_any_commit_the_restored_counter_is_above_every_committed_seq() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    let mut seed: u64 = 0x0f1e_2d3c_4b5a;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let (mut live, mut next, mut highest) = (Vec::<u64>::new(), 1u64, 0u64);
+    let (mut store, _) = Store::open(&path).unwrap();
+    for round in 0..150 {
+        let mut ops = Vec::new();
+        for _ in 0..=rand(4) {
+            if live.is_empty() || rand(3) > 0 {
+                ops.push(Op::Insert(session(next), None, next + 1));
+                live.push(next);
+                highest = highest.max(next);
+                next += 1;
+            } else {
+                // The newest half the time: that is the removal that needs a floor.
+                let at = if rand(2) == 0 {
+                    live.len() - 1
+                } else {
+                    rand(live.len() as u64) as usize
+                };
+                ops.push(Op::Remove(live.remove(at)));
+            }
+        }
+        store.apply(&ops).unwrap();
+        if round % 3 == 0 {
+            drop(store);
+            let (reopened, restored) = Store::open(&path).unwrap();
+            let seqs: Vec<u64> = restored.sessions.iter().map(|s| s.seq).collect();
+            assert_eq!(seqs, live, "round {round}");
+            assert!(
+                restored.next_seq > highest,
+                "round {round}: counter {} after seq {highest} was committed",
+                restored.next_seq
+            );
+            store = reopened;
+        }
+    }
+}
+
+/// A store written by the version before stop 19 (the counter in `meta`, written with
+/// every create, and above the highest stored seq after the newest sessions ended)
+/// restores its counter, and goes on from there under the new layout.
+#[test]
+fn a_store_with_the_counter_written_on_every_create_restores_and_goes_on() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    let (a, b) = (session(5), session(6));
+    {
+        // Exactly what the previous version left: seqs 5 to 9 created (the counter 10),
+        // 7 to 9 removed.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut sessions = txn
+                .open_table(TableDefinition::<u64, &[u8]>::new("sessions"))
+                .unwrap();
+            for s in [a, b] {
+                sessions.insert(s.seq, s.encode().as_slice()).unwrap();
+            }
+            txn.open_table(TableDefinition::<u64, &str>::new("owners"))
+                .unwrap();
+            txn.open_table(TableDefinition::<u64, &str>::new("labels"))
+                .unwrap();
+            let mut meta = txn
+                .open_table(TableDefinition::<&str, u64>::new("meta"))
+                .unwrap();
+            meta.insert("next_seq", 10).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    chmod(&path, 0o600);
+    let (store, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.sessions, vec![a, b]);
+    assert_eq!(restored.next_seq, 10);
+    let (c, d) = (session(10), session(11));
+    store.insert(&c, 11).unwrap();
+    store.insert(&d, 12).unwrap();
+    drop(store);
+    assert_eq!(
+        stored_floor(&path),
+        Some(10),
+        "creates leave the old counter"
+    );
+    let (store, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.sessions, vec![a, b, c, d]);
+    assert_eq!(restored.next_seq, 12);
+    store.remove(&[5, 6, 10, 11]).unwrap();
+    drop(store);
+    let (_, restored) = Store::open(&path).unwrap();
+    assert!(restored.sessions.is_empty());
+    assert_eq!(restored.next_seq, 12);
+}
