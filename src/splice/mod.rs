@@ -278,6 +278,35 @@ async fn unless_cut<T>(ticket: &Ticket, f: impl Future<Output = T>) -> Option<T>
     }
 }
 
+/// Test devices shared by the relays' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use socket2::SockRef;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    /// A device with small socket buffers that writes `each_way` bytes of 7 before it
+    /// reads `each_way` bytes (which must all be 9): a relay must keep reading it while
+    /// its own writes to it wait, or both directions stall for good.
+    pub async fn writes_before_it_reads(each_way: usize) -> (SocketAddr, JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let device = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let sock = SockRef::from(&s);
+            sock.set_recv_buffer_size(64 * 1024).unwrap();
+            sock.set_send_buffer_size(64 * 1024).unwrap();
+            s.write_all(&vec![7u8; each_way]).await.unwrap();
+            let mut got = vec![0u8; each_way];
+            s.read_exact(&mut got).await.unwrap();
+            assert!(got.iter().all(|b| *b == 9));
+        });
+        (addr, device)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

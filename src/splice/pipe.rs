@@ -209,7 +209,6 @@ mod tests {
     use crate::tunnel::ws::{form, Form};
     use pingora::protocols::http::ServerSession;
     use pingora::protocols::{GetSocketDigest, SocketDigest};
-    use socket2::SockRef;
     use std::net::SocketAddr;
     use std::os::fd::AsRawFd;
     use std::time::{Duration, Instant};
@@ -346,19 +345,7 @@ mod tests {
     #[tokio::test]
     async fn both_directions_full_at_once_do_not_deadlock() {
         const EACH_WAY: usize = 16 << 20;
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dev_addr = l.local_addr().unwrap();
-        // The device writes everything before it reads anything.
-        let device = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let sock = SockRef::from(&s);
-            sock.set_recv_buffer_size(64 * 1024).unwrap();
-            sock.set_send_buffer_size(64 * 1024).unwrap();
-            s.write_all(&vec![7u8; EACH_WAY]).await.unwrap();
-            let mut got = vec![0u8; EACH_WAY];
-            s.read_exact(&mut got).await.unwrap();
-            assert!(got.iter().all(|b| *b == 9));
-        });
+        let (dev_addr, device) = crate::splice::testing::writes_before_it_reads(EACH_WAY).await;
         let (_reg, _id, ticket) = ticket();
         let (addr, task) = serve_one(dev_addr, ticket).await;
         let c = open(addr, b"").await;

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::*;
-use crate::tunnels::{echo_device, Recording};
+use crate::tunnels::{assert_tunnel_bytes, echo_device, Recording};
 
 /// Opens a raw tunnel: `Ok` with the socket after the `101`, or the refusal's status
 /// (its body checked to be JSON with a `detail`).
@@ -127,16 +127,7 @@ async fn raw_tunnel_round_trips_bytes_spliced_and_is_audited() {
     })
     .await;
     let n = big.len() as f64;
-    assert_eq!(
-        gw.metric(r#"labgate_tunnel_bytes_total{direction="to_device"}"#)
-            .await,
-        Some(n)
-    );
-    assert_eq!(
-        gw.metric(r#"labgate_tunnel_bytes_total{direction="to_client"}"#)
-            .await,
-        Some(n)
-    );
+    assert_tunnel_bytes(&gw, n, n).await;
     let closed = gw.audit_events("tunnel_closed");
     assert_eq!(closed.len(), 1, "{closed:?}");
     let line = &closed[0];

@@ -91,6 +91,14 @@ async fn tunnel(gw: &Gateway, target: &str, id: Option<&str>) -> Result<Ws, u16>
     }
 }
 
+/// The tunnel byte counters, by direction.
+pub(crate) async fn assert_tunnel_bytes(gw: &Gateway, to_device: f64, to_client: f64) {
+    for (direction, want) in [("to_device", to_device), ("to_client", to_client)] {
+        let sample = format!("labgate_tunnel_bytes_total{{direction=\"{direction}\"}}");
+        assert_eq!(gw.metric(&sample).await, Some(want), "{sample}");
+    }
+}
+
 async fn next(ws: &mut Ws) -> Message {
     tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
@@ -264,16 +272,7 @@ async fn tunnel_round_trips_bytes_and_is_visible() {
     })
     .await;
     let sent = (22 + big.len() + 1) as f64;
-    assert_eq!(
-        gw.metric(r#"labgate_tunnel_bytes_total{direction="to_device"}"#)
-            .await,
-        Some(sent)
-    );
-    assert_eq!(
-        gw.metric(r#"labgate_tunnel_bytes_total{direction="to_client"}"#)
-            .await,
-        Some(sent)
-    );
+    assert_tunnel_bytes(&gw, sent, sent).await;
     let closed = gw.audit_events("tunnel_closed");
     assert_eq!(closed.len(), 2, "{closed:?}");
     let line = closed
