@@ -217,7 +217,7 @@ pub struct TunnelArgs {
     /// At most this many forwarded connections at once (more are closed at once).
     #[arg(long, value_name = "N", default_value_t = forward::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u16).range(1..))]
     max_connections: u16,
-    /// Raw tunnels (Upgrade: labgate-tcp) instead of WebSockets: about half labgate's
+    /// Raw tunnels (Upgrade: labgate-tcp) instead of WebSockets: about a third of labgate's
     /// CPU for bulk transfers; needs a direct connection or a front proxy that relays
     /// any Upgrade.
     #[arg(long)]

@@ -2,7 +2,7 @@
 //! leg): bytes go from one socket to the other through a pipe with `splice(2)`, so they
 //! never enter labgate's memory. The WebSocket form cannot do this (RFC 6455 makes the
 //! client mask every byte, so each one must be read and unmasked), which is why the raw
-//! form exists: bulk transfers (images, captures) cost the gateway about half the CPU.
+//! form exists: bulk transfers (images, captures) cost the gateway about a third of the CPU.
 //!
 //! Why hand-written and not a crate: `tokio-splice` (the one maintained-looking crate,
 //! ~270 lines, last release 2024) copies until both sides end and returns the byte
