@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 pub use crate::store::Op;
-use crate::store::{Store, StoreError};
+use crate::store::{Applied, Store, StoreError};
 
 /// The most changes one transaction takes; the rest go into the next one.
 const MAX_BATCH: usize = 4096;
@@ -160,7 +160,7 @@ impl Worker {
             }
             let Some(store) = &self.store else { break };
             match store.apply(ops) {
-                Ok(took) => {
+                Ok(Applied::Committed(took)) => {
                     self.metrics.state_write_seconds.observe(took.as_secs_f64());
                     if !self.writable.swap(true, Ordering::SeqCst) {
                         tracing::warn!("queue store writable again");
@@ -168,6 +168,9 @@ impl Worker {
                     self.metrics.state_store_writable.set(1);
                     return Ok(took);
                 }
+                // Nothing had to reach the disk (a failed create's undo removes a record
+                // that was never stored): done, and no news about the disk either way.
+                Ok(Applied::Nothing) => return Ok(Duration::ZERO),
                 Err(e) => {
                     tracing::error!(error = %e, attempt, "queue store commit failed; reopening it");
                     // Drop the handle first: redb locks the file while it is open.

@@ -97,6 +97,16 @@ pub enum StoreError {
     BadRecord { seq: u64, len: usize },
 }
 
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Committed durably, in this long.
+    Committed(Duration),
+    /// Nothing to write (e.g. removing a session that was never stored): nothing was
+    /// committed, so it says nothing about whether the disk takes writes.
+    Nothing,
+}
+
 /// One persisted session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredSession {
@@ -180,6 +190,8 @@ pub struct Store {
 /// changes, and a commit of creates needs only `sessions`.
 struct Tables<'txn> {
     txn: &'txn redb::WriteTransaction,
+    /// Whether anything was written (a removal that found nothing writes nothing).
+    changed: bool,
     sessions: Option<redb::Table<'txn, u64, &'static [u8]>>,
     meta: Option<redb::Table<'txn, &'static str, u64>>,
     owners: Option<redb::Table<'txn, u64, &'static str>>,
@@ -225,6 +237,7 @@ impl<'txn> Tables<'txn> {
         let stored = meta.get(NEXT_SEQ)?.map(|v| v.value());
         if stored.is_none_or(|s| s < floor) {
             meta.insert(NEXT_SEQ, floor)?;
+            self.changed = true;
         }
         Ok(())
     }
@@ -274,6 +287,8 @@ impl Store {
             t.meta()?;
             t.owners()?;
             t.labels()?;
+            // Committed even when they all exist: opening is what creates them.
+            t.changed = true;
             Ok(())
         })?;
         let restored = store.read_all()?;
@@ -321,29 +336,36 @@ impl Store {
         })
     }
 
-    /// One durable transaction; returns how long the commit took.
+    /// One durable transaction; says how long the commit took, or that `f` changed
+    /// nothing (then nothing is committed, and nothing about the disk was learned).
     fn write(
         &self,
         f: impl FnOnce(&mut Tables<'_>) -> Result<(), StoreError>,
-    ) -> Result<Duration, StoreError> {
+    ) -> Result<Applied, StoreError> {
         let started = std::time::Instant::now();
         let txn = self.db.begin_write()?;
-        {
+        let changed = {
             let mut tables = Tables {
                 txn: &txn,
+                changed: false,
                 sessions: None,
                 meta: None,
                 owners: None,
                 labels: None,
             };
             f(&mut tables)?;
+            tables.changed
+        };
+        if !changed {
+            txn.abort()?;
+            return Ok(Applied::Nothing);
         }
         txn.commit()?;
-        Ok(started.elapsed())
+        Ok(Applied::Committed(started.elapsed()))
     }
 
     /// Adds a session and advances the counter, durably.
-    pub fn insert(&self, s: &StoredSession, next_seq: u64) -> Result<Duration, StoreError> {
+    pub fn insert(&self, s: &StoredSession, next_seq: u64) -> Result<Applied, StoreError> {
         self.insert_owned(s, None, next_seq)
     }
 
@@ -354,12 +376,12 @@ impl Store {
         s: &StoredSession,
         owner: Option<&str>,
         next_seq: u64,
-    ) -> Result<Duration, StoreError> {
+    ) -> Result<Applied, StoreError> {
         self.apply(&[Op::Insert(*s, owner.map(str::to_string), next_seq)])
     }
 
     /// Applies `ops` in order in one durable transaction (one fsync for all of them).
-    pub fn apply(&self, ops: &[Op]) -> Result<Duration, StoreError> {
+    pub fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
         self.write(|t| {
             // The lowest counter the next start-up may begin at, where the stored
             // sessions alone might not give it.
@@ -367,6 +389,7 @@ impl Store {
             for op in ops {
                 match op {
                     Op::Insert(s, owner, next) => {
+                        t.changed = true;
                         t.sessions()?.insert(s.seq, s.encode().as_slice())?;
                         if let Some(owner) = owner {
                             t.owners()?.insert(s.seq, owner.as_str())?;
@@ -380,11 +403,13 @@ impl Store {
                     Op::Label(seq, label) => {
                         let text = serde_json::to_string(label).unwrap_or_default();
                         t.labels()?.insert(*seq, text.as_str())?;
+                        t.changed = true;
                     }
                     Op::Remove(seq) => {
                         let was_stored = t.sessions()?.remove(*seq)?.is_some();
-                        t.owners()?.remove(*seq)?;
-                        t.labels()?.remove(*seq)?;
+                        let had_owner = t.owners()?.remove(*seq)?.is_some();
+                        let had_label = t.labels()?.remove(*seq)?.is_some();
+                        t.changed |= was_stored || had_owner || had_label;
                         // A seq that is not stored was never committed (its create
                         // failed) or has its floor from the commit that removed it.
                         if was_stored {
@@ -393,6 +418,7 @@ impl Store {
                     }
                     Op::Touch(value) => {
                         t.meta()?.insert(PROBE, *value)?;
+                        t.changed = true;
                     }
                 }
             }
@@ -404,7 +430,7 @@ impl Store {
     }
 
     /// Removes sessions (and their owners) by seq, durably; unknown seqs are ignored.
-    pub fn remove(&self, seqs: &[u64]) -> Result<Duration, StoreError> {
+    pub fn remove(&self, seqs: &[u64]) -> Result<Applied, StoreError> {
         let ops: Vec<Op> = seqs.iter().map(|s| Op::Remove(*s)).collect();
         self.apply(&ops)
     }

@@ -32,6 +32,29 @@ fn a_fresh_store_is_empty_and_starts_at_seq_1() {
 }
 
 #[test]
+fn a_write_that_changes_nothing_commits_nothing_and_says_so() {
+    // A failed create's undo removes a record that was never stored: that must not pass
+    // for a successful write (the committer would call a full disk writable again).
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    let (store, _) = Store::open(&path).unwrap();
+    assert_eq!(store.apply(&[Op::Remove(99)]).unwrap(), Applied::Nothing);
+    assert_eq!(store.remove(&[]).unwrap(), Applied::Nothing);
+    assert!(matches!(
+        store.insert(&session(1), 2).unwrap(),
+        Applied::Committed(_)
+    ));
+    assert!(matches!(
+        store.apply(&[Op::Remove(1)]).unwrap(),
+        Applied::Committed(_)
+    ));
+    assert!(matches!(
+        store.apply(&[Op::Touch(1)]).unwrap(),
+        Applied::Committed(_)
+    ));
+}
+
+#[test]
 fn sessions_and_counter_survive_reopening() {
     let dir = private_dir();
     let path = dir.path().join("q.redb");
