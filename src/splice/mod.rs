@@ -142,18 +142,6 @@ pub fn client_socket(session: &ServerSession) -> Option<std::net::TcpStream> {
     (socket.peer_addr().ok()? == peer).then_some(socket)
 }
 
-/// Writes labgate's own `101` for a WebSocket tunnel.
-pub async fn answer_websocket(
-    session: &mut ServerSession,
-    accept_key: &str,
-    extra: &[(&'static str, String)],
-) -> pingora::Result<()> {
-    let form = Form::WebSocket {
-        accept: accept_key.to_string(),
-    };
-    answer_tunnel(session, &form, extra).await
-}
-
 /// Writes labgate's own `101` for a tunnel of either form.
 pub async fn answer_tunnel(
     session: &mut ServerSession,

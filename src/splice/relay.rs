@@ -340,7 +340,7 @@ mod tests {
     use super::*;
     use crate::cut::Registry;
     use crate::queue::SessionId;
-    use crate::splice::{answer_websocket, connect};
+    use crate::splice::{answer_tunnel, connect};
     use crate::tunnel::ws::accept_key;
     use futures_util::{SinkExt, StreamExt};
     use socket2::SockRef;
@@ -379,11 +379,12 @@ mod tests {
             let mut session = ServerSession::new_http1(Box::new(stream));
             assert!(session.read_request().await.unwrap());
             let req = session.req_header();
-            let key = accept_key(&req.method, req.version, &req.headers).unwrap();
+            let accept = accept_key(&req.method, req.version, &req.headers).unwrap();
             let dev = connect(device, Duration::from_secs(5), Duration::from_secs(30))
                 .await
                 .unwrap();
-            answer_websocket(&mut session, &key, &[]).await.unwrap();
+            let form = crate::tunnel::ws::Form::WebSocket { accept };
+            answer_tunnel(&mut session, &form, &[]).await.unwrap();
             tunnel(&mut session, dev, &ticket, None).await
         });
         (addr, task)

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::*;
-use crate::tunnels::{assert_tunnel_bytes, echo_device, Recording};
+use crate::tunnels::{assert_tunnel_bytes, echo_device, RefusalLab, STRANGER};
 
 /// Opens a raw tunnel: `Ok` with the socket after the `101`, or the refusal's status
 /// (its body checked to be JSON with a `detail`).
@@ -59,22 +59,15 @@ async fn raw(gw: &Gateway, target: &str, id: Option<&str>) -> Result<TcpStream, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_tunnels_are_refused_like_websocket_ones_and_nothing_connects() {
-    let http = Upstream::start().await;
-    let device = Recording::start();
-    let gw = Gateway::start(
-        &Cfg::new(http.addr).tunnels(TunnelsCfg::new(4).device("r1", device.addr())),
-    )
-    .await;
-    let (a, _) = create_session(&gw).await;
-    let (b, _) = create_session(&gw).await;
-    let target = format!("r1:{}", device.addr().port());
-    assert_eq!(raw(&gw, &target, Some(&b)).await.err(), Some(423));
-    assert_eq!(raw(&gw, &target, None).await.err(), Some(422));
-    let stranger = "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11";
-    assert_eq!(raw(&gw, &target, Some(stranger)).await.err(), Some(404));
+    let lab = RefusalLab::start().await;
+    let (gw, device, a, b) = (&lab.gw, &lab.device, &lab.active, &lab.waiting);
+    let target = lab.target();
+    assert_eq!(raw(gw, &target, Some(b)).await.err(), Some(423));
+    assert_eq!(raw(gw, &target, None).await.err(), Some(422));
+    assert_eq!(raw(gw, &target, Some(STRANGER)).await.err(), Some(404));
     // Not in the allowlist, for the ACTIVE session too: 404, and nothing connects.
     assert_eq!(
-        raw(&gw, &format!("127.0.0.1:{}", gw.port), Some(&a))
+        raw(gw, &format!("127.0.0.1:{}", gw.port), Some(a))
             .await
             .err(),
         Some(404)

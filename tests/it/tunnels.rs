@@ -120,28 +120,60 @@ async fn round_trip(ws: &mut Ws, data: &[u8]) {
     assert_eq!(got, data);
 }
 
+/// A session id nobody was given.
+pub(crate) const STRANGER: &str = "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11";
+
+/// A labgate whose only device `r1` records connections, with an ACTIVE and a WAITING
+/// session: the setting of the refusal tests (both tunnel forms).
+pub(crate) struct RefusalLab {
+    pub _http: Upstream,
+    pub device: Recording,
+    pub gw: Gateway,
+    pub active: String,
+    pub waiting: String,
+}
+
+impl RefusalLab {
+    pub(crate) async fn start() -> RefusalLab {
+        let http = Upstream::start().await;
+        let device = Recording::start();
+        let gw = Gateway::start(
+            &Cfg::new(http.addr).tunnels(TunnelsCfg::new(4).device("r1", device.addr())),
+        )
+        .await;
+        let (active, _) = create_session(&gw).await;
+        let (waiting, _) = create_session(&gw).await;
+        RefusalLab {
+            _http: http,
+            device,
+            gw,
+            active,
+            waiting,
+        }
+    }
+
+    /// `r1`'s one allowed target.
+    pub(crate) fn target(&self) -> String {
+        format!("r1:{}", self.device.addr().port())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_session_tunnel_is_423_and_the_device_never_sees_a_connection() {
-    let http = Upstream::start().await;
-    let device = Recording::start();
-    let gw = Gateway::start(
-        &Cfg::new(http.addr).tunnels(TunnelsCfg::new(4).device("r1", device.addr())),
-    )
-    .await;
-    let (_a, _) = create_session(&gw).await;
-    let (b, _) = create_session(&gw).await;
+    let lab = RefusalLab::start().await;
+    let (gw, device, b) = (&lab.gw, &lab.device, &lab.waiting);
     let port = device.addr().port();
     assert_eq!(
-        tunnel(&gw, &format!("r1:{port}"), Some(&b)).await.err(),
+        tunnel(gw, &format!("r1:{port}"), Some(b)).await.err(),
         Some(423)
     );
     assert_eq!(
-        tunnel(&gw, &format!("r1:{port}"), None).await.err(),
+        tunnel(gw, &format!("r1:{port}"), None).await.err(),
         Some(422)
     );
-    let stranger = "0b9f7a0e-6f0b-4f7c-9a55-2f7d8b1c0e11";
+    let stranger = STRANGER;
     assert_eq!(
-        tunnel(&gw, &format!("r1:{port}"), Some(stranger))
+        tunnel(gw, &format!("r1:{port}"), Some(stranger))
             .await
             .err(),
         Some(404)
@@ -159,7 +191,7 @@ async fn waiting_session_tunnel_is_423_and_the_device_never_sees_a_connection() 
         }
         async move { req.send().await.expect("GET /tunnels").status().as_u16() }
     };
-    assert_eq!(list(Some(&b)).await, 200);
+    assert_eq!(list(Some(b)).await, 200);
     assert_eq!(list(None).await, 422);
     assert_eq!(list(Some(stranger)).await, 404);
     let refused = |reason: &str| format!("labgate_tunnels_refused_total{{reason=\"{reason}\"}}");
