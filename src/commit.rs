@@ -35,9 +35,51 @@ const PROBE_AFTER: Duration = Duration::from_secs(5);
 #[error("queue store: {0}")]
 pub struct CommitFailed(Arc<str>);
 
+type Outcome = Result<Duration, CommitFailed>;
+
 struct Job {
     ops: Vec<Op>,
-    done: oneshot::Sender<Result<Duration, CommitFailed>>,
+    done: oneshot::Sender<Done>,
+}
+
+/// A commit's outcome on its way to the waiters of one batch. The store thread wakes
+/// only the first waiter that still listens and gives it the others; when that `Done` is
+/// dropped (read by its waiter, or with a request that went away), it wakes the others,
+/// from the gateway's runtime.
+///
+/// Why: waking a task from a foreign thread costs a runtime wake-up (an eventfd write,
+/// and on a core shared with the gateway often a context switch there and back) per
+/// waiter; a wake from inside the runtime is a push onto its run queue.
+struct Done {
+    outcome: Outcome,
+    rest: std::vec::IntoIter<oneshot::Sender<Done>>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        for waiter in std::mem::take(&mut self.rest) {
+            // A waiter that went away (its request was cancelled) needs no answer.
+            let _ = waiter.send(Done {
+                outcome: self.outcome.clone(),
+                rest: Vec::new().into_iter(),
+            });
+        }
+    }
+}
+
+/// Gives `outcome` to the first of `waiters` that still listens, with the rest to wake.
+fn hand_over(outcome: &Outcome, mut waiters: std::vec::IntoIter<oneshot::Sender<Done>>) {
+    while let Some(first) = waiters.next() {
+        let done = Done {
+            outcome: outcome.clone(),
+            rest: std::mem::take(&mut waiters),
+        };
+        match first.send(done) {
+            Ok(()) => return,
+            // Nobody listens there: take the rest back and try the next one.
+            Err(mut done) => waiters = std::mem::take(&mut done.rest),
+        }
+    }
 }
 
 /// The handle the rest of labgate submits changes through.
@@ -77,18 +119,18 @@ impl Committer {
 
     /// Queues `ops`; the future resolves once they are durable (or failed). Call it in
     /// queue order (under the queue lock); await it after releasing the lock.
-    pub fn submit(
-        &self,
-        ops: Vec<Op>,
-    ) -> impl std::future::Future<Output = Result<Duration, CommitFailed>> + use<> {
+    pub fn submit(&self, ops: Vec<Op>) -> impl std::future::Future<Output = Outcome> + use<> {
         let (done, rx) = oneshot::channel();
         let sent = self.jobs.send(Job { ops, done }).is_ok();
         async move {
             if !sent {
                 return Err(CommitFailed("the store thread has stopped".into()));
             }
-            rx.await
-                .unwrap_or_else(|_| Err(CommitFailed("the store thread has stopped".into())))
+            match rx.await {
+                // Dropping `done` wakes the rest of its batch.
+                Ok(done) => done.outcome.clone(),
+                Err(_) => Err(CommitFailed("the store thread has stopped".into())),
+            }
         }
     }
 
@@ -123,6 +165,9 @@ impl Worker {
         // Kept between batches, so a batch allocates nothing once they have grown.
         let (mut ops, mut waiters) = (Vec::new(), Vec::new());
         while let Ok(first) = rx.recv() {
+            // On a core shared with the gateway, let it run first: whatever it accepts
+            // meanwhile joins this commit instead of waiting for the next one.
+            std::thread::yield_now();
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 // Moved, not cloned: an op may carry an owner's name.
@@ -132,18 +177,15 @@ impl Worker {
                     next = rx.try_recv().ok();
                 }
             }
-            let result = self.commit(&ops);
+            let outcome = self.commit(&ops);
             ops.clear();
-            for done in waiters.drain(..) {
-                // A waiter that went away (its request was cancelled) needs no answer.
-                let _ = done.send(result.clone());
-            }
+            hand_over(&outcome, std::mem::take(&mut waiters).into_iter());
         }
     }
 
     /// Commits `ops` in one transaction; on failure reopens the store and tries again
     /// once, since redb refuses every write on a handle that saw an I/O error.
-    fn commit(&mut self, ops: &[Op]) -> Result<Duration, CommitFailed> {
+    fn commit(&mut self, ops: &[Op]) -> Outcome {
         let mut last = None;
         for attempt in 0..2 {
             if self.store.is_none() {
@@ -201,6 +243,51 @@ mod tests {
             seq,
             created_ms: 1_700_000_000_000 + seq,
         }
+    }
+
+    /// `n` waiters of one batch: their senders, in submit order, and their receivers.
+    fn batch(n: usize) -> (Vec<oneshot::Sender<Done>>, Vec<oneshot::Receiver<Done>>) {
+        (0..n).map(|_| oneshot::channel()).unzip()
+    }
+
+    fn outcome_of(rx: &mut oneshot::Receiver<Done>) -> Option<Outcome> {
+        rx.try_recv().ok().map(|done| done.outcome.clone())
+    }
+
+    #[test]
+    fn a_batch_wakes_one_waiter_and_it_wakes_the_others_as_it_reads() {
+        let (senders, mut receivers) = batch(4);
+        hand_over(&Ok(Duration::from_millis(3)), senders.into_iter());
+        // Only the first has its answer until it reads it.
+        let first = receivers[0]
+            .try_recv()
+            .expect("the first waiter is answered");
+        assert!(receivers[1..].iter_mut().all(|rx| rx.try_recv().is_err()));
+        assert_eq!(first.outcome.as_ref().unwrap(), &Duration::from_millis(3));
+        drop(first);
+        for rx in &mut receivers[1..] {
+            assert_eq!(outcome_of(rx).unwrap().unwrap(), Duration::from_millis(3));
+        }
+    }
+
+    #[test]
+    fn waiters_that_went_away_before_or_after_the_answer_do_not_strand_the_others() {
+        // The first two requests were cancelled before the commit ended: the third gets
+        // the answer (and the others to wake).
+        let (senders, mut receivers) = batch(5);
+        let mut later = receivers.split_off(2);
+        drop(receivers);
+        hand_over(&Err(CommitFailed("disk full".into())), senders.into_iter());
+        // The one holding the answer goes away without reading it.
+        drop(later.remove(0));
+        for rx in &mut later {
+            let got = outcome_of(rx).expect("answered");
+            assert_eq!(got.unwrap_err().to_string(), "queue store: disk full");
+        }
+        // Nobody listening at all: nothing to do, nothing lost.
+        let (senders, receivers) = batch(3);
+        drop(receivers);
+        hand_over(&Ok(Duration::ZERO), senders.into_iter());
     }
 
     #[tokio::test]
