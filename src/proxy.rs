@@ -69,15 +69,15 @@ impl ProxyHttp for LabGate {
         RequestCtx::new(self.shared.config())
     }
 
-    /// pingora calls this right after reading a request header when the connection has
-    /// a user context; `conn` puts its header clock there, so the header timeout stops.
-    fn on_connection_reuse(
+    /// pingora calls this first, right after reading a request header: the header
+    /// timeout (`conn`) stops.
+    async fn early_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _ctx: &mut RequestCtx,
-        prev_ctx: Box<dyn std::any::Any + Send + Sync>,
-    ) {
-        crate::conn::header_read(prev_ctx);
+    ) -> Result<()> {
+        crate::conn::header_read(session.downstream_session.stream());
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
