@@ -15,11 +15,11 @@
 //!   header, `header_timeout`. The connection's stream is wrapped ([`Clocked`]) to tell
 //!   its [`HeaderClock`] when the first byte of a kept-alive request came; the proxy
 //!   tells it when the header has been read ([`header_read`], from
-//!   `ProxyHttp::early_request_filter`, which pingora calls right after reading it). While it waits for that byte, pingora is already
-//!   reading the request; one timer per request covers both limits as a rule (see
-//!   [`HeaderClock::expired`]).
+//!   `ProxyHttp::early_request_filter`, which pingora calls right after reading it).
+//!   While it waits for that byte, pingora is already reading the request; one watch a
+//!   connection, not a timer a request, enforces both limits ([`HeaderClock::watch`]).
 //!
-//! The timers are pingora's (`pingora_timeout`'s shared 10 ms ticks on its own timer
+//! The watch's timers are pingora's (`pingora_timeout`'s shared 10 ms ticks on its own timer
 //! thread), not tokio's: a tokio timer armed per request makes tokio wake its own driver
 //! through an eventfd whenever the new deadline is the earliest (one `write(2)` and an
 //! extra `epoll_wait` return per request or two, seen with `perf record -e
@@ -49,7 +49,6 @@ use pingora::protocols::{
 };
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::limits;
@@ -175,23 +174,28 @@ impl Drop for Slot {
     }
 }
 
-/// One connection's request clock: when the first byte of a kept-alive request came
-/// (seen by the connection's [`Clocked`] stream) and whether its header has been read
-/// (said by the proxy, see [`header_read`]). One per connection, reset per request:
-/// nothing is allocated per request.
+/// One connection's request clock: when the current request began, when its first byte
+/// came on a kept-alive connection (seen by the connection's [`Clocked`] stream) and
+/// whether its header has been read (said by the proxy, see [`header_read`]). One per
+/// connection, reset per request, watched by one long-lived [`HeaderClock::watch`]:
+/// nothing is allocated and no timer is armed per request.
 #[derive(Debug)]
 struct HeaderClock {
-    /// The origin of `first_byte`.
+    keepalive: Duration,
+    header: Duration,
+    /// The origin of the times below, which are nanoseconds after it, plus one (0: none).
     born: Instant,
+    /// When the current request began: accept, or the end of the one before.
+    started: AtomicU64,
+    /// The current request is a kept-alive one: its first byte is still to come.
+    kept_alive: AtomicBool,
     /// Set while a kept-alive connection waits for its next request: the next byte read
     /// is that request's first.
     armed: AtomicBool,
-    /// When that byte came, in nanoseconds after `born`, plus one; 0: not yet.
+    /// When that byte came.
     first_byte: AtomicU64,
     /// The current request's header is complete: its timeouts no longer apply.
     read: AtomicBool,
-    /// Wakes a wait for the first byte (only an idle connection waits for one).
-    arrived: Notify,
 }
 
 /// Which limit a request broke (the `reason` counted).
@@ -210,22 +214,50 @@ impl Expired {
     }
 }
 
+/// What the clock says now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// A limit is broken.
+    Broken(Expired),
+    /// Nothing can be broken before this.
+    Until(Instant),
+    /// The header is read: no limit applies until the next request begins.
+    None,
+}
+
 impl HeaderClock {
-    fn new() -> HeaderClock {
+    fn new(keepalive: Duration, header: Duration) -> HeaderClock {
         HeaderClock {
+            keepalive,
+            header,
             born: Instant::now(),
+            started: AtomicU64::new(0),
+            kept_alive: AtomicBool::new(false),
             armed: AtomicBool::new(false),
             first_byte: AtomicU64::new(0),
             read: AtomicBool::new(false),
-            arrived: Notify::new(),
         }
     }
 
-    /// A new request begins; `kept_alive`: on a connection that served one already, so
-    /// its first byte is still to come.
+    fn stamp(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.born).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn at(&self, stamp: u64) -> Option<Instant> {
+        stamp
+            .checked_sub(1)
+            .map(|n| self.born + Duration::from_nanos(n))
+    }
+
+    /// A new request begins now; `kept_alive`: on a connection that served one already,
+    /// so its first byte is still to come.
     fn start(&self, kept_alive: bool) {
-        self.read.store(false, Ordering::Release);
+        self.started
+            .store(self.stamp(Instant::now()), Ordering::Release);
         self.first_byte.store(0, Ordering::Release);
+        self.kept_alive.store(kept_alive, Ordering::Release);
+        self.read.store(false, Ordering::Release);
         self.armed.store(kept_alive, Ordering::Release);
     }
 
@@ -234,79 +266,52 @@ impl HeaderClock {
         self.read.store(true, Ordering::Release);
     }
 
-    fn is_read(&self) -> bool {
-        self.read.load(Ordering::Acquire)
-    }
-
     /// Some bytes were read from the connection.
     fn bytes_read(&self) {
         if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
-            let since = Instant::now().saturating_duration_since(self.born);
-            let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX - 1);
-            self.first_byte.store(nanos + 1, Ordering::Release);
-            // Keeps a permit when nobody waits: a wait that starts later is not lost.
-            self.arrived.notify_one();
+            self.first_byte
+                .store(self.stamp(Instant::now()), Ordering::Release);
         }
     }
 
-    /// When the current request's first byte came, if it did.
-    fn first_byte(&self) -> Option<Instant> {
-        match self.first_byte.load(Ordering::Acquire) {
-            0 => None,
-            n => Some(self.born + Duration::from_nanos(n - 1)),
+    /// The current request's limits at `now`: on a kept-alive connection, its first
+    /// byte within `keepalive` of its start; then a complete header within `header` of
+    /// that byte (of its start on a new connection).
+    fn limit(&self, now: Instant) -> Limit {
+        if self.read.load(Ordering::Acquire) {
+            return Limit::None;
         }
-    }
-
-    /// Resolves when the request begun at `started` breaks a limit: on a kept-alive
-    /// connection (`keepalive` given), no first byte within `keepalive`; then no complete
-    /// header within `header` of that byte (of `started` on a new connection). Pending
-    /// for ever once the header is read.
-    async fn expired(
-        &self,
-        started: Instant,
-        keepalive: Option<Duration>,
-        header: Duration,
-    ) -> Expired {
-        let header_from = match keepalive {
-            None => started,
-            Some(keepalive) => {
-                let idle_until = started + keepalive;
-                // One timer as a rule: at the first moment either limit can be broken.
-                // By then the header has usually been read.
-                sleep_until(started + keepalive.min(header)).await;
-                loop {
-                    if self.is_read() {
-                        return std::future::pending().await;
-                    }
-                    if let Some(at) = self.first_byte() {
-                        break at;
-                    }
-                    if Instant::now() >= idle_until {
-                        return Expired::Keepalive;
-                    }
-                    // An idle connection: wait for its first byte or its end.
-                    let arrived = self.arrived.notified();
-                    tokio::pin!(arrived);
-                    arrived.as_mut().enable();
-                    if self.first_byte().is_some() {
-                        continue;
-                    }
-                    tokio::select! {
-                        () = arrived => {}
-                        () = sleep_until(idle_until) => {}
-                    }
-                }
-            }
+        let Some(started) = self.at(self.started.load(Ordering::Acquire)) else {
+            return Limit::None;
         };
-        let deadline = header_from + header;
+        let first_byte = self.at(self.first_byte.load(Ordering::Acquire));
+        let (deadline, why) = match (self.kept_alive.load(Ordering::Acquire), first_byte) {
+            (false, _) => (started + self.header, Expired::Header),
+            (true, Some(at)) => (at + self.header, Expired::Header),
+            (true, None) => (started + self.keepalive, Expired::Keepalive),
+        };
+        if now >= deadline {
+            Limit::Broken(why)
+        } else {
+            Limit::Until(deadline)
+        }
+    }
+
+    /// Resolves when the connection's current request breaks a limit. Lives as long as
+    /// the connection: it looks at the clock at least every `min(keepalive, header)`, and
+    /// no request's limit can come sooner after its start, so a timer armed for an
+    /// earlier request is never late for a later one (usually the header is read long
+    /// before it rings, and one timer serves many requests).
+    async fn watch(&self) -> Expired {
+        let tick = self.keepalive.min(self.header);
         loop {
-            if self.is_read() {
-                return std::future::pending().await;
-            }
-            if Instant::now() >= deadline {
-                return Expired::Header;
-            }
-            sleep_until(deadline).await;
+            let now = Instant::now();
+            let next = match self.limit(now) {
+                Limit::Broken(why) => return why,
+                Limit::Until(at) => at.min(now + tick),
+                Limit::None => now + tick,
+            };
+            sleep_until(next).await;
         }
     }
 }
@@ -502,20 +507,28 @@ where
             // else, pingora's own loop serves it (caps apply, these timeouts do not).
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
-        let clock = Arc::new(HeaderClock::new());
+        let clock = Arc::new(HeaderClock::new(
+            self.limits.keepalive_timeout,
+            self.limits.header_timeout,
+        ));
         let mut stream: Stream = Box::new(Clocked {
             inner: stream,
             clock: clock.clone(),
         });
+        // One watch for the whole connection, counting what it finds before the close
+        // (select! drops the session, closing the connection, before a branch's handler).
+        let watch = async {
+            let why = clock.watch().await;
+            self.count(why.as_str());
+        };
+        tokio::pin!(watch);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
             // The keep-alive wait runs from here; the header clock from accept, or from
             // the first byte of a later request. pingora reads the request meanwhile
             // (and drops an idle connection itself when the service shuts down).
-            let started = Instant::now();
             clock.start(!first);
-            let keepalive = (!first).then_some(self.limits.keepalive_timeout);
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => s.apply_to_session(&mut session),
@@ -533,15 +546,9 @@ where
                     );
                 }
             }
-            let expired = async {
-                let why = clock.expired(started, keepalive, self.limits.header_timeout);
-                // Counted before the close: select! drops the session (closing the
-                // connection) before it runs a branch's handler.
-                self.count(why.await.as_str());
-            };
             let reused = tokio::select! {
                 reused = self.inner.process_new_http(session, shutdown) => reused,
-                () = expired => return None,
+                () = &mut watch => return None,
             };
             let (next, next_settings) = reused?.consume();
             stream = next;
@@ -611,6 +618,45 @@ mod tests {
         let _p1 = slots.admit(ip("10.0.0.1")).unwrap();
         let _p2 = slots.admit(ip("10.0.0.1")).unwrap();
         assert_eq!(slots.open(), 4);
+    }
+
+    #[test]
+    fn the_clock_gives_a_kept_alive_request_keepalive_then_header_from_its_first_byte() {
+        let ms = Duration::from_millis;
+        let clock = HeaderClock::new(Duration::from_secs(75), Duration::from_secs(20));
+        let born = |c: &HeaderClock, a: &AtomicU64| c.at(a.load(Ordering::Acquire)).unwrap();
+
+        // A new connection: the header within 20 s of accept; bytes start no other clock.
+        clock.start(false);
+        let started = born(&clock, &clock.started);
+        clock.bytes_read();
+        assert_eq!(clock.first_byte.load(Ordering::Acquire), 0);
+        let header_by = started + Duration::from_secs(20);
+        assert_eq!(clock.limit(header_by - ms(1)), Limit::Until(header_by));
+        assert_eq!(clock.limit(header_by), Limit::Broken(Expired::Header));
+        clock.header_read();
+        assert_eq!(
+            clock.limit(header_by + Duration::from_secs(99)),
+            Limit::None
+        );
+
+        // Kept alive: its first byte within 75 s, then the header within 20 s of it.
+        clock.start(true);
+        let started = born(&clock, &clock.started);
+        let idle_by = started + Duration::from_secs(75);
+        assert_eq!(clock.limit(idle_by - ms(1)), Limit::Until(idle_by));
+        assert_eq!(clock.limit(idle_by), Limit::Broken(Expired::Keepalive));
+        clock.bytes_read();
+        let first = born(&clock, &clock.first_byte);
+        assert!(first >= started);
+        let header_by = first + Duration::from_secs(20);
+        assert_eq!(clock.limit(header_by - ms(1)), Limit::Until(header_by));
+        assert_eq!(clock.limit(header_by), Limit::Broken(Expired::Header));
+        // Only the first byte counts.
+        clock.bytes_read();
+        assert_eq!(born(&clock, &clock.first_byte), first);
+        clock.header_read();
+        assert_eq!(clock.limit(header_by), Limit::None);
     }
 
     #[test]
