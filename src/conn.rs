@@ -12,11 +12,14 @@
 //! - a keep-alive idle timeout: between requests, the first byte of the next request
 //!   must come within `keepalive_timeout`;
 //! - a request-header timeout: from accept (or from that first byte) to a complete
-//!   header, `header_timeout`. pingora signals "header read" by handing the per-request
-//!   [`HeaderClock`] (put in as the connection's user context) to
-//!   `ProxyHttp::on_connection_reuse`, which it calls right after reading the header.
+//!   header, `header_timeout`. The connection's stream is wrapped ([`Clocked`]) to tell
+//!   its [`HeaderClock`] when the first byte of a kept-alive request came; the proxy
+//!   tells it when the header has been read ([`header_read`], from
+//!   `ProxyHttp::early_request_filter`, which pingora calls right after reading it).
+//!   While it waits for that byte, pingora is already reading the request; one watch a
+//!   connection, not a timer a request, enforces both limits ([`HeaderClock::watch`]).
 //!
-//! Both timers are pingora's (`pingora_timeout`'s shared 10 ms ticks on its own timer
+//! The watch's timers are pingora's (`pingora_timeout`'s shared 10 ms ticks on its own timer
 //! thread), not tokio's: a tokio timer armed per request makes tokio wake its own driver
 //! through an eventfd whenever the new deadline is the earliest (one `write(2)` and an
 //! extra `epoll_wait` return per request or two, seen with `perf record -e
@@ -27,18 +30,26 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
-use pingora::prelude::fast_timeout::{fast_sleep, fast_timeout};
+use pingora::prelude::fast_timeout::fast_sleep;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{Stream, ALPN};
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Notify;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
 
 use crate::limits;
 
@@ -163,33 +174,280 @@ impl Drop for Slot {
     }
 }
 
-/// Disarms a request's header timeout once pingora has read the header.
-#[derive(Debug, Default)]
-pub struct HeaderClock {
-    read: Notify,
+/// One connection's request clock: when the current request began, when its first byte
+/// came on a kept-alive connection (seen by the connection's [`Clocked`] stream) and
+/// whether its header has been read (said by the proxy, see [`header_read`]). One per
+/// connection, reset per request, watched by one long-lived [`HeaderClock::watch`]:
+/// nothing is allocated and no timer is armed per request.
+#[derive(Debug)]
+struct HeaderClock {
+    keepalive: Duration,
+    header: Duration,
+    /// The origin of the times below, which are nanoseconds after it, plus one (0: none).
+    born: Instant,
+    /// When the current request began: accept, or the end of the one before.
+    started: AtomicU64,
+    /// The current request is a kept-alive one: its first byte is still to come.
+    kept_alive: AtomicBool,
+    /// Set while a kept-alive connection waits for its next request: the next byte read
+    /// is that request's first.
+    armed: AtomicBool,
+    /// When that byte came.
+    first_byte: AtomicU64,
+    /// The current request's header is complete: its timeouts no longer apply.
+    read: AtomicBool,
 }
 
-impl HeaderClock {
-    /// The request header is complete: the header timeout no longer applies.
-    pub fn header_read(&self) {
-        // `notify_one` keeps a permit, so a call before `expired` polls is not lost.
-        self.read.notify_one();
-    }
+/// Which limit a request broke (the `reason` counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    Keepalive,
+    Header,
+}
 
-    /// Resolves at `deadline` unless the header was read before it.
-    async fn expired(&self, deadline: tokio::time::Instant) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        tokio::select! {
-            () = fast_sleep(left) => {}
-            () = self.read.notified() => std::future::pending().await,
+impl Expired {
+    fn as_str(self) -> &'static str {
+        match self {
+            Expired::Keepalive => "keepalive_timeout",
+            Expired::Header => "header_timeout",
         }
     }
 }
 
-/// Hands a proxy request's user context to the clock it carries, if it is one.
-pub fn header_read(user_context: Box<dyn std::any::Any + Send + Sync>) {
-    if let Ok(clock) = user_context.downcast::<Arc<HeaderClock>>() {
-        clock.header_read();
+/// What the clock says now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// A limit is broken.
+    Broken(Expired),
+    /// Nothing can be broken before this.
+    Until(Instant),
+    /// The header is read: no limit applies until the next request begins.
+    None,
+}
+
+impl HeaderClock {
+    fn new(keepalive: Duration, header: Duration) -> HeaderClock {
+        HeaderClock {
+            keepalive,
+            header,
+            born: Instant::now(),
+            started: AtomicU64::new(0),
+            kept_alive: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
+            first_byte: AtomicU64::new(0),
+            read: AtomicBool::new(false),
+        }
+    }
+
+    fn stamp(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.born).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn at(&self, stamp: u64) -> Option<Instant> {
+        stamp
+            .checked_sub(1)
+            .map(|n| self.born + Duration::from_nanos(n))
+    }
+
+    /// A new request begins now; `kept_alive`: on a connection that served one already,
+    /// so its first byte is still to come.
+    fn start(&self, kept_alive: bool) {
+        self.started
+            .store(self.stamp(Instant::now()), Ordering::Release);
+        self.first_byte.store(0, Ordering::Release);
+        self.kept_alive.store(kept_alive, Ordering::Release);
+        self.read.store(false, Ordering::Release);
+        self.armed.store(kept_alive, Ordering::Release);
+    }
+
+    /// The request header is complete: the header timeout no longer applies.
+    fn header_read(&self) {
+        self.read.store(true, Ordering::Release);
+    }
+
+    /// Some bytes were read from the connection.
+    fn bytes_read(&self) {
+        if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
+            self.first_byte
+                .store(self.stamp(Instant::now()), Ordering::Release);
+        }
+    }
+
+    /// The current request's limits at `now`: on a kept-alive connection, its first
+    /// byte within `keepalive` of its start; then a complete header within `header` of
+    /// that byte (of its start on a new connection).
+    fn limit(&self, now: Instant) -> Limit {
+        if self.read.load(Ordering::Acquire) {
+            return Limit::None;
+        }
+        let Some(started) = self.at(self.started.load(Ordering::Acquire)) else {
+            return Limit::None;
+        };
+        let first_byte = self.at(self.first_byte.load(Ordering::Acquire));
+        let (deadline, why) = match (self.kept_alive.load(Ordering::Acquire), first_byte) {
+            (false, _) => (started + self.header, Expired::Header),
+            (true, Some(at)) => (at + self.header, Expired::Header),
+            (true, None) => (started + self.keepalive, Expired::Keepalive),
+        };
+        if now >= deadline {
+            Limit::Broken(why)
+        } else {
+            Limit::Until(deadline)
+        }
+    }
+
+    /// Resolves when the connection's current request breaks a limit. Lives as long as
+    /// the connection: it looks at the clock at least every `min(keepalive, header)`, and
+    /// no request's limit can come sooner after its start, so a timer armed for an
+    /// earlier request is never late for a later one (usually the header is read long
+    /// before it rings, and one timer serves many requests).
+    async fn watch(&self) -> Expired {
+        let tick = self.keepalive.min(self.header);
+        loop {
+            let now = Instant::now();
+            let next = match self.limit(now) {
+                Limit::Broken(why) => return why,
+                Limit::Until(at) => at.min(now + tick),
+                Limit::None => now + tick,
+            };
+            sleep_until(next).await;
+        }
+    }
+}
+
+/// pingora's timer (see the module docs) until `at`.
+async fn sleep_until(at: Instant) {
+    fast_sleep(at.saturating_duration_since(Instant::now())).await
+}
+
+/// The proxy has read a request header from `stream` (the downstream session's): its
+/// connection's clock, if it has one, stops the header timeout.
+pub fn header_read(stream: Option<&Stream>) {
+    if let Some(clocked) = stream.and_then(|s| (**s).as_any().downcast_ref::<Clocked>()) {
+        clocked.clock.header_read();
+    }
+}
+
+/// A connection's stream, telling its [`HeaderClock`] when bytes come; the rest is the
+/// wrapped stream's own. It replaces a 1-byte peek (with its own timer, a buffer and a
+/// `recv`) before each kept-alive request.
+#[derive(Debug)]
+struct Clocked {
+    inner: Stream,
+    clock: Arc<HeaderClock>,
+}
+
+impl AsyncRead for Clocked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.clock.bytes_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Clocked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Clocked {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for Clocked {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Clocked {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Clocked {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Clocked {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Clocked {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Clocked {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
     }
 }
 
@@ -249,14 +507,28 @@ where
             // else, pingora's own loop serves it (caps apply, these timeouts do not).
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
+        let clock = Arc::new(HeaderClock::new(
+            self.limits.keepalive_timeout,
+            self.limits.header_timeout,
+        ));
+        let mut stream: Stream = Box::new(Clocked {
+            inner: stream,
+            clock: clock.clone(),
+        });
+        // One watch for the whole connection, counting what it finds before the close
+        // (select! drops the session, closing the connection, before a branch's handler).
+        let watch = async {
+            let why = clock.watch().await;
+            self.count(why.as_str());
+        };
+        tokio::pin!(watch);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
-            if !first && !self.wait_for_next_request(&mut stream, shutdown).await {
-                return None;
-            }
-            // The header clock starts at accept, or at the first byte of a later request.
-            let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
+            // The keep-alive wait runs from here; the header clock from accept, or from
+            // the first byte of a later request. pingora reads the request meanwhile
+            // (and drops an idle connection itself when the service shuts down).
+            clock.start(!first);
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => s.apply_to_session(&mut session),
@@ -274,15 +546,9 @@ where
                     );
                 }
             }
-            let clock = Arc::new(HeaderClock::default());
-            session.set_connection_user_context(Some(Box::new(clock.clone())));
             let reused = tokio::select! {
                 reused = self.inner.process_new_http(session, shutdown) => reused,
-                () = clock.expired(deadline) => {
-                    // Dropping the session closes the connection.
-                    self.count("header_timeout");
-                    return None;
-                }
+                () = &mut watch => return None,
             };
             let (next, next_settings) = reused?.consume();
             stream = next;
@@ -293,31 +559,6 @@ where
 
     async fn cleanup(&self) {
         self.inner.http_cleanup().await;
-    }
-}
-
-impl<A> Guarded<A> {
-    /// Waits (at most the keep-alive timeout) for the first byte of the next request on a
-    /// kept-alive connection; `false` when the connection should close instead.
-    async fn wait_for_next_request(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
-        // pingora's pipelining is off (labgate never enables it), so no part of the next
-        // request is buffered in the persistent settings: the socket has it all.
-        let mut shutdown = shutdown.clone();
-        let mut byte = [0u8; 1];
-        tokio::select! {
-            peeked = fast_timeout(self.limits.keepalive_timeout, stream.try_peek(&mut byte)) => {
-                match peeked {
-                    Ok(Ok(_)) => true,
-                    // Closed by the client, or an error: nothing to answer.
-                    Ok(Err(_)) => false,
-                    Err(_) => {
-                        self.count("keepalive_timeout");
-                        false
-                    }
-                }
-            }
-            _ = shutdown.changed() => false,
-        }
     }
 }
 
@@ -377,6 +618,45 @@ mod tests {
         let _p1 = slots.admit(ip("10.0.0.1")).unwrap();
         let _p2 = slots.admit(ip("10.0.0.1")).unwrap();
         assert_eq!(slots.open(), 4);
+    }
+
+    #[test]
+    fn the_clock_gives_a_kept_alive_request_keepalive_then_header_from_its_first_byte() {
+        let ms = Duration::from_millis;
+        let clock = HeaderClock::new(Duration::from_secs(75), Duration::from_secs(20));
+        let born = |c: &HeaderClock, a: &AtomicU64| c.at(a.load(Ordering::Acquire)).unwrap();
+
+        // A new connection: the header within 20 s of accept; bytes start no other clock.
+        clock.start(false);
+        let started = born(&clock, &clock.started);
+        clock.bytes_read();
+        assert_eq!(clock.first_byte.load(Ordering::Acquire), 0);
+        let header_by = started + Duration::from_secs(20);
+        assert_eq!(clock.limit(header_by - ms(1)), Limit::Until(header_by));
+        assert_eq!(clock.limit(header_by), Limit::Broken(Expired::Header));
+        clock.header_read();
+        assert_eq!(
+            clock.limit(header_by + Duration::from_secs(99)),
+            Limit::None
+        );
+
+        // Kept alive: its first byte within 75 s, then the header within 20 s of it.
+        clock.start(true);
+        let started = born(&clock, &clock.started);
+        let idle_by = started + Duration::from_secs(75);
+        assert_eq!(clock.limit(idle_by - ms(1)), Limit::Until(idle_by));
+        assert_eq!(clock.limit(idle_by), Limit::Broken(Expired::Keepalive));
+        clock.bytes_read();
+        let first = born(&clock, &clock.first_byte);
+        assert!(first >= started);
+        let header_by = first + Duration::from_secs(20);
+        assert_eq!(clock.limit(header_by - ms(1)), Limit::Until(header_by));
+        assert_eq!(clock.limit(header_by), Limit::Broken(Expired::Header));
+        // Only the first byte counts.
+        clock.bytes_read();
+        assert_eq!(born(&clock, &clock.first_byte), first);
+        clock.header_read();
+        assert_eq!(clock.limit(header_by), Limit::None);
     }
 
     #[test]

@@ -23,14 +23,13 @@
 //! Owns only bookkeeping and the shutdown call; must be used under the same lock as the
 //! queue, so that "session ended" and "request registered" cannot interleave.
 
-use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 
-use crate::queue::SessionId;
+use crate::queue::{IdMap, SessionId};
 
 /// The reason given to every connection still open when a shutdown's grace period is
 /// over (the session itself goes on: it is in the store, or lost with the process).
@@ -95,7 +94,7 @@ pub struct AlreadyCut;
 
 #[derive(Default)]
 pub struct Registry {
-    sessions: HashMap<SessionId, Vec<Entry>>,
+    sessions: IdMap<Vec<Entry>>,
     next_token: u64,
 }
 

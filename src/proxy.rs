@@ -69,15 +69,15 @@ impl ProxyHttp for LabGate {
         RequestCtx::new(self.shared.config())
     }
 
-    /// pingora calls this right after reading a request header when the connection has
-    /// a user context; `conn` puts its header clock there, so the header timeout stops.
-    fn on_connection_reuse(
+    /// pingora calls this first, right after reading a request header: the header
+    /// timeout (`conn`) stops.
+    async fn early_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _ctx: &mut RequestCtx,
-        prev_ctx: Box<dyn std::any::Any + Send + Sync>,
-    ) {
-        crate::conn::header_read(prev_ctx);
+    ) -> Result<()> {
+        crate::conn::header_read(session.downstream_session.stream());
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -91,6 +91,10 @@ impl ProxyHttp for LabGate {
         ctx.peer = peer;
         let req = session.req_header();
         ctx.client = peer.map(|p| {
+            if !ctx.peer_trusted {
+                // Only a trusted proxy's X-Forwarded-For counts: no lookup for the rest.
+                return p;
+            }
             let forwarded_for = header_values(req, &forward::X_FORWARDED_FOR);
             limits::client_address(p, forwarded_for, trusted_proxies)
         });
@@ -198,13 +202,15 @@ impl ProxyHttp for LabGate {
                 return answered;
             }
         };
+        let upgrade = session.is_upgrade_req();
         ctx.routed = Some(Routed {
             in_flight,
             upstream,
             target,
             bridged,
+            upgrade,
         });
-        if session.is_upgrade_req() {
+        if upgrade {
             // On labgate's own upstream connection (TLS or not), not pingora's upgrade
             // path, which tears some upgrades down right after the 101
             // (cloudflare/pingora#946).
@@ -215,7 +221,7 @@ impl ProxyHttp for LabGate {
 
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(routed) = &ctx.routed else {
@@ -227,7 +233,7 @@ impl ProxyHttp for LabGate {
         let up = self.upstream(ctx, routed);
         // A resolved SocketAddr: no DNS on the request path.
         let mut peer = match &up.tls {
-            Some(tls) => tls.peer(up.addr, session.is_upgrade_req()),
+            Some(tls) => tls.peer(up.addr, routed.upgrade),
             None => HttpPeer::new(up.addr, false, String::new()),
         };
         // Pool connections per session: a socket of an ended (cut) session must never
@@ -236,7 +242,7 @@ impl ProxyHttp for LabGate {
         peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
-        peer.options.read_timeout = if session.is_upgrade_req() {
+        peer.options.read_timeout = if routed.upgrade {
             None
         } else {
             Some(up.read_timeout)
@@ -250,14 +256,14 @@ impl ProxyHttp for LabGate {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let Some(routed) = &ctx.routed else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
-        self.shape_request(req, ctx, routed, session.is_upgrade_req())?;
+        self.shape_request(req, ctx, routed, routed.upgrade)?;
         Ok(())
     }
 

@@ -70,6 +70,8 @@ pub(super) struct Routed {
     pub(super) target: Option<String>,
     /// On a bridged upstream: the turn's upstream session id and token (§8).
     pub(super) bridged: Option<Arc<crate::bridge::Ready>>,
+    /// An upgrade handshake (`Upgrade` sent), asked of pingora once.
+    pub(super) upgrade: bool,
 }
 
 pub(super) struct Forwarded {

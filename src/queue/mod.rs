@@ -18,7 +18,7 @@
 //! seq order, and the ACTIVE session is always the one with the smallest seq. Three
 //! indexes are kept in step by every operation:
 //!
-//! - `sessions: HashMap<SessionId, Entry>` — the session records; O(1) lookup by id.
+//! - `sessions: IdMap<Entry>` — the session records; O(1) lookup by id (FxHash, see `IdMap`).
 //! - `order: Treap` — an order-statistic treap keyed by seq, with the id as payload. A
 //!   position is the number of live sessions with a smaller seq, i.e. the rank of the
 //!   seq, which the treap answers in O(log n) from subtree sizes; it also gives the head
@@ -45,13 +45,13 @@
 //! `reap` O((k + 1) log n) for k sessions reaped. The treap arena keeps its high-water
 //! mark of memory (freed slots are reused, not returned).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 mod id;
 mod treap;
 
-pub use id::SessionId;
+pub use id::{IdMap, SessionId};
 use treap::Treap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,7 +201,7 @@ pub struct Queue {
     /// Hold limit: an ACTIVE session that held longer while others wait is expired.
     max_hold: Option<Duration>,
     next_seq: u64,
-    sessions: HashMap<SessionId, Entry>,
+    sessions: IdMap<Entry>,
     order: Treap,
     deadlines: BTreeSet<(Instant, u64)>,
     /// Whether the end of a holder waits for [`Queue::finish_handoff`].
@@ -222,7 +222,7 @@ impl Queue {
             timeouts,
             max_hold: None,
             next_seq: next_seq.max(1),
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             order: Treap::new(),
             deadlines: BTreeSet::new(),
             handoff: false,

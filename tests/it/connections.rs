@@ -237,6 +237,95 @@ async fn the_header_timeout_ends_with_the_header_not_with_a_long_answer() {
     );
 }
 
+/// The `reason`'s count of closed connections.
+async fn closed_for(gw: &Gateway, reason: &str) -> f64 {
+    metric_value(
+        &gw.metrics_text().await,
+        &format!("labgate_client_connections_closed_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_may_idle_past_the_header_timeout_but_not_past_keepalive() {
+    // The header clock of a kept-alive request starts at its first byte: idling longer
+    // than `header_timeout` (but within `keepalive_timeout`) between requests is fine.
+    let gw = Gateway::start(&gateway_cfg(ConnCfg {
+        keepalive_timeout: "4s".into(),
+        header_timeout: "1s".into(),
+        max_connections: 100,
+        max_connections_per_client: 10,
+    }))
+    .await;
+    let mut c = RawConn::connect(gw.addr()).await.expect("connect");
+    c.send(HEALTHZ).await.expect("send");
+    assert_eq!(c.read_response(false).await.expect("answer").status, 204);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Half a header now, the rest later: still within the header timeout of its first byte.
+    c.send(b"GET /healthz HTTP/1.1\r\n").await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send(b"Host: x\r\n\r\n").await.expect("send");
+    assert_eq!(
+        c.read_response(false)
+            .await
+            .expect("answer after idling")
+            .status,
+        204
+    );
+    // Then idle past the keep-alive timeout: closed, and counted as such.
+    assert!(
+        c.closed_within(Duration::from_secs(15)).await,
+        "an idle kept-alive connection stayed open"
+    );
+    assert_eq!(
+        closed_for(&gw, "keepalive_timeout").await,
+        1.0,
+        "{}",
+        gw.metrics_text().await
+    );
+    assert_eq!(closed_for(&gw, "header_timeout").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_kept_alive_request_dribbling_its_header_is_closed_by_the_header_timeout() {
+    // The first byte comes in time; the header never completes: the header timeout
+    // (from that byte) closes it, although the keep-alive timeout is far away.
+    let gw = Gateway::start(&gateway_cfg(ConnCfg {
+        keepalive_timeout: "60s".into(),
+        header_timeout: "1s".into(),
+        max_connections: 100,
+        max_connections_per_client: 10,
+    }))
+    .await;
+    let mut c = connect_from(Ipv4Addr::new(127, 0, 0, 1), gw.addr())
+        .await
+        .expect("connect");
+    c.write_all(HEALTHZ).await.expect("send");
+    assert_eq!(read_status(&mut c, Duration::from_secs(5)).await, Some(204));
+    c.write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("send");
+    let mut closed = false;
+    // Bounded: a line every 300 ms for at most 30 s, far below the keep-alive timeout.
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if c.write_all(b"X-Drip: 1\r\n").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 512];
+        if let Ok(r) = tokio::time::timeout(Duration::ZERO, c.read(&mut b)).await {
+            // EOF or an error: labgate let go.
+            assert!(matches!(r, Ok(0) | Err(_)), "answered a partial header");
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a dribbled kept-alive header was never closed");
+    assert_eq!(closed_for(&gw, "header_timeout").await, 1.0);
+    assert_eq!(closed_for(&gw, "keepalive_timeout").await, 0.0);
+}
+
 #[tokio::test]
 async fn client_sockets_have_tcp_keepalive() {
     let ss = require_tool("ss");
