@@ -89,9 +89,16 @@ pub fn check(raw: &[u8]) -> Result<Target<'_>, InvalidPath> {
         // `*`, absolute-form and authority-form: labgate serves and forwards paths only.
         _ => return Err(InvalidPath::NotOriginForm),
     }
+    // Does the path (before the first `?`) hold a byte that the checks below look for?
+    // Without one, there is nothing to decode and nothing for them to find (every
+    // gated request and poll is checked: most paths are plain names and ids).
+    let mut plain = true;
+    let mut in_query = false;
     for &byte in raw {
         match byte {
             b'#' => return Err(InvalidPath::Fragment),
+            b'?' => in_query = true,
+            b'%' | b'.' | b';' | b'\\' => plain &= in_query,
             0x21..=0x7e => {}
             _ => return Err(InvalidPath::ForbiddenByte),
         }
@@ -102,6 +109,21 @@ pub fn check(raw: &[u8]) -> Result<Target<'_>, InvalidPath> {
         Some((path, query)) => (path, Some(query)),
         None => (text, None),
     };
+    let path = if plain {
+        Cow::Borrowed(path)
+    } else {
+        checked_path(path)?
+    };
+    // The query is opaque to labgate, but a NUL in it still reaches C-string code upstream.
+    if query.is_some_and(|q| q.contains("%00")) {
+        return Err(InvalidPath::EncodedNul);
+    }
+    Ok(Target { path, query })
+}
+
+/// The checks of a path that holds `%`, `.`, `;` or `\` (a path without any is
+/// accepted as it is: each check below looks for one of them).
+fn checked_path(path: &str) -> Result<Cow<'_, str>, InvalidPath> {
     let path = normalise(path)?;
     // Checked on the normalised text: decoding `%32%65` after a `%25` makes `%252e`.
     reject_double_encoding(&path)?;
@@ -110,11 +132,7 @@ pub fn check(raw: &[u8]) -> Result<Target<'_>, InvalidPath> {
     }
     reject_non_ascii_tricks(&path)?;
     reject_parameters(&path)?;
-    // The query is opaque to labgate, but a NUL in it still reaches C-string code upstream.
-    if query.is_some_and(|q| q.contains("%00")) {
-        return Err(InvalidPath::EncodedNul);
-    }
-    Ok(Target { path, query })
+    Ok(path)
 }
 
 /// Validates every escape and decodes those of unreserved characters (RFC 3986

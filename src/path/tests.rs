@@ -445,3 +445,48 @@ fn accepted_targets_stay_safe_when_decoded_twice() {
     }
     assert!(accepted > 3_000, "only {accepted} accepted");
 }
+
+/// [`check`] as it was before plain paths were let through unchecked: every path
+/// through every check.
+fn check_everything(raw: &[u8]) -> Result<Target<'_>, InvalidPath> {
+    match raw {
+        [b'/', b'/', ..] => return Err(InvalidPath::NetworkPath),
+        [b'/', ..] => {}
+        _ => return Err(InvalidPath::NotOriginForm),
+    }
+    for &byte in raw {
+        match byte {
+            b'#' => return Err(InvalidPath::Fragment),
+            0x21..=0x7e => {}
+            _ => return Err(InvalidPath::ForbiddenByte),
+        }
+    }
+    let text = std::str::from_utf8(raw).unwrap();
+    let (path, query) = match text.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (text, None),
+    };
+    let path = checked_path(path)?;
+    if query.is_some_and(|q| q.contains("%00")) {
+        return Err(InvalidPath::EncodedNul);
+    }
+    Ok(Target { path, query })
+}
+
+#[test]
+fn a_plain_path_skips_no_check_that_could_refuse_or_change_it() {
+    // Targets dense in the bytes the checks look for, in path and query.
+    let alphabet = b"/ab09-_~?#%.;\\25eEfF3bcC0:@!$&'()*+,= \x7f";
+    let mut rng = fastrand::Rng::with_seed(20);
+    for _ in 0..100_000 {
+        let mut raw = vec![b'/'];
+        let len = rng.usize(0..20);
+        raw.extend((0..len).map(|_| alphabet[rng.usize(..alphabet.len())]));
+        assert_eq!(
+            check(&raw),
+            check_everything(&raw),
+            "{:?}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+}
