@@ -156,15 +156,8 @@ async fn deleting_the_session_cuts_its_raw_tunnel_and_the_next_holder_gets_throu
     let started = Instant::now();
     assert_eq!(delete_session(&gw, &a).await, 204);
     // Both legs end: the device's at once (under the queue lock), the client's with it.
-    let mut one = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(5), dev_side.read(&mut one))
-        .await
-        .expect("device leg closed");
-    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
-    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut one))
-        .await
-        .expect("client leg closed");
-    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_closed(&mut dev_side, "device leg").await;
+    assert_closed(&mut c, "client leg").await;
     println!(
         "raw tunnel closed {:?} after DELETE was sent",
         started.elapsed()

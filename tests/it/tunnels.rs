@@ -377,11 +377,7 @@ async fn end_and_measure(ending: Ending) {
     };
     // The device leg is gone by the time the end is acknowledged (it is shut down under
     // the queue lock, before the next session is promoted).
-    let mut one = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(5), dev_side.read(&mut one))
-        .await
-        .expect("device leg closed");
-    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_closed(&mut dev_side, "device leg").await;
     match next(&mut ws).await {
         Message::Close(Some(f)) => {
             assert_eq!(f.code, CloseCode::Library(4001));

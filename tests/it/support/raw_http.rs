@@ -173,6 +173,16 @@ impl RawConn {
     }
 }
 
+/// Asserts that `stream`'s peer closes it (EOF or an error on read) within 5 s; `what`
+/// names the leg in the failure.
+pub async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, what: &str) {
+    let mut one = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut one))
+        .await
+        .unwrap_or_else(|_| panic!("{what} not closed within 5 s"));
+    assert!(matches!(n, Ok(0) | Err(_)), "{what}: {n:?}");
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
