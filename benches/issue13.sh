@@ -219,11 +219,6 @@ wrk.method = "POST"
 wrk.path = "/session"
 LUA
 
-# metric FILE NAME: the sum of every series of one metric in a /metrics text (0 if none).
-metric() {
-    awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d", s }' "$1"
-}
-
 # flood_point QUEUE ROUND: a fresh labgate (threads = 1; queue in `memory` or `redb`),
 # wrk -c$FLOOD_CONNS POSTing sessions, then its /metrics; one line in $FLOODS.
 flood_point() {

@@ -311,6 +311,11 @@ start_labgate() {
     wait_http "http://127.0.0.1:$4/healthz" "$1"
 }
 
+# metric FILE NAME: the sum of every series of one metric in a /metrics text (0 if none).
+metric() {
+    awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d", s }' "$1"
+}
+
 # new_session PORT: POST /session, prints the session id.
 new_session() {
     curl -s --max-time 5 -X POST "http://127.0.0.1:$1/session" |

@@ -63,10 +63,6 @@ store_tid() {
     done
 }
 
-metric() {
-    awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d", s }' "$1"
-}
-
 ROWS=$BENCH_WORK/rows.tsv
 : >"$ROWS"
 TICK=$(getconf CLK_TCK)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Profiles labgate under load with valgrind's callgrind (instruction counts; works
 # where `perf` is not allowed, and does not depend on the machine's load), on the
-# forwarding path (c), the rejection path (d), a WAITING session's poll (f), or the
-# bare pingora proxy (benches/bare_pingora.rs) forwarding the same requests: the floor.
+# forwarding path (c), the rejection path (d), a WAITING session's poll (f), a flood of
+# POST /session with the queue in memory (create) or in the redb store (create-durable,
+# group commit; the store file under the work directory), or the bare pingora proxy
+# (benches/bare_pingora.rs) forwarding the same requests: the floor.
 #
-#   benches/profile.sh forward|reject|poll|bare [--seconds 20] [--conns 16] [--out DIR]
+#   benches/profile.sh forward|reject|poll|create|create-durable|bare [--seconds 20] [--conns 16] [--out DIR]
 #
 # The server (threads = 1) runs under callgrind in front of an nginx upstream; counters
 # are zeroed once the load starts (so start-up is not counted) and dumped before it
@@ -24,8 +26,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MODE=${1:-}
-[[ $MODE =~ ^(forward|reject|poll|bare)$ ]] ||
-    die "usage: $0 forward|reject|poll|bare [--seconds N] [--conns N] [--out DIR]"
+[[ $MODE =~ ^(forward|reject|poll|create|create-durable|bare)$ ]] ||
+    die "usage: $0 forward|reject|poll|create|create-durable|bare [--seconds N] [--conns N] [--out DIR]"
 shift
 SECS=20
 CONNS=16
@@ -73,7 +75,12 @@ EOF
 start upstream 0 nginx -c "$BENCH_WORK/up.conf" -e "$BENCH_WORK/up-error.log"
 wait_http "http://127.0.0.1:$UP/lab/ping" upstream
 
-write_labgate_config "$BENCH_WORK/labgate.toml" "$LG" "$LGM" "$UP" 1
+STATE_LINE=""
+if [[ $MODE == create-durable ]]; then
+    mkdir -p -m 700 "$BENCH_WORK/state"
+    STATE_LINE="state_path = \"$BENCH_WORK/state/queue.redb\""
+fi
+write_labgate_config "$BENCH_WORK/labgate.toml" "$LG" "$LGM" "$UP" 1 "$STATE_LINE"
 CG=$BENCH_WORK/callgrind.out
 # Names uncompressed: each dump after a zeroing must be readable on its own.
 CALLGRIND=(valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$CG")
@@ -101,6 +108,14 @@ else
     forward) HEADER=(-H "X-Session-ID: $ACTIVE") ;;
     reject) HEADER=(-H "X-Session-ID: $WAITING") ;;
     poll) HEADER=(); URL=http://127.0.0.1:$LG/session/$WAITING ;;
+    create | create-durable)
+        cat >"$BENCH_WORK/create.lua" <<'LUA'
+wrk.method = "POST"
+wrk.path = "/session"
+LUA
+        HEADER=(-s "$BENCH_WORK/create.lua")
+        URL=http://127.0.0.1:$LG
+        ;;
     esac
 fi
 
@@ -111,6 +126,12 @@ callgrind_control -z "$SERVER_PID" >/dev/null
 taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" "${HEADER[@]}" "$URL" |
     tee "$BENCH_WORK/wrk.txt" | grep -E 'Requests/sec|requests in'
 callgrind_control -d "$SERVER_PID" >/dev/null
+if [[ $MODE == create-durable ]]; then
+    # Under callgrind the threads take turns, so batches differ from a native run's.
+    curl -s --max-time 30 "http://127.0.0.1:$LGM/metrics" >"$BENCH_WORK/metrics.txt"
+    log "created $(metric "$BENCH_WORK/metrics.txt" labgate_sessions_created_total)," \
+        "commits $(metric "$BENCH_WORK/metrics.txt" labgate_state_write_seconds_count) (whole run)"
+fi
 DUMP=$(ls -t "$CG".* 2>/dev/null | head -1)
 [[ -n $DUMP ]] || die "callgrind wrote no dump"
 if [[ -n $OUT ]]; then

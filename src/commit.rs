@@ -1,14 +1,17 @@
 //! Group commit for the durable queue: one thread owns the [`Store`] and writes every
-//! change waiting on it in one transaction (one fsync), then answers each waiter.
+//! change waiting on it as one journal record (one fdatasync), then answers each waiter;
+//! when jobs pause (or the journal has grown) it moves the journal's changes into redb in
+//! one transaction (a checkpoint; see `store::journal`).
 //!
 //! Why: a commit is one fsync (milliseconds on a slow disk); with one commit per
 //! `POST /session` under the queue lock, creates ran at ~4k/s where memory does ~76k/s.
 //! Here writers queue their changes (in queue order: they submit under the queue lock)
 //! and wait without any lock; while one commit runs, the next batch gathers.
 //!
-//! Owns recovery too. After a failed commit redb refuses every later write on that
-//! handle (`PreviousIo`), so the committer drops the handle, reopens the file and tries
-//! the batch once more; a batch that still fails is reported to its waiters (who retry
+//! Owns recovery too. After a failed commit the journal may end in part of a record
+//! (and redb refuses every later write on a handle that saw an I/O error, `PreviousIo`),
+//! so the committer drops the handle, reopens the file (replaying the journal's whole
+//! records into redb) and tries the batch once more; a batch that still fails is reported to its waiters (who retry
 //! or give up as their caller decides) and the store stays "unwritable" until a commit
 //! succeeds. [`Committer::writable`] feeds `/readyz` and a gauge; failures are counted.
 //! Must never decide what to write: the callers (`state`) do.
@@ -23,12 +26,14 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 pub use crate::store::Op;
-use crate::store::{Applied, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The most changes one transaction takes; the rest go into the next one.
 const MAX_BATCH: usize = 4096;
 /// How long after a failure the store is left alone unless there is real work for it.
 const PROBE_AFTER: Duration = Duration::from_secs(5);
+/// How long without a job before the journal's changes go into redb.
+const CHECKPOINT_IDLE: Duration = Duration::from_millis(20);
 
 /// A commit failed; the changes it carried may or may not be on disk.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -164,7 +169,24 @@ impl Worker {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
         // Kept between batches, so a batch allocates nothing once they have grown.
         let (mut ops, mut waiters) = (Vec::new(), Vec::new());
-        while let Ok(first) = rx.recv() {
+        loop {
+            // Changes in the journal go into redb once the flow of jobs pauses.
+            let pending = self.store.as_ref().is_some_and(Store::has_pending);
+            let first = if pending {
+                match rx.recv_timeout(CHECKPOINT_IDLE) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.checkpoint();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
             // On a core shared with the gateway, let it run first: whatever it accepts
             // meanwhile joins this commit instead of waiting for the next one.
             std::thread::yield_now();
@@ -177,15 +199,34 @@ impl Worker {
                     next = rx.try_recv().ok();
                 }
             }
-            let outcome = self.commit(&ops);
+            let outcome = self.commit(&mut ops);
             ops.clear();
             hand_over(&outcome, std::mem::take(&mut waiters).into_iter());
+            // After the answers: a checkpoint delays only the next batch.
+            if self.store.as_ref().is_some_and(Store::checkpoint_due) {
+                self.checkpoint();
+            }
+        }
+        // Everybody has gone (labgate is stopping): leave redb whole and the journal empty.
+        self.checkpoint();
+    }
+
+    /// Moves the journal's changes into redb. A failure loses nothing (they stay in the
+    /// journal); the store is reopened at the next batch, which replays them.
+    fn checkpoint(&mut self) {
+        let Some(store) = &mut self.store else { return };
+        if !store.has_pending() {
+            return;
+        }
+        if let Err(e) = store.checkpoint() {
+            tracing::error!(error = %e, "queue store checkpoint failed; reopening it");
+            self.store = None;
         }
     }
 
-    /// Commits `ops` in one transaction; on failure reopens the store and tries again
-    /// once, since redb refuses every write on a handle that saw an I/O error.
-    fn commit(&mut self, ops: &[Op]) -> Outcome {
+    /// Makes `ops` durable in one journal record; on failure reopens the store (which
+    /// replays the journal up to its last whole record) and tries again once.
+    fn commit(&mut self, ops: &mut Vec<Op>) -> Outcome {
         let mut last = None;
         for attempt in 0..2 {
             if self.store.is_none() {
@@ -200,9 +241,9 @@ impl Worker {
                     }
                 }
             }
-            let Some(store) = &self.store else { break };
-            match store.apply(ops) {
-                Ok(Applied::Committed(took)) => {
+            let Some(store) = &mut self.store else { break };
+            match store.log(ops) {
+                Ok(took) => {
                     self.metrics.state_write_seconds.observe(took.as_secs_f64());
                     if !self.writable.swap(true, Ordering::SeqCst) {
                         tracing::warn!("queue store writable again");
@@ -210,9 +251,6 @@ impl Worker {
                     self.metrics.state_store_writable.set(1);
                     return Ok(took);
                 }
-                // Nothing had to reach the disk (a failed create's undo removes a record
-                // that was never stored): done, and no news about the disk either way.
-                Ok(Applied::Nothing) => return Ok(Duration::ZERO),
                 Err(e) => {
                     tracing::error!(error = %e, attempt, "queue store commit failed; reopening it");
                     // Drop the handle first: redb locks the file while it is open.
@@ -326,5 +364,49 @@ mod tests {
         let restored = restored.expect("store released");
         assert_eq!(restored.sessions, vec![b]);
         assert_eq!(restored.next_seq, 3);
+    }
+
+    /// The journal goes into redb when jobs pause, and at once when it has grown: the
+    /// journal stays short while the committer runs.
+    #[tokio::test]
+    async fn the_journal_is_checkpointed_when_jobs_pause_and_when_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let path = dir.path().join("q.redb");
+        let journal = crate::store::journal_path(&path);
+        let journal_len = || std::fs::metadata(&journal).unwrap().len();
+        let (store, _) = Store::open(&path).unwrap();
+        let c = Committer::start(store, &path, metrics()).unwrap();
+        c.submit(vec![Op::Insert(session(1), None, 2)])
+            .await
+            .unwrap();
+        // Bounded: the pause is CHECKPOINT_IDLE (20 ms); 5 s is far beyond it.
+        let mut emptied = false;
+        for _ in 0..500 {
+            if journal_len() == 0 {
+                emptied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(emptied, "the journal was not checkpointed after a pause");
+        // A batch of more changes than a checkpoint waits for: checkpointed before the
+        // committer looks for the next job (which the following submit is).
+        let many: Vec<Op> = (2..2 + crate::store::CHECKPOINT_OPS as u64)
+            .map(|seq| Op::Insert(session(seq), None, seq + 1))
+            .collect();
+        c.submit(many).await.unwrap();
+        c.submit(vec![Op::Remove(1)]).await.unwrap();
+        // The last batch alone (about 30 bytes), or nothing if a pause came meanwhile.
+        let left = journal_len();
+        assert!(
+            left < 100,
+            "the journal holds more than the last batch: {left} bytes"
+        );
+        drop(c);
     }
 }

@@ -31,6 +31,10 @@ use uuid::Uuid;
 use crate::label::Label;
 use crate::queue::SessionId;
 
+mod journal;
+pub use journal::CHECKPOINT_OPS;
+use journal::{Journal, Replay};
+
 /// seq -> 16 bytes of uuid + 8 bytes of creation time (Unix ms, big-endian).
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 /// seq -> the identity that owns the session (identity mode only). A table of its own,
@@ -95,6 +99,9 @@ pub enum StoreError {
     /// A record that redb read back intact but that labgate did not write.
     #[error("session {seq}: record of {len} bytes, want 24")]
     BadRecord { seq: u64, len: usize },
+    /// A journal record that passed its checksum but that labgate did not write.
+    #[error(transparent)]
+    Journal(#[from] journal::Undecodable),
 }
 
 /// What a write did.
@@ -183,6 +190,17 @@ pub fn seq_floor(stored: Option<u64>, now: SystemTime) -> u64 {
 
 pub struct Store {
     db: Database,
+    /// Where the committer's changes go first (see [`journal`]).
+    journal: Journal,
+    /// The journal's changes not yet in redb, in order.
+    pending: Vec<Op>,
+}
+
+/// The journal's path: `<state_path>.journal`, next to the store.
+pub fn journal_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".journal");
+    PathBuf::from(p)
 }
 
 /// The tables of one write transaction, each opened when first used: a table opened is
@@ -250,7 +268,8 @@ impl Store {
     /// file, into an error that names the file.
     pub fn open(path: &Path) -> Result<(Store, Restored), StoreError> {
         let file = open_private(path)?;
-        let opened = catch_quietly(|| Store::open_file(file));
+        let journal = open_private(&journal_path(path))?;
+        let opened = catch_quietly(|| Store::open_file(file, journal));
         match opened {
             Ok(Ok(opened)) => Ok(opened),
             Ok(Err(e)) => {
@@ -273,14 +292,24 @@ impl Store {
         }
     }
 
-    fn open_file(file: File) -> Result<(Store, Restored), StoreError> {
+    fn open_file(file: File, journal: File) -> Result<(Store, Restored), StoreError> {
         // The store is small (one row per live session), so verifying every page's checksum
         // at start-up is cheap, and redb then reports a file altered outside it as
         // `Corrupted` where a plain open trusts it (and may panic on it).
         let db = Builder::new()
             .set_check_integrity_on_open(true)
             .create_with_backend(FileBackend::new(file)?)?;
-        let store = Store { db };
+        // Read after redb has the file's lock: no other labgate appends meanwhile.
+        let Replay {
+            journal,
+            ops,
+            ignored,
+        } = Journal::open(journal)??;
+        let mut store = Store {
+            db,
+            journal,
+            pending: Vec::new(),
+        };
         // Create the tables on a fresh file so that reads find them.
         store.write(|t| {
             t.sessions()?;
@@ -291,6 +320,17 @@ impl Store {
             t.changed = true;
             Ok(())
         })?;
+        if ignored > 0 {
+            tracing::warn!(
+                bytes = ignored,
+                "queue store journal: ignored the end of an append that was cut off (never acknowledged)"
+            );
+        }
+        // The journal's changes into redb, then an empty journal: a checkpoint.
+        store.pending = ops;
+        if store.journal.len() > 0 || ignored > 0 {
+            store.checkpoint()?;
+        }
         let restored = store.read_all()?;
         Ok((store, restored))
     }
@@ -380,7 +420,42 @@ impl Store {
         self.apply(&[Op::Insert(*s, owner.map(str::to_string), next_seq)])
     }
 
-    /// Applies `ops` in order in one durable transaction (one fsync for all of them).
+    /// Appends `ops` to the journal, durably (one `fdatasync`), and takes them out of
+    /// `ops`; they reach redb at the next [`Store::checkpoint`]. The committer's path. On
+    /// an error `ops` are left as they were, and the store must be reopened (the journal
+    /// may end in part of a record).
+    pub fn log(&mut self, ops: &mut Vec<Op>) -> Result<Duration, StoreError> {
+        let started = std::time::Instant::now();
+        self.journal.append(ops)?;
+        self.pending.append(ops);
+        Ok(started.elapsed())
+    }
+
+    /// Whether changes wait in the journal.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whether the journal is long enough to checkpoint now rather than when idle.
+    pub fn checkpoint_due(&self) -> bool {
+        self.pending.len() >= journal::CHECKPOINT_OPS
+            || self.journal.len() >= journal::CHECKPOINT_BYTES
+    }
+
+    /// Moves the journal's changes into redb in one durable transaction, then empties the
+    /// journal. On an error the journal keeps them (reopen to replay them).
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        if !self.pending.is_empty() {
+            self.apply(&self.pending)?;
+            self.pending.clear();
+        }
+        self.journal.clear()?;
+        Ok(())
+    }
+
+    /// Applies `ops` in order in one durable transaction (one fsync for all of them),
+    /// straight into redb: not for a store whose journal has changes pending (they would
+    /// land after these).
     pub fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
         self.write(|t| {
             // The lowest counter the next start-up may begin at, where the stored

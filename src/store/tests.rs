@@ -145,6 +145,8 @@ fn the_store_is_created_private() {
     let (store, _) = Store::open(&path).unwrap();
     store.insert(&session(1), 2).unwrap();
     assert_eq!(mode(&path), 0o600);
+    // The journal holds session ids too.
+    assert_eq!(mode(&journal_path(&path)), 0o600);
     let missing = dir.path().join("state/sub/q.redb");
     assert!(Store::open(&missing).is_err());
     assert!(!dir.path().join("state").exists());
@@ -643,4 +645,119 @@ fn a_store_with_the_counter_written_on_every_create_restores_and_goes_on() {
     let (_, restored) = Store::open(&path).unwrap();
     assert!(restored.sessions.is_empty());
     assert_eq!(restored.next_seq, 12);
+}
+
+/// Changes the committer logged are durable before any checkpoint: a crash (the store
+/// dropped without one) loses none of them, and the next open puts them into redb and
+/// empties the journal.
+#[test]
+fn logged_changes_survive_a_crash_before_the_checkpoint() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    let (a, b, c) = (session(1), session(2), session(3));
+    {
+        let (mut store, _) = Store::open(&path).unwrap();
+        store
+            .log(&mut vec![
+                Op::Insert(a, Some("alice".into()), 2),
+                Op::Insert(b, None, 3),
+            ])
+            .unwrap();
+        store
+            .log(&mut vec![
+                Op::Insert(c, None, 4),
+                Op::Label(3, label("ci", "nightly")),
+                Op::Remove(1),
+            ])
+            .unwrap();
+        assert!(store.has_pending());
+    }
+    assert!(std::fs::metadata(journal_path(&path)).unwrap().len() > 0);
+    let (store, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.sessions, vec![b, c]);
+    // Session 3 was the highest created: the counter comes back above it.
+    assert_eq!(restored.next_seq, 4);
+    assert!(restored.owners.is_empty());
+    assert_eq!(restored.labels.get(&3), Some(&label("ci", "nightly")));
+    assert!(!store.has_pending());
+    assert_eq!(std::fs::metadata(journal_path(&path)).unwrap().len(), 0);
+}
+
+/// A crash after a checkpoint's redb commit but before the journal was emptied replays
+/// changes redb already has: the result is the same as replaying them once (a removed
+/// session stays removed, the counter stays above every seq).
+#[test]
+fn a_journal_replayed_twice_gives_the_same_queue() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    let journal = journal_path(&path);
+    let (a, b, c) = (session(1), session(2), session(3));
+    let kept;
+    {
+        let (mut store, _) = Store::open(&path).unwrap();
+        store
+            .log(&mut vec![Op::Insert(a, None, 2), Op::Insert(b, None, 3)])
+            .unwrap();
+        store
+            .log(&mut vec![
+                Op::Remove(1),
+                Op::Insert(c, None, 4),
+                Op::Remove(3),
+            ])
+            .unwrap();
+        kept = std::fs::read(&journal).unwrap();
+        store.checkpoint().unwrap();
+        assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+    }
+    // The truncation "lost": the journal as it was before the checkpoint.
+    std::fs::write(&journal, &kept).unwrap();
+    let (_, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.sessions, vec![b]);
+    assert_eq!(restored.next_seq, 4);
+}
+
+/// A journal record that is whole and checksummed but not labgate's (another program, a
+/// newer format) stops start-up with one line naming the store, never a guess.
+#[test]
+fn a_journal_labgate_did_not_write_stops_start_up_clearly() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    drop(Store::open(&path).unwrap());
+    let payload = [0xeeu8];
+    let mut rec = b"LGJ1".to_vec();
+    rec.extend_from_slice(&7u64.to_le_bytes());
+    rec.extend_from_slice(&1u32.to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&rec[4..16]);
+    h.update(&payload);
+    rec.extend_from_slice(&h.finalize().to_le_bytes());
+    rec.extend_from_slice(&payload);
+    std::fs::write(journal_path(&path), &rec).unwrap();
+    let e = Store::open(&path).err().expect("refused");
+    let mut line = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        line = format!("{line}: {c}");
+        cause = c.source();
+    }
+    assert!(
+        line.starts_with(&format!("cannot open the queue store {}", path.display())),
+        "{line}"
+    );
+    assert!(
+        line.contains("journal record 7 at byte 0: an unknown kind of change"),
+        "{line}"
+    );
+}
+
+/// The journal is held to the store's rules: a journal others can read stops start-up.
+#[test]
+fn a_journal_others_can_read_is_refused() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    drop(Store::open(&path).unwrap());
+    chmod(&journal_path(&path), 0o644);
+    let e = Store::open(&path).err().expect("refused");
+    assert!(matches!(e, StoreError::Unsafe { .. }), "{e}");
+    assert!(e.to_string().contains(".journal has mode 0644"), "{e}");
 }
