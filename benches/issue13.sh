@@ -144,6 +144,7 @@ fi
 declare -A LABGATE_OF=([default]=$LABGATE_BIN [jemalloc]=${LABGATE_JEMALLOC_BIN:-})
 declare -A BARE_OF=([default]=$BARE_PINGORA_BIN [jemalloc]=${BARE_PINGORA_JEMALLOC_BIN:-})
 
+flush_disk
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date +%s)
 n_conns=$(wc -w <<<"$CONNS")

@@ -311,6 +311,16 @@ start_labgate() {
     wait_http "http://127.0.0.1:$4/healthz" "$1"
 }
 
+# flush_disk: writes back every dirty page (sync) and says how many there were, so a
+# durable point's fdatasyncs do not queue behind a build's writeback (a fresh release
+# build leaves hundreds of MiB dirty: the first durable rounds after one ran at half speed).
+flush_disk() {
+    local dirty
+    dirty=$(awk '/^Dirty:/ {print $2}' /proc/meminfo)
+    sync
+    log "sync: ${dirty:-?} KiB were dirty"
+}
+
 # metric FILE NAME: the sum of every series of one metric in a /metrics text (0 if none).
 metric() {
     awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d", s }' "$1"

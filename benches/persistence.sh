@@ -124,6 +124,7 @@ PY
     tail -1 "$ROWS" | awk -F'\t' '{printf "  round %s %-13s %7d POST/s  p50 %s ms  p99 %s ms  %s per commit\n", $1, $2, $3, $4, $5, $8}' >&2
 }
 
+flush_disk
 log "persistence: $ROUNDS round(s) of ${DURATION} s, wrk -c$CONNS; labgate $LABGATE_BIN${BASELINE_BIN:+, baseline $BASELINE_BIN}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
     point "$round" memory "$LABGATE_BIN"

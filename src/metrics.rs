@@ -38,6 +38,7 @@ pub struct Metrics {
     pub connections_cut: IntCounter,
     pub hold_seconds: Histogram,
     pub state_write_seconds: Histogram,
+    pub state_checkpoint_seconds: Histogram,
     pub identity_refused: IntCounterVec,
     pub tunnels_open: IntGauge,
     pub tunnels_opened: IntCounter,
@@ -236,7 +237,13 @@ impl Metrics {
         );
         let state_write_seconds = histogram(
             "labgate_state_write_seconds",
-            "Duration of durable queue store writes.",
+            "Duration of durable queue store writes (journal appends, one per group of \
+             waiting changes).",
+            WRITE_BUCKETS,
+        );
+        let state_checkpoint_seconds = histogram(
+            "labgate_state_checkpoint_seconds",
+            "Duration of checkpoints: the journal's changes moved into the queue store file.",
             WRITE_BUCKETS,
         );
         let client_connections_closed = counter_vec(
@@ -357,6 +364,7 @@ impl Metrics {
             identity_refused,
             hold_seconds,
             state_write_seconds,
+            state_checkpoint_seconds,
             tunnels_open,
             tunnels_opened,
             tunnels_refused,
@@ -503,6 +511,7 @@ mod tests {
             "labgate_connections_cut_total",
             "labgate_hold_seconds",
             "labgate_state_write_seconds",
+            "labgate_state_checkpoint_seconds",
             "labgate_identity_refused_total",
             "labgate_tunnels_open",
             "labgate_tunnels_opened_total",

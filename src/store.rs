@@ -303,7 +303,7 @@ impl Store {
         let Replay {
             journal,
             ops,
-            ignored,
+            cut_off,
         } = Journal::open(journal)??;
         let mut store = Store {
             db,
@@ -320,17 +320,15 @@ impl Store {
             t.changed = true;
             Ok(())
         })?;
-        if ignored > 0 {
+        if cut_off {
             tracing::warn!(
-                bytes = ignored,
-                "queue store journal: ignored the end of an append that was cut off (never acknowledged)"
+                "queue store journal: ignored an append that was cut off (it was never acknowledged)"
             );
         }
-        // The journal's changes into redb, then an empty journal: a checkpoint.
+        // The journal's changes into redb before anything is appended (an append goes to
+        // the journal's start, over them).
         store.pending = ops;
-        if store.journal.len() > 0 || ignored > 0 {
-            store.checkpoint()?;
-        }
+        store.checkpoint()?;
         let restored = store.read_all()?;
         Ok((store, restored))
     }

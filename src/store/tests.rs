@@ -672,7 +672,6 @@ fn logged_changes_survive_a_crash_before_the_checkpoint() {
             .unwrap();
         assert!(store.has_pending());
     }
-    assert!(std::fs::metadata(journal_path(&path)).unwrap().len() > 0);
     let (store, restored) = Store::open(&path).unwrap();
     assert_eq!(restored.sessions, vec![b, c]);
     // Session 3 was the highest created: the counter comes back above it.
@@ -680,7 +679,11 @@ fn logged_changes_survive_a_crash_before_the_checkpoint() {
     assert!(restored.owners.is_empty());
     assert_eq!(restored.labels.get(&3), Some(&label("ci", "nightly")));
     assert!(!store.has_pending());
-    assert_eq!(std::fs::metadata(journal_path(&path)).unwrap().len(), 0);
+    // In redb now: another open (a crash right after this one) finds the same queue.
+    drop(store);
+    let (_, again) = Store::open(&path).unwrap();
+    assert_eq!(again.sessions, vec![b, c]);
+    assert_eq!(again.next_seq, 4);
 }
 
 /// A crash after a checkpoint's redb commit but before the journal was emptied replays
@@ -707,9 +710,8 @@ fn a_journal_replayed_twice_gives_the_same_queue() {
             .unwrap();
         kept = std::fs::read(&journal).unwrap();
         store.checkpoint().unwrap();
-        assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
     }
-    // The truncation "lost": the journal as it was before the checkpoint.
+    // The records replayed again, as if the last open had crashed before appending.
     std::fs::write(&journal, &kept).unwrap();
     let (_, restored) = Store::open(&path).unwrap();
     assert_eq!(restored.sessions, vec![b]);
@@ -725,10 +727,11 @@ fn a_journal_labgate_did_not_write_stops_start_up_clearly() {
     drop(Store::open(&path).unwrap());
     let payload = [0xeeu8];
     let mut rec = b"LGJ1".to_vec();
+    rec.extend_from_slice(&99u64.to_le_bytes());
     rec.extend_from_slice(&7u64.to_le_bytes());
     rec.extend_from_slice(&1u32.to_le_bytes());
     let mut h = crc32fast::Hasher::new();
-    h.update(&rec[4..16]);
+    h.update(&rec[4..24]);
     h.update(&payload);
     rec.extend_from_slice(&h.finalize().to_le_bytes());
     rec.extend_from_slice(&payload);
@@ -760,4 +763,25 @@ fn a_journal_others_can_read_is_refused() {
     let e = Store::open(&path).err().expect("refused");
     assert!(matches!(e, StoreError::Unsafe { .. }), "{e}");
     assert!(e.to_string().contains(".journal has mode 0644"), "{e}");
+}
+
+/// A journal with many changes waiting is due a checkpoint before the committer waits
+/// for a pause; a checkpoint leaves nothing pending.
+#[test]
+fn a_long_journal_is_due_a_checkpoint() {
+    let dir = private_dir();
+    let path = dir.path().join("q.redb");
+    let (mut store, _) = Store::open(&path).unwrap();
+    let mut ops: Vec<Op> = (1..CHECKPOINT_OPS as u64)
+        .map(|seq| Op::Insert(session(seq), None, seq + 1))
+        .collect();
+    store.log(&mut ops).unwrap();
+    assert!(store.has_pending() && !store.checkpoint_due());
+    store.log(&mut vec![Op::Remove(1)]).unwrap();
+    assert!(store.checkpoint_due());
+    store.checkpoint().unwrap();
+    assert!(!store.has_pending() && !store.checkpoint_due());
+    drop(store);
+    let (_, restored) = Store::open(&path).unwrap();
+    assert_eq!(restored.sessions.len(), CHECKPOINT_OPS - 2);
 }
