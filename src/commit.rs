@@ -95,6 +95,8 @@ pub struct Committer {
     jobs: mpsc::Sender<Job>,
     writable: Arc<AtomicBool>,
     checkpoints: Arc<AtomicU64>,
+    /// Whether everything committed is in redb (the journal has nothing pending).
+    settled: Arc<AtomicBool>,
     last_failure: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -109,12 +111,14 @@ impl Committer {
         let writable = Arc::new(AtomicBool::new(true));
         let last_failure = Arc::new(Mutex::new(None));
         let checkpoints = Arc::new(AtomicU64::new(0));
+        let settled = Arc::new(AtomicBool::new(true));
         metrics.state_store_writable.set(1);
         let mut worker = Worker {
             store: Some(store),
             path: path.to_path_buf(),
             writable: writable.clone(),
             checkpoints: checkpoints.clone(),
+            settled: settled.clone(),
             last_failure: last_failure.clone(),
             metrics,
         };
@@ -125,6 +129,7 @@ impl Committer {
             jobs,
             writable,
             checkpoints,
+            settled,
             last_failure,
         })
     }
@@ -151,6 +156,22 @@ impl Committer {
         self.checkpoints.load(Ordering::SeqCst)
     }
 
+    /// Waits (at most `within`) until everything committed is in redb and the journal is
+    /// empty, as the committer leaves it once jobs pause; says whether it is. For a clean
+    /// stop: a copy of the store file alone is then the whole queue.
+    pub fn settle(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.settled.load(Ordering::SeqCst) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(CHECKPOINT_IDLE / 4);
+        }
+    }
+
     /// Whether the last commit succeeded.
     pub fn writable(&self) -> bool {
         self.writable.load(Ordering::SeqCst)
@@ -174,6 +195,7 @@ struct Worker {
     path: PathBuf,
     writable: Arc<AtomicBool>,
     checkpoints: Arc<AtomicU64>,
+    settled: Arc<AtomicBool>,
     last_failure: Arc<Mutex<Option<Instant>>>,
     metrics: &'static Metrics,
 }
@@ -236,6 +258,7 @@ impl Worker {
     fn checkpoint(&mut self) {
         let Some(store) = &mut self.store else { return };
         if !store.has_pending() {
+            self.settled.store(true, Ordering::SeqCst);
             return;
         }
         let started = Instant::now();
@@ -244,6 +267,7 @@ impl Worker {
                 let took = started.elapsed().as_secs_f64();
                 self.metrics.state_checkpoint_seconds.observe(took);
                 self.checkpoints.fetch_add(1, Ordering::SeqCst);
+                self.settled.store(true, Ordering::SeqCst);
             }
             Err(e) => {
                 tracing::error!(error = %e, "queue store checkpoint failed; reopening it");
@@ -270,6 +294,8 @@ impl Worker {
                 }
             }
             let Some(store) = &mut self.store else { break };
+            // Before the append: `settle` must never see the journal's changes as in redb.
+            self.settled.store(false, Ordering::SeqCst);
             match store.log(ops) {
                 Ok(took) => {
                     self.metrics.state_write_seconds.observe(took.as_secs_f64());

@@ -37,6 +37,8 @@ use crate::reaper::{BridgeService, HealthService, Reaper};
 use crate::state::{Shared, Trigger};
 use crate::tls::listener::ListenerTls;
 
+/// How long a stop waits for the queue store's journal to be checkpointed.
+const STORE_SETTLE: Duration = Duration::from_secs(2);
 /// How often a draining shutdown looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// After the grace period, how long cut connections get to close (a tunnel's close
@@ -186,6 +188,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "labgate starting"
     );
+    let store = shared.clone();
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnSignal {
             begin: Box::new({
@@ -202,6 +205,12 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             grace,
         }),
     });
+    // The journal's last changes into the store file (the committer does it once jobs
+    // pause, within milliseconds): a copy of the stopped store is then the whole queue.
+    // Nothing is lost either way; the next start replays the journal.
+    if !store.settle_store(STORE_SETTLE) {
+        tracing::warn!("the queue store's journal still has changes; the next start replays them");
+    }
     tracing::info!("labgate stopped");
     Ok(())
 }

@@ -676,6 +676,12 @@ impl Shared {
     }
 
     /// A shutdown has begun: refuse new sessions from now on.
+    /// At a clean stop: waits (at most `within`) until every committed change is in the
+    /// store file and its journal is empty; says whether it is (always, without a store).
+    pub fn settle_store(&self, within: std::time::Duration) -> bool {
+        self.committer.as_ref().is_none_or(|c| c.settle(within))
+    }
+
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
