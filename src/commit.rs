@@ -382,10 +382,10 @@ mod tests {
         hand_over(&Ok(Duration::ZERO), senders.into_iter());
     }
 
-    #[tokio::test]
-    async fn changes_submitted_together_are_committed_in_order() {
+    /// A committer on a fresh store in a private temporary directory (the store refuses
+    /// a directory others can enter); the directory lives as long as the first value.
+    fn fresh_committer() -> (tempfile::TempDir, PathBuf, Committer) {
         let dir = tempfile::tempdir().unwrap();
-        // The store refuses a directory others can enter.
         std::fs::set_permissions(
             dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
@@ -394,6 +394,12 @@ mod tests {
         let path = dir.path().join("q.redb");
         let (store, _) = Store::open(&path).unwrap();
         let c = Committer::start(store, &path, metrics()).unwrap();
+        (dir, path, c)
+    }
+
+    #[tokio::test]
+    async fn changes_submitted_together_are_committed_in_order() {
+        let (_dir, path, c) = fresh_committer();
         let (a, b) = (session(1), session(2));
         // Submitted in queue order without awaiting: they may share one transaction.
         let waits = [
@@ -424,15 +430,7 @@ mod tests {
     /// journal that fills up (or a restart) to reach the store file.
     #[tokio::test]
     async fn the_journal_is_checkpointed_when_jobs_pause() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .unwrap();
-        let path = dir.path().join("q.redb");
-        let (store, _) = Store::open(&path).unwrap();
-        let c = Committer::start(store, &path, metrics()).unwrap();
+        let (_dir, _path, c) = fresh_committer();
         c.submit(vec![Op::Insert(session(1), None, 2)])
             .await
             .unwrap();

@@ -378,18 +378,24 @@ mod tests {
         assert_eq!((r.journal.len(), r.journal.next), (0, 0));
     }
 
-    #[test]
-    fn an_append_cut_off_anywhere_is_ignored_and_the_records_before_it_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        let mut j = replay(&path).journal;
+    /// A journal of two records at `path`: the first's changes, where the second starts
+    /// and ends, and the file's bytes.
+    fn two_records(path: &std::path::Path) -> (Vec<Op>, usize, usize, Vec<u8>) {
+        let mut j = replay(path).journal;
         let first = changes(1);
         j.append(&first).unwrap();
         let whole = j.len() as usize;
         j.append(&changes(20)).unwrap();
         let end = j.len() as usize;
         drop(j);
-        let bytes = std::fs::read(&path).unwrap();
+        (first, whole, end, std::fs::read(path).unwrap())
+    }
+
+    #[test]
+    fn an_append_cut_off_anywhere_is_ignored_and_the_records_before_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let (first, whole, end, bytes) = two_records(&path);
         for cut in whole..end {
             // The second record written up to `cut`, and nothing after it, or zeros
             // (a file system may show the new length before the data).
@@ -413,14 +419,7 @@ mod tests {
     fn a_damaged_record_ends_the_replay() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = replay(&path).journal;
-        let first = changes(1);
-        j.append(&first).unwrap();
-        let whole = j.len() as usize;
-        j.append(&changes(20)).unwrap();
-        let end = j.len() as usize;
-        drop(j);
-        let bytes = std::fs::read(&path).unwrap();
+        let (first, whole, end, bytes) = two_records(&path);
         // Any one byte of the second record flipped: its CRC (or magic, generation,
         // number, length) no longer holds.
         for at in whole..end {
