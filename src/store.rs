@@ -33,7 +33,7 @@ use crate::queue::SessionId;
 
 mod journal;
 pub use journal::CHECKPOINT_OPS;
-use journal::{Journal, Replay};
+use journal::{Journal, Mark, Replay};
 
 /// seq -> 16 bytes of uuid + 8 bytes of creation time (Unix ms, big-endian).
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
@@ -52,6 +52,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
 /// "probe" -> any value: written by [`Op::Touch`], never read.
 const PROBE: &str = "probe";
+/// The journal records this file has ([`journal::Mark`]): its generation, and the count
+/// of that generation's records applied. Written at each open and each checkpoint.
+const JOURNAL_GENERATION: &str = "journal_generation";
+const JOURNAL_APPLIED: &str = "journal_applied";
 
 /// The permission bits a store file or its directory may not have: any access at all for
 /// group or others.
@@ -243,6 +247,53 @@ impl<'txn> Tables<'txn> {
         opened(&mut self.labels, self.txn, LABELS)
     }
 
+    /// Applies `ops` in order: what [`Store::apply`] and a checkpoint write.
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        // The lowest counter the next start-up may begin at, where the stored
+        // sessions alone might not give it.
+        let mut floor = None;
+        for op in ops {
+            match op {
+                Op::Insert(s, owner, next) => {
+                    self.changed = true;
+                    self.sessions()?.insert(s.seq, s.encode().as_slice())?;
+                    if let Some(owner) = owner {
+                        self.owners()?.insert(s.seq, owner.as_str())?;
+                    }
+                    // A stored seq is its own floor; only a counter advanced past it
+                    // needs `meta`.
+                    if *next > s.seq.saturating_add(1) {
+                        floor = floor.max(Some(*next));
+                    }
+                }
+                Op::Label(seq, label) => {
+                    let text = serde_json::to_string(label).unwrap_or_default();
+                    self.labels()?.insert(*seq, text.as_str())?;
+                    self.changed = true;
+                }
+                Op::Remove(seq) => {
+                    let was_stored = self.sessions()?.remove(*seq)?.is_some();
+                    let had_owner = self.owners()?.remove(*seq)?.is_some();
+                    let had_label = self.labels()?.remove(*seq)?.is_some();
+                    self.changed |= was_stored || had_owner || had_label;
+                    // A seq that is not stored was never committed (its create
+                    // failed) or has its floor from the commit that removed it.
+                    if was_stored {
+                        floor = floor.max(Some(seq.saturating_add(1)));
+                    }
+                }
+                Op::Touch(value) => {
+                    self.meta()?.insert(PROBE, *value)?;
+                    self.changed = true;
+                }
+            }
+        }
+        match floor {
+            Some(floor) => self.keep_counter_at_least(floor),
+            None => Ok(()),
+        }
+    }
+
     /// Makes the counter at the next start-up at least `floor`. Start-up takes the higher
     /// of `meta`'s floor and one past the highest stored seq, so the floor is written only
     /// when the sessions left would not give it (the highest one was removed).
@@ -268,7 +319,15 @@ impl Store {
     /// file, into an error that names the file.
     pub fn open(path: &Path) -> Result<(Store, Restored), StoreError> {
         let file = open_private(path)?;
-        let journal = open_private(&journal_path(path))?;
+        let journal_at = journal_path(path);
+        let journal = open_private(&journal_at)?;
+        // The journal's name on disk too (it may have just been created): records are
+        // made durable with `fdatasync`, which does not sync the directory.
+        sync_parent(&journal_at).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            hint: "",
+            source: Box::new(StoreError::Io(e)),
+        })?;
         let opened = catch_quietly(|| Store::open_file(file, journal));
         match opened {
             Ok(Ok(opened)) => Ok(opened),
@@ -299,35 +358,39 @@ impl Store {
         let db = Builder::new()
             .set_check_integrity_on_open(true)
             .create_with_backend(FileBackend::new(file)?)?;
+        // Create the tables on a fresh file so that reads find them (committed even when
+        // they all exist: opening is what creates them), and read the journal's mark.
+        let txn = db.begin_write()?;
+        let mark = {
+            txn.open_table(SESSIONS)?;
+            txn.open_table(OWNERS)?;
+            txn.open_table(LABELS)?;
+            let meta = txn.open_table(META)?;
+            let get = |key| meta.get(key).map(|v| v.map_or(0, |v| v.value()));
+            Mark {
+                generation: get(JOURNAL_GENERATION)?,
+                applied: get(JOURNAL_APPLIED)?,
+            }
+        };
+        txn.commit()?;
         // Read after redb has the file's lock: no other labgate appends meanwhile.
         let Replay {
             journal,
             ops,
             cut_off,
-        } = Journal::open(journal)??;
-        let mut store = Store {
-            db,
-            journal,
-            pending: Vec::new(),
-        };
-        // Create the tables on a fresh file so that reads find them.
-        store.write(|t| {
-            t.sessions()?;
-            t.meta()?;
-            t.owners()?;
-            t.labels()?;
-            // Committed even when they all exist: opening is what creates them.
-            t.changed = true;
-            Ok(())
-        })?;
+        } = Journal::open(journal, mark)??;
         if cut_off {
             tracing::warn!(
                 "queue store journal: ignored an append that was cut off (it was never acknowledged)"
             );
         }
-        // The journal's changes into redb before anything is appended (an append goes to
-        // the journal's start, over them).
-        store.pending = ops;
+        let mut store = Store {
+            db,
+            journal,
+            pending: ops,
+        };
+        // The journal's changes into redb, with the new generation's mark, before
+        // anything is appended (an append goes to the journal's start, over them).
         store.checkpoint()?;
         let restored = store.read_all()?;
         Ok((store, restored))
@@ -443,63 +506,31 @@ impl Store {
     /// Moves the journal's changes into redb in one durable transaction, then empties the
     /// journal. On an error the journal keeps them (reopen to replay them).
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
-        if !self.pending.is_empty() {
-            self.apply(&self.pending)?;
-            self.pending.clear();
-        }
+        let mark = self.journal.mark();
+        let pending = &self.pending;
+        self.write(|t| {
+            t.apply(pending)?;
+            let meta = t.meta()?;
+            meta.insert(JOURNAL_GENERATION, mark.generation)?;
+            meta.insert(JOURNAL_APPLIED, mark.applied)?;
+            t.changed = true;
+            Ok(())
+        })?;
+        self.pending.clear();
         self.journal.clear()?;
         Ok(())
     }
 
     /// Applies `ops` in order in one durable transaction (one fsync for all of them),
-    /// straight into redb: not for a store whose journal has changes pending (they would
-    /// land after these).
+    /// straight into redb. Refused while the journal has changes pending (these would
+    /// land before them).
     pub fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
-        self.write(|t| {
-            // The lowest counter the next start-up may begin at, where the stored
-            // sessions alone might not give it.
-            let mut floor = None;
-            for op in ops {
-                match op {
-                    Op::Insert(s, owner, next) => {
-                        t.changed = true;
-                        t.sessions()?.insert(s.seq, s.encode().as_slice())?;
-                        if let Some(owner) = owner {
-                            t.owners()?.insert(s.seq, owner.as_str())?;
-                        }
-                        // A stored seq is its own floor; only a counter advanced past it
-                        // needs `meta`.
-                        if *next > s.seq.saturating_add(1) {
-                            floor = floor.max(Some(*next));
-                        }
-                    }
-                    Op::Label(seq, label) => {
-                        let text = serde_json::to_string(label).unwrap_or_default();
-                        t.labels()?.insert(*seq, text.as_str())?;
-                        t.changed = true;
-                    }
-                    Op::Remove(seq) => {
-                        let was_stored = t.sessions()?.remove(*seq)?.is_some();
-                        let had_owner = t.owners()?.remove(*seq)?.is_some();
-                        let had_label = t.labels()?.remove(*seq)?.is_some();
-                        t.changed |= was_stored || had_owner || had_label;
-                        // A seq that is not stored was never committed (its create
-                        // failed) or has its floor from the commit that removed it.
-                        if was_stored {
-                            floor = floor.max(Some(seq.saturating_add(1)));
-                        }
-                    }
-                    Op::Touch(value) => {
-                        t.meta()?.insert(PROBE, *value)?;
-                        t.changed = true;
-                    }
-                }
-            }
-            match floor {
-                Some(floor) => t.keep_counter_at_least(floor),
-                None => Ok(()),
-            }
-        })
+        if !self.pending.is_empty() {
+            return Err(StoreError::Io(io::Error::other(
+                "the journal has changes pending; checkpoint first",
+            )));
+        }
+        self.write(|t| t.apply(ops))
     }
 
     /// Removes sessions (and their owners) by seq, durably; unknown seqs are ignored.
@@ -558,6 +589,15 @@ fn open_private(path: &Path) -> Result<File, StoreError> {
     }
     check_private(&meta, me, "file", path).map_err(unsafe_because)?;
     Ok(file)
+}
+
+/// Syncs the directory that holds `path`.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }
 
 /// `Err(why)` unless `meta` is owned by `uid` (or root, who can reach it anyway) and

@@ -8,11 +8,15 @@
 //! durable create took. A journal append is one `pwrite` and one `fdatasync`, and a
 //! checkpoint pays redb's per-commit cost once for up to [`CHECKPOINT_OPS`] changes.
 //!
-//! Safe to replay twice: every change is idempotent (an insert or a label writes a value
-//! by key, a removal removes by key, the counter floor only rises), so a crash between a
-//! checkpoint and the journal's truncation replays changes redb already has, to the same
-//! result. Order is kept: one thread appends, and replay applies records in file order,
-//! only while their numbers follow one another.
+//! Never replayed twice: each checkpoint writes, in the same redb transaction, a mark
+//! of the last record it applied ([`Mark`]: the generation and the next number), and
+//! replay skips every record at or below it. A record the store has stays a link of the
+//! chain, though: after a crash that tore the append that was overwriting the journal's
+//! start, the old first record can be whole and its successor damaged, and replaying
+//! that first record alone would undo the removal that followed it (found in review,
+//! `store::tests::a_torn_append_over_checkpointed_records_brings_nothing_back`). Order
+//! is kept: one thread appends, and replay applies records in file order, only while
+//! their numbers follow one another.
 //!
 //! Appended, and emptied by truncation. Not preallocated and overwritten in place, though
 //! that saves the `fdatasync` the new size (93 against 107-150 us at the median here): on
@@ -22,7 +26,8 @@
 //!
 //! Framing, each record: `LGJ1`, its generation (u64), its number (u64), the payload's
 //! length (u32), a CRC-32 of generation, number, length and payload (u32), the payload (the
-//! changes, [`encode`]). Each open starts a new generation (random) numbered from 0, so
+//! changes, [`encode`]). Each open starts a new generation (one above the last, kept in
+//! the store file) numbered from 0, so
 //! replay takes the first record's generation and stops at the first record that is
 //! incomplete, fails its CRC, or is not the next of that generation: zeros, the end of an
 //! append that was cut off (its commit was never acknowledged), or a record left further
@@ -52,6 +57,21 @@ const MAX_PAYLOAD: usize = 64 << 20;
 pub const CHECKPOINT_OPS: usize = 1024;
 /// ... or once the journal is this long (owners and labels make records longer).
 pub const CHECKPOINT_BYTES: u64 = 1 << 20;
+
+/// What the store file already has of the journal, kept in the store file itself (in the
+/// same transaction as each checkpoint): every record of an older generation, and the
+/// records of `generation` numbered below `applied`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    pub generation: u64,
+    pub applied: u64,
+}
+
+impl Mark {
+    fn has(&self, generation: u64, number: u64) -> bool {
+        generation < self.generation || (generation == self.generation && number < self.applied)
+    }
+}
 
 /// Why a journal cannot be replayed: a record that passed its CRC but is not one labgate
 /// wrote.
@@ -85,16 +105,18 @@ pub struct Replay {
 }
 
 impl Journal {
-    /// Reads `file` back and prepares it for a new generation, appended from its start.
-    /// Its records stay until then: the caller must checkpoint the changes returned, and
-    /// [`Journal::clear`] it, before appending anything.
-    pub fn open(file: File) -> io::Result<Result<Replay, Undecodable>> {
+    /// Reads `file` back: the changes of the records the store does not have (`mark`),
+    /// and a journal for the next generation, appended from its start. Its records stay
+    /// until then: the caller must checkpoint the changes returned, with the new
+    /// generation's mark, and [`Journal::clear`] it, before appending anything.
+    pub fn open(file: File, mark: Mark) -> io::Result<Result<Replay, Undecodable>> {
         let size = file.metadata()?.len();
         let mut ops = Vec::new();
         let mut offset = 0u64;
         // The generation and number the next record must have.
         let mut expected: Option<(u64, u64)> = None;
         let mut cut_off = false;
+        let mut newest = mark.generation;
         let mut head = [0u8; HEAD];
         let mut payload = Vec::new();
         while offset + HEAD as u64 <= size {
@@ -117,17 +139,26 @@ impl Journal {
                 cut_off = true;
                 break;
             }
-            if let Err(why) = decode(&payload, &mut ops) {
+            // A record the store has is only a link in the chain: replaying it again
+            // after a later one was lost would undo that one.
+            let mut decoded = Vec::new();
+            if let Err(why) = decode(&payload, &mut decoded) {
                 return Ok(Err(Undecodable {
                     number,
                     offset,
                     why,
                 }));
             }
+            if !mark.has(generation, number) {
+                ops.append(&mut decoded);
+            }
+            newest = newest.max(generation);
             offset = end;
             expected = Some((generation, number.wrapping_add(1)));
         }
-        let generation = getrandom::u64().map_err(io::Error::other)?;
+        // Above every generation in the file or the store (a store restored from an
+        // older copy may be behind its journal).
+        let generation = newest.wrapping_add(1);
         Ok(Ok(Replay {
             journal: Journal {
                 file,
@@ -184,6 +215,14 @@ impl Journal {
     /// Bytes in the journal.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The mark that says the store has every record appended so far.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            generation: self.generation,
+            applied: self.next,
+        }
     }
 }
 
@@ -321,7 +360,7 @@ mod tests {
     }
 
     fn replay(path: &std::path::Path) -> Replay {
-        Journal::open(file(path)).unwrap().unwrap()
+        Journal::open(file(path), Mark::default()).unwrap().unwrap()
     }
 
     /// Every kind of change, with and without its optional parts.
@@ -458,6 +497,39 @@ mod tests {
         assert_eq!(replay(&path).ops, newest);
     }
 
+    /// Records the store has (below its mark) are skipped but still links of the chain;
+    /// generations only grow, above the mark's and the file's.
+    #[test]
+    fn records_the_store_has_are_skipped_and_generations_only_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let first = replay(&path).journal;
+        assert_eq!(first.generation, 1);
+        let mut j = first;
+        let (a, b, c) = (create(1), create(2), create(3));
+        for r in [&a, &b, &c] {
+            j.append(r).unwrap();
+        }
+        drop(j);
+        let store_has = |applied| Mark {
+            generation: 1,
+            applied,
+        };
+        let r = Journal::open(file(&path), store_has(2)).unwrap().unwrap();
+        assert_eq!(r.ops, c);
+        assert_eq!(r.journal.generation, 2);
+        let r = Journal::open(file(&path), store_has(3)).unwrap().unwrap();
+        assert!(r.ops.is_empty());
+        // An older generation than the store's: all of it is in the store.
+        let newer = Mark {
+            generation: 7,
+            applied: 0,
+        };
+        let r = Journal::open(file(&path), newer).unwrap().unwrap();
+        assert!(r.ops.is_empty());
+        assert_eq!(r.journal.generation, 8);
+    }
+
     #[test]
     fn a_record_that_passes_its_crc_but_is_not_labgates_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -471,7 +543,7 @@ mod tests {
         rec.extend_from_slice(&crc.to_le_bytes());
         rec.extend_from_slice(&payload);
         std::fs::write(&path, &rec).unwrap();
-        let Err(e) = Journal::open(file(&path)).unwrap() else {
+        let Err(e) = Journal::open(file(&path), Mark::default()).unwrap() else {
             panic!("an unknown change was replayed");
         };
         assert_eq!(
