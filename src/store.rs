@@ -392,6 +392,10 @@ impl Store {
         // The journal's changes into redb, with the new generation's mark, before
         // anything is appended (an append goes to the journal's start, over them).
         store.checkpoint()?;
+        // And the journal empty on disk, once per open: whatever a lost truncation could
+        // leave of earlier lives (a generation the mark does not know, from a labgate
+        // that numbered them otherwise) is gone before the first append.
+        store.journal.sync()?;
         let restored = store.read_all()?;
         Ok((store, restored))
     }

@@ -212,6 +212,11 @@ impl Journal {
         Ok(())
     }
 
+    /// Makes the journal's length durable (after [`Journal::clear`] at open).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
     /// Bytes in the journal.
     pub fn len(&self) -> u64 {
         self.len
