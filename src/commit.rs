@@ -11,9 +11,9 @@
 //! Owns recovery too. After a failed commit the journal may end in part of a record
 //! (and redb refuses every later write on a handle that saw an I/O error, `PreviousIo`),
 //! so the committer drops the handle, reopens the file (replaying the journal's whole
-//! records into redb) and tries the batch once more; a batch that still fails is reported to its waiters (who retry
-//! or give up as their caller decides) and the store stays "unwritable" until a commit
-//! succeeds. [`Committer::writable`] feeds `/readyz` and a gauge; failures are counted.
+//! records into redb) and tries the batch once more; a batch that still fails is
+//! reported to its waiters (who retry or give up as their caller decides) and the store
+//! stays "unwritable" until a commit succeeds. [`Committer::writable`] feeds `/readyz` and a gauge; failures are counted.
 //! Must never decide what to write: the callers (`state`) do.
 
 use std::path::{Path, PathBuf};

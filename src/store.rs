@@ -7,6 +7,10 @@
 //! leaves the last committed state, never a file that cannot be opened. A hand-written
 //! fsync'd journal would need its own framing, torn-write detection and compaction.
 //!
+//! Changes from the committer reach redb through a journal (`journal`: one append and
+//! one `fdatasync` per group commit, moved into redb in bulk), since a redb commit costs
+//! its own page bookkeeping whatever it carries; `Store::apply` writes redb directly.
+//!
 //! Owns the file format, the file's privacy (mode 0600, in a directory only labgate's uid
 //! may use: the file holds every session id, and a session id is the gate credential),
 //! and the start-up floor of the seq counter. It stores what it is told, in the order it
@@ -313,10 +317,11 @@ impl<'txn> Tables<'txn> {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path` and reads it back. Creates a missing
-    /// directory (0700) and file (0600); refuses a file or directory that another user
-    /// can read or write, and turns any failure, even a panic inside redb on a damaged
-    /// file, into an error that names the file.
+    /// Opens (or creates) the store at `path` and its journal, replays the journal into
+    /// it, and reads it back. Creates missing files (0600) but never a missing directory;
+    /// refuses a file or directory that another user can read or write, and turns any
+    /// failure, even a panic inside redb on a damaged file, into an error that names the
+    /// file.
     pub fn open(path: &Path) -> Result<(Store, Restored), StoreError> {
         let file = open_private(path)?;
         let journal_at = journal_path(path);
