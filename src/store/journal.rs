@@ -14,7 +14,7 @@
 //! chain, though: after a crash that tore the append that was overwriting the journal's
 //! start, the old first record can be whole and its successor damaged, and replaying
 //! that first record alone would undo the removal that followed it (found in review,
-//! `store::tests::a_torn_append_over_checkpointed_records_brings_nothing_back`). Order
+//! `store::tests::journal::a_torn_append_over_checkpointed_records_brings_nothing_back`). Order
 //! is kept: one thread appends, and replay applies records in file order, only while
 //! their numbers follow one another.
 //!
