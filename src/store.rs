@@ -4,12 +4,14 @@
 //!
 //! Why redb: it is a pure-Rust, copy-on-write B-tree with checksummed commits; a commit
 //! with `Durability::Immediate` is on disk when it returns, and a crash at any moment
-//! leaves the last committed state, never a file that cannot be opened. A hand-written
-//! fsync'd journal would need its own framing, torn-write detection and compaction.
+//! leaves the last committed state, never a file that cannot be opened.
 //!
 //! Changes from the committer reach redb through a journal (`journal`: one append and
 //! one `fdatasync` per group commit, moved into redb in bulk), since a redb commit costs
-//! its own page bookkeeping whatever it carries; `Store::apply` writes redb directly.
+//! its own page bookkeeping (~270 us of CPU) whatever it carries. The journal is only a
+//! queue of changes in front of redb, emptied at each checkpoint: its framing is a CRC
+//! and a number per record, and its compaction is redb. `Store::apply` writes redb
+//! directly.
 //!
 //! Owns the file format, the file's privacy (mode 0600, in a directory only labgate's uid
 //! may use: the file holds every session id, and a session id is the gate credential),
@@ -324,15 +326,7 @@ impl Store {
     /// file.
     pub fn open(path: &Path) -> Result<(Store, Restored), StoreError> {
         let file = open_private(path)?;
-        let journal_at = journal_path(path);
-        let journal = open_private(&journal_at)?;
-        // The journal's name on disk too (it may have just been created): records are
-        // made durable with `fdatasync`, which does not sync the directory.
-        sync_parent(&journal_at).map_err(|e| StoreError::Open {
-            path: path.to_path_buf(),
-            hint: "",
-            source: Box::new(StoreError::Io(e)),
-        })?;
+        let journal = open_private(&journal_path(path))?;
         let opened = catch_quietly(|| Store::open_file(file, journal));
         match opened {
             Ok(Ok(opened)) => Ok(opened),
@@ -597,16 +591,12 @@ fn open_private(path: &Path) -> Result<File, StoreError> {
         return Err(unsafe_because("not a regular file".to_string()));
     }
     check_private(&meta, me, "file", path).map_err(unsafe_because)?;
+    // The file's name on disk too (it may have just been created): the journal's records
+    // are made durable with `fdatasync`, which does not sync the directory.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_failure("cannot sync", dir, e))?;
     Ok(file)
-}
-
-/// Syncs the directory that holds `path`.
-fn sync_parent(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
 }
 
 /// `Err(why)` unless `meta` is owned by `uid` (or root, who can reach it anyway) and

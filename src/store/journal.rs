@@ -97,7 +97,7 @@ pub struct Journal {
 /// What [`Journal::open`] read back.
 pub struct Replay {
     pub journal: Journal,
-    /// The changes of every whole record, in order.
+    /// The changes of every whole record the store does not have, in order.
     pub ops: Vec<Op>,
     /// Whether replay stopped at a record that was due next but is damaged or cut short
     /// (an append that never finished), rather than at zeros or an older record.
